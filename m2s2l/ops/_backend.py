@@ -1,0 +1,98 @@
+"""Backend selection and argument checks shared by every public op.
+
+Backends:
+  "auto"   Triton for CUDA tensors, the PyTorch reference for CPU tensors
+           (or Triton on CPU when TRITON_INTERPRET=1 is set, which is how CI exercises the kernels).
+  "triton" the Triton kernels; on CPU tensors only under TRITON_INTERPRET=1.
+  "cuda"   the optional compiled extension ``m2s2l._C`` (csrc/).
+  "torch"  the PyTorch reference (naive.py).
+"""
+import importlib
+import os
+
+import torch
+
+BACKENDS = ("auto", "triton", "cuda", "torch")
+
+
+def triton_available():
+    """True when ``import triton`` works (Linux wheels); the package works without it."""
+    try:
+        importlib.import_module("triton")
+        return True
+    except Exception:
+        return False
+
+
+def interpret_mode():
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def cuda_ext():
+    """The compiled extension module, or None when it was not built."""
+    try:
+        return importlib.import_module("m2s2l._C")
+    except ImportError:
+        return None
+
+
+def resolve_backend(backend, device):
+    """Map a user's backend choice and the tensors' device to one of "triton", "cuda", "torch"."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    on_gpu = device.type == "cuda"
+    if backend == "auto":
+        if on_gpu and triton_available():
+            return "triton"
+        if not on_gpu and interpret_mode() and triton_available():
+            return "triton"
+        return "torch"
+    if backend == "triton":
+        if not triton_available():
+            raise RuntimeError("backend='triton' needs the 'triton' package (pip install triton); "
+                               "use backend='torch' on this platform")
+        if not on_gpu and not interpret_mode():
+            raise RuntimeError("backend='triton' on CPU tensors runs only under TRITON_INTERPRET=1 "
+                               "(set it before importing triton); use backend='torch' or CUDA tensors")
+        return "triton"
+    if backend == "cuda":
+        if not on_gpu:
+            raise RuntimeError("backend='cuda' needs CUDA tensors")
+        if cuda_ext() is None:
+            raise RuntimeError("backend='cuda' needs the compiled extension m2s2l._C, which is not built: "
+                               "reinstall on a machine with nvcc and CUDA torch using "
+                               "`M2S2L_BUILD_CUDA=1 pip install -e . --no-build-isolation`")
+        return "cuda"
+    return "torch"
+
+
+# ---- argument checks (called once, at the public boundary) -------------------------------------------
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_tensor(name, t, ndim=None, shape=None, dtypes=None, device=None, expected=None):
+    """Raise TypeError/ValueError naming ``name`` unless ``t`` is a tensor of the given rank/shape/dtype.
+
+    ``shape`` may contain None for free dimensions; ``expected`` is the human-readable shape string
+    used in messages, e.g. "(batch, dim, seqlen)".
+    """
+    desc = f" {expected}" if expected else ""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor{desc}, got {type(t).__name__}")
+    if t.is_complex():
+        raise TypeError(f"{name} must be real; complex tensors are not supported (got {t.dtype})")
+    if ndim is not None:
+        ndims = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if t.dim() not in ndims:
+            raise ValueError(f"{name} must have shape{desc} ({' or '.join(map(str, ndims))} dims), "
+                             f"got shape {tuple(t.shape)}")
+    if shape is not None:
+        if t.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, t.shape)):
+            want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+            raise ValueError(f"{name} must have shape{desc} = {want}, got {tuple(t.shape)}")
+    if dtypes is not None and t.dtype not in dtypes:
+        raise TypeError(f"{name} must have dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name} is on {t.device} but the other inputs are on {device}; "
+                         "all inputs must be on one device")
