@@ -27,3 +27,21 @@ def causal_conv1d_ref(x, weight, bias=None, activation=None, initial_states=None
         return out
     final = xp[..., xp.shape[-1] - (width - 1):] if width > 1 else xp[..., :0]
     return out, final.to(dtype_in)
+
+
+def causal_conv1d_update_ref(x, conv_state, weight, bias=None, activation=None):
+    """One-token step of ``causal_conv1d_ref``, in place on ``conv_state`` (batch, dim, state_len).
+
+    x (batch, dim); state_len >= width - 1 (only the last width - 1 columns enter the conv); conv_state
+    shifts left by one and takes x as its last column. Returns out (batch, dim) in x's dtype.
+    """
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    width = weight.shape[1]
+    ext = torch.cat([conv_state.to(ct), x.to(ct)[..., None]], dim=-1)  # (batch, dim, state_len + 1)
+    out = (ext[..., ext.shape[-1] - width:] * weight.to(ct)).sum(-1)
+    if bias is not None:
+        out = out + bias.to(ct)
+    if activation in ("silu", "swish"):
+        out = F.silu(out)
+    conv_state.copy_(ext[..., 1:])
+    return out.to(x.dtype)
