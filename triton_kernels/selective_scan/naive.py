@@ -46,3 +46,31 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
         y = y * F.silu(z.to(ct))
     out = y.to(dtype_in)
     return (out, h) if return_last_state else out
+
+
+def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    """One-token step of ``selective_scan_ref``, in place on ``state`` (batch, dim, dstate).
+
+    x, dt, z (batch, dim); A (dim, dstate); B, C (batch, dstate) or (batch, groups, dstate); D, dt_bias (dim,).
+    Computed in float32 (float64 for float64 inputs); returns out (batch, dim) in x's dtype.
+    """
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    dim = x.shape[1]
+    dt = dt.to(ct)
+    if dt_bias is not None:
+        dt = dt + dt_bias.to(ct)
+    if dt_softplus:
+        dt = F.softplus(dt)
+    Bx = B.to(ct) if B.dim() == 3 else B.to(ct)[:, None]
+    Cx = C.to(ct) if C.dim() == 3 else C.to(ct)[:, None]
+    Bx = Bx.repeat_interleave(dim // Bx.shape[1], dim=1)  # (batch, dim, dstate)
+    Cx = Cx.repeat_interleave(dim // Cx.shape[1], dim=1)
+    xc = x.to(ct)
+    h = state.to(ct) * torch.exp(dt[..., None] * A.to(ct)) + (dt * xc)[..., None] * Bx
+    state.copy_(h)
+    y = (h * Cx).sum(-1)
+    if D is not None:
+        y = y + xc * D.to(ct)
+    if z is not None:
+        y = y * F.silu(z.to(ct))
+    return y.to(x.dtype)
