@@ -1,0 +1,402 @@
+"""Chunked selective scan (S6) in Triton: forward and backward kernels and their launchers.
+
+Layout of the work: one program owns BLOCK_D channels of one group (a block never straddles two groups, so
+input-dependent B/C load once as a [T_C, BLOCK_N] tile shared by all its channels) and one batch row, and walks
+the sequence in chunks of T_C steps. Inside a chunk the recurrence h_t = a_t h_{t-1} + b_t runs as a
+``tl.associative_scan`` over a [BLOCK_D, T_C, BLOCK_N] register tile; the state is carried across chunks.
+All math is float32. The forward stores the state at every chunk start except the first (float32,
+O(seqlen / T_C * dstate) per channel) when asked to; the backward walks the chunks in reverse, recomputes
+h inside the chunk from that state and runs the adjoint recurrence dh_t = C_t dy_t + a_{t+1} dh_{t+1} as a
+reverse associative scan.
+
+Cross-program reductions in the backward use float32 atomics into zeroed buffers: dA, dD, d(delta_bias)
+and fixed dB/dC once per program (each program loops over B_PER_PROG batch rows first to keep contention
+low); input-dependent dB/dC are summed over the block's channels in registers and stored directly when one
+block covers the group, else added atomically per chunk. Results are therefore deterministic only up to
+float32 summation order in those gradients.
+
+Launchers (plain functions, no autograd): ``selective_scan_fwd`` and ``selective_scan_bwd``; ``chunk_len``
+gives the chunk length both use.
+"""
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _combine(a1, b1, a2, b2):
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _softplus(x):
+    return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(x)), x)
+
+
+@triton.jit
+def _load_bc(ptr, base_bg, offs_d, offs_n, offs_t, mask_d, mask_n, mask_t, s0, s1, s2, s3, VAR: tl.constexpr):
+    """B or C as a [1, T_C, BLOCK_N] (input-dependent) or [BLOCK_D, 1, BLOCK_N] (fixed) float32 tile."""
+    if VAR:
+        p = ptr + base_bg + offs_n[None, :] * s2 + offs_t[:, None] * s3
+        x = tl.load(p, mask=mask_t[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+        return x[None, :, :]
+    else:
+        p = ptr + offs_d[:, None] * s0 + offs_n[None, :] * s1
+        x = tl.load(p, mask=mask_d[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+        return x[:, None, :]
+
+
+@triton.jit(do_not_specialize=["L", "nchunks"])
+def _fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, hlast_ptr, hc_ptr,
+                L, nchunks, dim, cpg, nblk,
+                su_b, su_d, su_t, sdt_b, sdt_d, sdt_t, sz_b, sz_d, sz_t,
+                sB0, sB1, sB2, sB3, sC0, sC1, sC2, sC3,
+                N: tl.constexpr, BLOCK_D: tl.constexpr, T_C: tl.constexpr, BLOCK_N: tl.constexpr,
+                B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
+                STORE_LAST: tl.constexpr, SAVE_CHUNKS: tl.constexpr):
+    i_gd, i_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_g, i_j = i_gd // nblk, i_gd % nblk
+    o_c = i_j * BLOCK_D + tl.arange(0, BLOCK_D)
+    m_d = o_c < cpg
+    o_d = i_g * cpg + o_c
+    o_n = tl.arange(0, BLOCK_N)
+    m_n = o_n < N
+    o_tl = tl.arange(0, T_C)
+    m_dn = m_d[:, None] & m_n[None, :]
+    # A in log2 units so that exp(delta * A) = exp2(delta * A2)
+    b_A2 = tl.load(A_ptr + o_d[:, None] * N + o_n[None, :], mask=m_dn, other=0.0) * 1.4426950408889634
+    if HAS_D:
+        b_D = tl.load(D_ptr + o_d, mask=m_d, other=0.0)
+    if HAS_BIAS:
+        b_bias = tl.load(bias_ptr + o_d, mask=m_d, other=0.0)
+    o_dn = (i_b * dim + o_d[:, None]) * N + o_n[None, :]
+    if HAS_H0:
+        b_h = tl.load(h0_ptr + o_dn, mask=m_dn, other=0.0)
+    else:
+        b_h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    bB_base = i_b * sB0 + i_g * sB1
+    bC_base = i_b * sC0 + i_g * sC1
+    for c in range(0, nchunks):
+        if SAVE_CHUNKS:
+            if c > 0:
+                hc_off = ((i_b * (nchunks - 1) + c - 1) * dim + o_d[:, None]) * N + o_n[None, :]
+                tl.store(hc_ptr + hc_off, b_h, mask=m_dn)
+        o_t = c * T_C + o_tl
+        m_t = o_t < L
+        m_dt = m_d[:, None] & m_t[None, :]
+        b_u = tl.load(u_ptr + i_b * su_b + o_d[:, None] * su_d + o_t[None, :] * su_t, mask=m_dt, other=0.0)
+        b_u = b_u.to(tl.float32)
+        b_dt = tl.load(dt_ptr + i_b * sdt_b + o_d[:, None] * sdt_d + o_t[None, :] * sdt_t, mask=m_dt,
+                       other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            b_dt += b_bias[:, None]
+        if SOFTPLUS:
+            b_dt = _softplus(b_dt)
+        b_dt = tl.where(m_dt, b_dt, 0.0)  # padded steps: a = 1, b = 0 (state passes through)
+        b_B = _load_bc(B_ptr, bB_base, o_d, o_n, o_t, m_d, m_n, m_t, sB0, sB1, sB2, sB3, B_VAR)
+        b_C = _load_bc(C_ptr, bC_base, o_d, o_n, o_t, m_d, m_n, m_t, sC0, sC1, sC2, sC3, C_VAR)
+        b_a = tl.exp2(b_dt[:, :, None] * b_A2[:, None, :])
+        b_x = (b_dt * b_u)[:, :, None] * b_B
+        s_a, s_x = tl.associative_scan((b_a, b_x), 1, _combine)
+        b_hs = s_a * b_h[:, None, :] + s_x
+        b_y = tl.sum(b_hs * b_C, 2)
+        if HAS_D:
+            b_y += b_D[:, None] * b_u
+        if HAS_Z:
+            b_z = tl.load(z_ptr + i_b * sz_b + o_d[:, None] * sz_d + o_t[None, :] * sz_t, mask=m_dt,
+                          other=0.0).to(tl.float32)
+            b_y = b_y * b_z * tl.sigmoid(b_z)
+        o_out = (i_b * dim + o_d[:, None]) * L + o_t[None, :]
+        tl.store(out_ptr + o_out, b_y.to(out_ptr.dtype.element_ty), mask=m_dt)
+        b_h = tl.sum(tl.where((o_tl == T_C - 1)[None, :, None], b_hs, 0.0), 1)
+    if STORE_LAST:
+        tl.store(hlast_ptr + o_dn, b_h, mask=m_dn)
+
+
+@triton.jit(do_not_specialize=["L", "nchunks", "batch"])
+def _bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, hc_ptr, dout_ptr, dlast_ptr,
+                du_ptr, ddt_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dz_ptr, dbias_ptr, dh0_ptr,
+                L, nchunks, batch, dim, cpg, nblk, B_PER_PROG,
+                su_b, su_d, su_t, sdt_b, sdt_d, sdt_t, sz_b, sz_d, sz_t, so_b, so_d, so_t,
+                sB0, sB1, sB2, sB3, sC0, sC1, sC2, sC3, sdB0, sdB1, sdB2, sdB3, sdC0, sdC1, sdC2, sdC3,
+                N: tl.constexpr, BLOCK_D: tl.constexpr, T_C: tl.constexpr, BLOCK_N: tl.constexpr,
+                B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
+                HAS_DLAST: tl.constexpr, VAR_ATOMIC: tl.constexpr):
+    i_gd, i_bp = tl.program_id(0), tl.program_id(1)
+    i_g, i_j = i_gd // nblk, i_gd % nblk
+    o_c = i_j * BLOCK_D + tl.arange(0, BLOCK_D)
+    m_d = o_c < cpg
+    o_d = i_g * cpg + o_c
+    o_n = tl.arange(0, BLOCK_N)
+    m_n = o_n < N
+    o_tl = tl.arange(0, T_C)
+    m_dn = m_d[:, None] & m_n[None, :]
+    b_Anat = tl.load(A_ptr + o_d[:, None] * N + o_n[None, :], mask=m_dn, other=0.0)
+    b_A2 = b_Anat * 1.4426950408889634
+    if HAS_D:
+        b_D = tl.load(D_ptr + o_d, mask=m_d, other=0.0)
+    if HAS_BIAS:
+        b_bias = tl.load(bias_ptr + o_d, mask=m_d, other=0.0)
+    acc_dA = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    acc_dB = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    acc_dC = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    acc_dD = tl.zeros([BLOCK_D], dtype=tl.float32)
+    acc_db = tl.zeros([BLOCK_D], dtype=tl.float32)
+    nb = tl.minimum(B_PER_PROG, batch - i_bp * B_PER_PROG)
+    for ib in range(0, nb):
+        i_b = (i_bp * B_PER_PROG + ib).to(tl.int64)
+        o_dn = (i_b * dim + o_d[:, None]) * N + o_n[None, :]
+        if HAS_DLAST:
+            b_carry = tl.load(dlast_ptr + o_dn, mask=m_dn, other=0.0)
+        else:
+            b_carry = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+        bB_base = i_b * sB0 + i_g * sB1
+        bC_base = i_b * sC0 + i_g * sC1
+        for ci in range(0, nchunks):
+            c = nchunks - 1 - ci
+            if c > 0:
+                hc_off = ((i_b * (nchunks - 1) + c - 1) * dim + o_d[:, None]) * N + o_n[None, :]
+                b_h0 = tl.load(hc_ptr + hc_off, mask=m_dn, other=0.0)
+            else:
+                if HAS_H0:
+                    b_h0 = tl.load(h0_ptr + o_dn, mask=m_dn, other=0.0)
+                else:
+                    b_h0 = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+            o_t = c * T_C + o_tl
+            m_t = o_t < L
+            m_dt = m_d[:, None] & m_t[None, :]
+            m_t1 = o_t + 1 < L
+            m_dt1 = m_d[:, None] & m_t1[None, :]
+            o_u = i_b * su_b + o_d[:, None] * su_d + o_t[None, :] * su_t
+            b_u = tl.load(u_ptr + o_u, mask=m_dt, other=0.0).to(tl.float32)
+            o_dt = i_b * sdt_b + o_d[:, None] * sdt_d + o_t[None, :] * sdt_t
+            b_dtr = tl.load(dt_ptr + o_dt, mask=m_dt, other=0.0).to(tl.float32)
+            b_dtr1 = tl.load(dt_ptr + o_dt + sdt_t, mask=m_dt1, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                b_dtr += b_bias[:, None]
+                b_dtr1 += b_bias[:, None]
+            if SOFTPLUS:
+                b_dt = _softplus(b_dtr)
+                b_dt1 = _softplus(b_dtr1)
+            else:
+                b_dt = b_dtr
+                b_dt1 = b_dtr1
+            b_dt = tl.where(m_dt, b_dt, 0.0)
+            b_dt1 = tl.where(m_dt1, b_dt1, 0.0)
+            b_B = _load_bc(B_ptr, bB_base, o_d, o_n, o_t, m_d, m_n, m_t, sB0, sB1, sB2, sB3, B_VAR)
+            b_C = _load_bc(C_ptr, bC_base, o_d, o_n, o_t, m_d, m_n, m_t, sC0, sC1, sC2, sC3, C_VAR)
+            # recompute h inside the chunk from its start state
+            b_a = tl.exp2(b_dt[:, :, None] * b_A2[:, None, :])
+            b_dtu = b_dt * b_u
+            b_x = b_dtu[:, :, None] * b_B
+            s_a, s_x = tl.associative_scan((b_a, b_x), 1, _combine)
+            b_hs = s_a * b_h0[:, None, :] + s_x
+            b_do = tl.load(dout_ptr + i_b * so_b + o_d[:, None] * so_d + o_t[None, :] * so_t, mask=m_dt,
+                           other=0.0).to(tl.float32)
+            if HAS_Z:
+                o_z = i_b * sz_b + o_d[:, None] * sz_d + o_t[None, :] * sz_t
+                b_z = tl.load(z_ptr + o_z, mask=m_dt, other=0.0).to(tl.float32)
+                b_sig = tl.sigmoid(b_z)
+                b_y = tl.sum(b_hs * b_C, 2)
+                if HAS_D:
+                    b_y += b_D[:, None] * b_u
+                b_dz = b_do * b_y * b_sig * (1.0 + b_z * (1.0 - b_sig))
+                o_zo = (i_b * dim + o_d[:, None]) * L + o_t[None, :]
+                tl.store(dz_ptr + o_zo, b_dz.to(dz_ptr.dtype.element_ty), mask=m_dt)
+                b_dy = b_do * b_z * b_sig
+            else:
+                b_dy = b_do
+            # adjoint: dh_t = C_t dy_t + a_{t+1} dh_{t+1}; a reverse scan, the next chunk enters via b_carry
+            b_a1 = tl.exp2(b_dt1[:, :, None] * b_A2[:, None, :])
+            b_g = b_dy[:, :, None] * b_C
+            r_a, r_g = tl.associative_scan((b_a1, b_g), 1, _combine, reverse=True)
+            b_dh = r_g + r_a * b_carry[:, None, :]
+            b_carry = tl.sum(tl.where((o_tl == 0)[None, :, None], b_dh, 0.0), 1)
+            b_hprev = b_hs - b_x  # = a_t * h_{t-1}
+            b_du = tl.sum(b_dh * b_B, 2) * b_dt
+            if HAS_D:
+                b_du += b_D[:, None] * b_dy
+                acc_dD += tl.sum(b_dy * b_u, 1)
+            b_ddt = tl.sum(b_dh * (b_B * b_u[:, :, None] + b_Anat[:, None, :] * b_hprev), 2)
+            acc_dA += tl.sum(b_dh * b_dt[:, :, None] * b_hprev, 1)
+            if SOFTPLUS:
+                b_ddt = b_ddt * tl.sigmoid(b_dtr)
+            b_ddt = tl.where(m_dt, b_ddt, 0.0)
+            if HAS_BIAS:
+                acc_db += tl.sum(b_ddt, 1)
+            o_out = (i_b * dim + o_d[:, None]) * L + o_t[None, :]
+            tl.store(du_ptr + o_out, b_du.to(du_ptr.dtype.element_ty), mask=m_dt)
+            tl.store(ddt_ptr + o_out, b_ddt.to(ddt_ptr.dtype.element_ty), mask=m_dt)
+            if B_VAR:
+                b_dB = tl.sum(b_dh * b_dtu[:, :, None], 0)
+                p_dB = dB_ptr + i_b * sdB0 + i_g * sdB1 + o_n[None, :] * sdB2 + o_t[:, None] * sdB3
+                m_tn = m_t[:, None] & m_n[None, :]
+                if VAR_ATOMIC:
+                    tl.atomic_add(p_dB, b_dB, mask=m_tn)
+                else:
+                    tl.store(p_dB, b_dB, mask=m_tn)
+            else:
+                acc_dB += tl.sum(b_dh * b_dtu[:, :, None], 1)
+            if C_VAR:
+                b_dC = tl.sum(b_dy[:, :, None] * b_hs, 0)
+                p_dC = dC_ptr + i_b * sdC0 + i_g * sdC1 + o_n[None, :] * sdC2 + o_t[:, None] * sdC3
+                m_tn = m_t[:, None] & m_n[None, :]
+                if VAR_ATOMIC:
+                    tl.atomic_add(p_dC, b_dC, mask=m_tn)
+                else:
+                    tl.store(p_dC, b_dC, mask=m_tn)
+            else:
+                acc_dC += tl.sum(b_dy[:, :, None] * b_hs, 1)
+        if HAS_H0:
+            # d h_{-1} = a_0 * dh_0, with b_carry = dh_0 after the last (first-in-time) chunk
+            b_dt0 = tl.load(dt_ptr + i_b * sdt_b + o_d * sdt_d, mask=m_d, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                b_dt0 += b_bias
+            if SOFTPLUS:
+                b_dt0 = _softplus(b_dt0)
+            b_a0 = tl.exp2(b_dt0[:, None] * b_A2)
+            tl.store(dh0_ptr + o_dn, b_a0 * b_carry, mask=m_dn)
+    o_dn0 = o_d[:, None] * N + o_n[None, :]
+    tl.atomic_add(dA_ptr + o_dn0, acc_dA, mask=m_dn)
+    if not B_VAR:
+        tl.atomic_add(dB_ptr + o_dn0, acc_dB, mask=m_dn)
+    if not C_VAR:
+        tl.atomic_add(dC_ptr + o_dn0, acc_dC, mask=m_dn)
+    if HAS_D:
+        tl.atomic_add(dD_ptr + o_d, acc_dD, mask=m_d)
+    if HAS_BIAS:
+        tl.atomic_add(dbias_ptr + o_d, acc_db, mask=m_d)
+
+
+# ---- launchers --------------------------------------------------------------------------------------------
+
+def _pow2(x):
+    return triton.next_power_of_2(max(int(x), 1))
+
+
+def chunk_len(seqlen, dstate):
+    """Chunk length T_C shared by the forward (where it saves states) and the backward."""
+    bn = max(2, _pow2(dstate))
+    tc = 16 if bn <= 16 else (8 if bn <= 64 else 4)
+    return max(2, min(tc, _pow2(seqlen)))
+
+
+def _block_d(cpg, seqlen, dstate, budget):
+    tile = chunk_len(seqlen, dstate) * max(2, _pow2(dstate))
+    return max(2, min(_pow2(cpg), max(budget // tile, 1), 64))
+
+
+def _bc(X, batch):
+    """(tensor, is_variable, four strides) with (batch, dstate, L) viewed as (batch, 1, dstate, L)."""
+    if X.dim() == 2:
+        return X, False, (X.stride(0), X.stride(1), 0, 0), 1
+    if X.dim() == 3:
+        X = X.unsqueeze(1)
+    return X, True, tuple(X.stride()), X.shape[1]
+
+
+def _groups(Bt, Ct):
+    gb = Bt.shape[1] if Bt.dim() == 4 else None
+    gc = Ct.shape[1] if Ct.dim() == 4 else None
+    return gb or gc or 1
+
+
+def _dummy(ref):
+    return torch.zeros(1, device=ref.device, dtype=torch.float32)
+
+
+def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_state=None,
+                       delta_softplus=False, return_last_state=False, save_states=False):
+    """Forward launcher. Shapes as in ``m2s2l.ops.selective_scan_fn`` (arguments assumed validated).
+
+    Returns (out (batch, dim, L) in u's dtype, last_state (batch, dim, N) float32 or None,
+    chunk_states (batch, nchunks - 1, dim, N) float32 or None — the states entering chunks 1.., for the backward).
+    """
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    B4, b_var, sB, gb = _bc(B, batch)
+    C4, c_var, sC, gc = _bc(C, batch)
+    G = max(gb, gc)
+    cpg = dim // G
+    T_C = chunk_len(L, N)
+    BLOCK_D = _block_d(cpg, L, N, 4096)
+    nblk = triton.cdiv(cpg, BLOCK_D)
+    nchunks = triton.cdiv(L, T_C)
+    A = A.contiguous()
+    out = torch.empty(batch, dim, L, device=u.device, dtype=u.dtype)
+    hlast = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32) if return_last_state else None
+    hc = None
+    if save_states and nchunks > 1:
+        hc = torch.empty(batch, nchunks - 1, dim, N, device=u.device, dtype=torch.float32)
+    h0 = initial_state.contiguous() if initial_state is not None else None
+    dmy = _dummy(u)
+    zz = z if z is not None else u
+    _fwd_kernel[(G * nblk, batch)](
+        u, delta, A, B4, C4, D if D is not None else dmy, zz, delta_bias if delta_bias is not None else dmy,
+        h0 if h0 is not None else dmy, out, hlast if hlast is not None else dmy, hc if hc is not None else dmy,
+        L, nchunks, dim, cpg, nblk, *u.stride(), *delta.stride(), *zz.stride(), *sB, *sC,
+        N=N, BLOCK_D=BLOCK_D, T_C=T_C, BLOCK_N=max(2, _pow2(N)), B_VAR=b_var, C_VAR=c_var,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+        HAS_H0=h0 is not None, STORE_LAST=hlast is not None, SAVE_CHUNKS=hc is not None, num_warps=4)
+    return out, hlast, hc
+
+
+def selective_scan_bwd(dout, u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_state=None,
+                       chunk_states=None, delta_softplus=False, dlast=None):
+    """Backward launcher: gradients of (out, last_state) -> inputs.
+
+    ``chunk_states`` is what ``selective_scan_fwd(..., save_states=True)`` returned (None when L <= T_C);
+    ``dlast`` the gradient of last_state or None. Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias,
+    dinitial_state); du/ddelta/dz in the input dtype, dB/dC in B's/C's dtype, the rest float32
+    (None where the input was None).
+    """
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    B4, b_var, sB, gb = _bc(B, batch)
+    C4, c_var, sC, gc = _bc(C, batch)
+    G = max(gb, gc)
+    cpg = dim // G
+    T_C = chunk_len(L, N)
+    BLOCK_D = _block_d(cpg, L, N, 2048)
+    nblk = triton.cdiv(cpg, BLOCK_D)
+    nchunks = triton.cdiv(L, T_C)
+    if nchunks > 1 and (chunk_states is None or chunk_states.shape != (batch, nchunks - 1, dim, N)):
+        raise ValueError(f"chunk_states must have shape {(batch, nchunks - 1, dim, N)}")
+    var_atomic = nblk > 1
+    f32 = dict(device=u.device, dtype=torch.float32)
+    du = torch.empty(batch, dim, L, device=u.device, dtype=u.dtype)
+    ddelta = torch.empty(batch, dim, L, device=u.device, dtype=delta.dtype)
+    dz = torch.empty(batch, dim, L, device=u.device, dtype=z.dtype) if z is not None else None
+    dA = torch.zeros(dim, N, **f32)
+
+    def grad_buf(X4, var):
+        if not var:
+            return torch.zeros(dim, N, **f32)
+        return (torch.zeros if var_atomic else torch.empty)(X4.shape, **f32)
+    dB4, dC4 = grad_buf(B4, b_var), grad_buf(C4, c_var)
+    dD = torch.zeros(dim, **f32) if D is not None else None
+    dbias = torch.zeros(dim, **f32) if delta_bias is not None else None
+    h0 = initial_state.contiguous() if initial_state is not None else None
+    dh0 = torch.empty(batch, dim, N, **f32) if h0 is not None else None
+    dl = dlast.contiguous() if dlast is not None else None
+    bpp = max(1, (batch * G * nblk) // 2048)
+    dmy = _dummy(u)
+    zz = z if z is not None else u
+    sdB = dB4.stride() if b_var else (0, 0, 0, 0)
+    sdC = dC4.stride() if c_var else (0, 0, 0, 0)
+    opt = lambda t: t if t is not None else dmy  # noqa: E731
+    _bwd_kernel[(G * nblk, triton.cdiv(batch, bpp))](
+        u, delta, A.contiguous(), B4, C4, opt(D), zz, opt(delta_bias), opt(h0), opt(chunk_states), dout, opt(dl),
+        du, ddelta, dA, dB4, dC4, opt(dD), opt(dz), opt(dbias), opt(dh0),
+        L, nchunks, batch, dim, cpg, nblk, bpp, *u.stride(), *delta.stride(), *zz.stride(), *dout.stride(),
+        *sB, *sC, *sdB, *sdC,
+        N=N, BLOCK_D=BLOCK_D, T_C=T_C, BLOCK_N=max(2, _pow2(N)), B_VAR=b_var, C_VAR=c_var,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+        HAS_H0=h0 is not None, HAS_DLAST=dl is not None, VAR_ATOMIC=var_atomic, num_warps=4)
+    dB = dB4.reshape(B.shape).to(B.dtype) if b_var else dB4
+    dC = dC4.reshape(C.shape).to(C.dtype) if c_var else dC4
+    return du, ddelta, dA, dB, dC, dD, dz, dbias, dh0
