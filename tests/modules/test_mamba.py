@@ -1,0 +1,211 @@
+"""Mamba / BiMamba blocks: Triton path == reference path (outputs and every gradient), streaming == full
+sequence, bidirectional == two explicit passes, mamba-ssm init, input errors, determinism, torch.compile."""
+import math
+
+import pytest
+import torch
+
+from m2s2l.modules import BiMamba, Mamba
+from m2s2l.ops import triton_available
+
+needs_triton = pytest.mark.skipif(not triton_available(), reason="needs triton")
+
+
+def _loss_grads(block, x, seed=1):
+    """Output and gradients (input + every parameter) of (out * g).sum() for a fixed random g."""
+    block.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_(True)
+    out = block(x)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)).to(out)
+    (out * g).sum().backward()
+    grads = {"x": x.grad}
+    grads.update({n: p.grad for n, p in getattr(block, "_orig_mod", block).named_parameters()})
+    return out.detach(), grads
+
+
+def _assert_close_all(a, b, rtol=1e-4, atol=1e-5):
+    out_a, g_a = a
+    out_b, g_b = b
+    torch.testing.assert_close(out_a, out_b, rtol=rtol, atol=atol)
+    assert g_a.keys() == g_b.keys()
+    for name in g_a:
+        assert g_a[name] is not None and g_b[name] is not None, f"no gradient for {name}"
+        torch.testing.assert_close(g_a[name], g_b[name], rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+def _block(cls, d_model, seed=0, **kw):
+    torch.manual_seed(seed)
+    return cls(d_model, **kw)
+
+
+@needs_triton
+@pytest.mark.parametrize("cls,d_model,seqlen,kw", [
+    (Mamba, 16, 33, {}),
+    (Mamba, 24, 7, {"d_state": 8, "d_conv": 3, "bias": True}),
+    (BiMamba, 16, 19, {"merge": "add"}),
+    (BiMamba, 16, 9, {"merge": "concat", "d_conv": 2, "conv_bias": False}),
+], ids=["mamba-D16-L33", "mamba-D24-L7-N8-W3-bias", "bimamba-add-L19", "bimamba-concat-L9-W2"])
+def test_triton_matches_torch(cls, d_model, seqlen, kw, device):
+    block = _block(cls, d_model, **kw).to(device)
+    x = torch.randn(2, seqlen, d_model, generator=torch.Generator().manual_seed(2)).to(device)
+    block.backend = "triton"
+    res_triton = _loss_grads(block, x)
+    block.backend = "torch"
+    res_torch = _loss_grads(block, x)
+    _assert_close_all(res_triton, res_torch)
+
+
+def _mamba_direction(bi, g):
+    """A Mamba block holding direction g of a BiMamba (shared in_proj, out_proj slice for concat)."""
+    m = Mamba(bi.d_model, d_state=bi.d_state, d_conv=bi.d_conv, expand=bi.expand, dt_rank=bi.dt_rank,
+              bias=bi.in_proj.bias is not None, conv_bias=bi.conv_bias is not None, backend="torch")
+    di = bi.d_inner
+    with torch.no_grad():
+        m.in_proj.weight.copy_(bi.in_proj.weight)
+        m.conv1d.weight.copy_(bi.conv_weight[g, :, None])
+        if bi.conv_bias is not None:
+            m.conv1d.bias.copy_(bi.conv_bias[g])
+        m.x_proj.weight.copy_(bi.x_proj_weight[g])
+        m.dt_proj.weight.copy_(bi.dt_proj_weight[g])
+        m.dt_proj.bias.copy_(bi.dt_proj_bias[g])
+        m.A_log.copy_(bi.A_log[g])
+        m.D.copy_(bi.D[g])
+        w = bi.out_proj.weight
+        m.out_proj.weight.copy_(w if bi.merge == "add" else w[:, g * di:(g + 1) * di])
+    return m
+
+
+@pytest.mark.parametrize("merge", ["add", "concat"])
+def test_bimamba_equals_two_passes(merge):
+    bi = _block(BiMamba, 16, merge=merge, d_conv=3, backend="torch")
+    x = torch.randn(3, 13, 16)
+    fwd, bwd = _mamba_direction(bi, 0), _mamba_direction(bi, 1)
+    ref = fwd(x) + bwd(x.flip(1)).flip(1)
+    torch.testing.assert_close(bi(x), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_bimamba_directions_differ():
+    """The reversed direction really sees the future: changing the last token changes the first output."""
+    bi = _block(BiMamba, 16, backend="torch")
+    x = torch.randn(1, 10, 16)
+    x2 = x.clone()
+    x2[:, -1] += 1.0
+    assert not torch.allclose(bi(x)[:, 0], bi(x2)[:, 0])
+    m = _block(Mamba, 16, backend="torch")
+    torch.testing.assert_close(m(x)[:, :-1], m(x2)[:, :-1])  # the causal block does not
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
+def test_step_matches_forward(backend, device):
+    m = _block(Mamba, 16, d_conv=4, backend=backend).to(device)
+    x = torch.randn(2, 9, 16, device=device)
+    with torch.no_grad():
+        full = m(x)
+        conv_state, ssm_state = m.allocate_inference_cache(2, 9)
+        assert conv_state.shape == (2, 32, 3) and ssm_state.shape == (2, 32, 16)
+        assert ssm_state.dtype == torch.float32
+        outs = []
+        for t in range(x.shape[1]):
+            y, conv_state2, ssm_state2 = m.step(x[:, t:t + 1], conv_state, ssm_state)
+            assert conv_state2 is conv_state and ssm_state2 is ssm_state  # updated in place
+            outs.append(y)
+    torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
+def test_chunked_forward_with_cache_matches_full(backend, device):
+    """forward(chunk, inference_cache) carries the state: prefill 5 tokens, a chunk of 2, then steps."""
+    m = _block(Mamba, 16, d_conv=4, backend=backend).to(device)
+    x = torch.randn(2, 11, 16, device=device)
+    with torch.no_grad():
+        full = m(x)
+        cache = m.allocate_inference_cache(2, 11)
+        parts = [m(x[:, :5], inference_cache=cache), m(x[:, 5:7], inference_cache=cache)]
+        parts += [m.step(x[:, t:t + 1], *cache)[0] for t in range(7, 11)]
+    torch.testing.assert_close(torch.cat(parts, 1), full, rtol=1e-4, atol=1e-5)
+
+
+def test_init_matches_mamba_ssm():
+    m = _block(Mamba, 64, d_state=16)
+    assert m.d_inner == 128 and m.dt_rank == 4
+    assert m.in_proj.weight.shape == (256, 64) and m.in_proj.bias is None
+    assert m.conv1d.weight.shape == (128, 1, 4) and m.conv1d.bias.shape == (128,)
+    assert m.x_proj.weight.shape == (4 + 32, 128) and m.dt_proj.weight.shape == (128, 4)
+    assert m.A_log.dtype == torch.float32 and m.D.dtype == torch.float32
+    torch.testing.assert_close(m.A_log, torch.log(torch.arange(1.0, 17.0)).expand(128, 16))
+    torch.testing.assert_close(m.D, torch.ones(128))
+    assert m.A_log._no_weight_decay and m.D._no_weight_decay
+    dt = torch.nn.functional.softplus(m.dt_proj.bias)
+    assert dt.min() >= 1e-3 * (1 - 1e-5) and dt.max() <= 0.1 * (1 + 1e-5)
+    assert dt.min() < 3e-3 and dt.max() > 3e-2  # spread over the log-uniform range
+    bound = 4 ** -0.5
+    assert m.dt_proj.weight.abs().max() <= bound and m.dt_proj.weight.abs().max() > 0.5 * bound
+    bi = _block(BiMamba, 24, dtype=torch.float64)
+    assert bi.A_log.dtype == torch.float32 and bi.in_proj.weight.dtype == torch.float64
+    torch.testing.assert_close(bi.A_log[1], torch.log(torch.arange(1.0, 17.0)).expand(48, 16))
+    dtb = torch.nn.functional.softplus(bi.dt_proj_bias.float())
+    assert dtb.min() >= 1e-3 * (1 - 1e-5) and dtb.max() <= 0.1 * (1 + 1e-5)
+    assert not torch.equal(bi.dt_proj_bias[0], bi.dt_proj_bias[1])
+    for p in bi.parameters():
+        assert torch.isfinite(p).all()
+    assert Mamba(17).dt_rank == math.ceil(17 / 16)
+
+
+def test_bad_inputs():
+    m = Mamba(16, backend="torch")
+    with pytest.raises(ValueError, match="hidden_states"):
+        m(torch.randn(2, 16))
+    with pytest.raises(ValueError, match="d_model=16"):
+        m(torch.randn(2, 5, 8))
+    with pytest.raises(TypeError, match="hidden_states"):
+        m(torch.zeros(2, 5, 16, dtype=torch.long))
+    conv_state, ssm_state = m.allocate_inference_cache(2, 4)
+    with pytest.raises(ValueError, match="hidden_states"):
+        m.step(torch.randn(2, 3, 16), conv_state, ssm_state)
+    with pytest.raises(ValueError, match="conv_state"):
+        m.step(torch.randn(2, 1, 16), conv_state[:, :, :2], ssm_state)
+    with pytest.raises(ValueError, match="ssm_state"):
+        m.step(torch.randn(2, 1, 16), conv_state, torch.zeros(2, 32, 8))
+    with pytest.raises(ValueError, match="backend"):
+        Mamba(16, backend="cudnn")
+    with pytest.raises(ValueError, match="merge"):
+        BiMamba(16, merge="mul")
+    with pytest.raises(ValueError, match="hidden_states"):
+        BiMamba(16, backend="torch")(torch.randn(2, 5, 15))
+
+
+@pytest.mark.parametrize("cls", [Mamba, BiMamba])
+def test_eval_deterministic(cls, device):
+    block = _block(cls, 16).to(device).eval()
+    x = torch.randn(2, 12, 16, device=device)
+    with torch.no_grad():
+        assert torch.equal(block(x), block(x))
+
+
+@pytest.mark.parametrize("cls", [Mamba, BiMamba])
+def test_compile_aot_eager_fullgraph(cls):
+    """The ops are custom ops: the whole block traces as one graph (no breaks), and matches eager."""
+    block = _block(cls, 16, backend="torch")
+    x = torch.randn(2, 9, 16)
+    eager = _loss_grads(block, x)
+    torch._dynamo.reset()
+    compiled = torch.compile(block, backend="aot_eager", fullgraph=True)
+    _assert_close_all(_loss_grads(compiled, x), eager, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cls", [Mamba, BiMamba])
+def test_compile_inductor_fullgraph_gpu(cls):
+    block = _block(cls, 64, backend="triton").cuda()
+    x = torch.randn(4, 64, 64, device="cuda")
+    eager = _loss_grads(block, x)
+    torch._dynamo.reset()
+    compiled = torch.compile(block, fullgraph=True)
+    _assert_close_all(_loss_grads(compiled, x), eager, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():  # the step ops compile too
+        cache = block.allocate_inference_cache(4, 1) if cls is Mamba else None
+        if cache is not None:
+            step = torch.compile(block.step, fullgraph=True)
+            ref_cache = tuple(c.clone() for c in cache)
+            torch.testing.assert_close(step(x[:, :1], *cache)[0], block.step(x[:, :1], *ref_cache)[0])
+            torch.testing.assert_close(cache[1], ref_cache[1])
