@@ -4,6 +4,7 @@
 torch.compile, one autograd formula). Optional outputs that a custom op cannot return as None travel as
 empty tensors of shape (0,).
 """
+import contextlib
 from typing import Optional
 
 import torch
@@ -17,6 +18,16 @@ def _alloc_like(x):
     if x.stride(1) == 1 and x.stride(2) != 1 and x.shape[1] > 1:
         return x.new_empty(x.shape[0], x.shape[2], x.shape[1]).transpose(1, 2)
     return x.new_empty(x.shape)
+
+
+@contextlib.contextmanager
+def _enable_autograd():
+    """Inside a custom op's kernel the autograd dispatch keys are excluded, so torch.enable_grad() alone
+    records no graph; re-include them for the torch backend's recompute-and-differentiate backward."""
+    K = torch._C.DispatchKey
+    with torch._C._SetExcludeDispatchKeyGuard(K.AutogradFunctionality, False), \
+            torch._C._SetExcludeDispatchKeyGuard(K.ADInplaceOrView, False), torch.enable_grad():
+        yield
 
 
 def _ref(x, weight, bias, initial_states, activation, return_final_states):
@@ -68,7 +79,7 @@ def _bwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
     xr, wr = next(it), next(it)
     br = next(it) if bias is not None else None
     ir = next(it) if initial_states is not None else None
-    with torch.enable_grad():
+    with _enable_autograd():
         res = _ref(xr, wr, br, ir, activation, dfinal_states is not None)
         if dfinal_states is not None:
             loss = (res[0].float() * dout.float()).sum() + (res[1].float() * dfinal_states.float()).sum()
@@ -141,6 +152,7 @@ def causal_conv1d_fn(x, weight, bias=None, activation=None, initial_states=None,
     width = weight.shape[1]
     if bias is not None:
         check_tensor("bias", bias, shape=(dim,), dtypes=FLOAT_DTYPES, device=x.device, expected="(dim,)")
+        bias = bias.contiguous()
     if initial_states is not None:
         check_tensor("initial_states", initial_states, shape=(batch, dim, width - 1), dtypes=(x.dtype,),
                      device=x.device, expected="(batch, dim, width - 1)")

@@ -23,14 +23,12 @@ import triton.language as tl
 
 
 @triton.jit
-def _load_xpad(x_ptr, init_ptr, o_b, o_c, s, m_bc, L, sxb, sxc, sxt, sib, sic, sit,
-               W: tl.constexpr, HAS_INIT: tl.constexpr):
-    """x at time positions s (float32); s < 0 reads initial_states[..., s + W - 1] (or 0)."""
-    m = m_bc & (s >= 0) & (s < L)
-    v = tl.load(x_ptr + o_b * sxb + o_c * sxc + s * sxt, mask=m, other=0.).to(tl.float32)
+def _load_xpad(p_x, p_i, s, m_bc, L, sxt, sit, W: tl.constexpr, HAS_INIT: tl.constexpr):
+    """x at time positions s (float32); s < 0 reads initial_states[..., s + W - 1] (or 0).
+    p_x / p_i point at time 0 of each (batch, channel) row of x / initial_states."""
+    v = tl.load(p_x + s * sxt, mask=m_bc & (s >= 0) & (s < L), other=0.).to(tl.float32)
     if HAS_INIT:
-        mi = m_bc & (s < 0) & (s >= 1 - W)
-        v += tl.load(init_ptr + o_b * sib + o_c * sic + (s + W - 1) * sit, mask=mi, other=0.).to(tl.float32)
+        v += tl.load(p_i + (s + W - 1) * sit, mask=m_bc & (s < 0) & (s >= 1 - W), other=0.).to(tl.float32)
     return v
 
 
@@ -46,12 +44,13 @@ def _conv_fwd_kernel(x_ptr, w_ptr, bias_ptr, init_ptr, out_ptr, final_ptr,
     o_t = (i_t * BLOCK_T + tl.arange(0, BLOCK_T))[None, None, :]
     m_c = o_c < D
     m_bc = (o_b < B) & m_c
+    p_x = x_ptr + o_b * sxb + o_c * sxc
+    p_i = init_ptr + o_b * sib + o_c * sic if HAS_INIT else init_ptr
+    p_w = w_ptr + o_c * swc
     b_acc = tl.zeros([BLOCK_B, BLOCK_C, BLOCK_T], dtype=tl.float32)
     for k in tl.static_range(W):
-        b_w = tl.load(w_ptr + o_c * swc + k * swk, mask=m_c, other=0.).to(tl.float32)
-        b_x = _load_xpad(x_ptr, init_ptr, o_b, o_c, o_t - (W - 1) + k, m_bc, L,
-                         sxb, sxc, sxt, sib, sic, sit, W, HAS_INIT)
-        b_acc += b_w * b_x
+        b_x = _load_xpad(p_x, p_i, o_t - (W - 1) + k, m_bc, L, sxt, sit, W, HAS_INIT)
+        b_acc += tl.load(p_w + k * swk, mask=m_c, other=0.).to(tl.float32) * b_x
         if STORE_FINAL:
             if k > 0:  # final_states[k-1] = xpad[L-1+k] = the k-th shifted input seen at t = L-1
                 p_f = final_ptr + o_b * sfb + o_c * sfc + (k - 1) * sft + o_t * 0
@@ -65,41 +64,36 @@ def _conv_fwd_kernel(x_ptr, w_ptr, bias_ptr, init_ptr, out_ptr, final_ptr,
 
 
 @triton.jit
-def _grad_pre(x_ptr, w_ptr, bias_ptr, init_ptr, dout_ptr, o_b, o_c, t, m_bc, m_c, L,
-              sxb, sxc, sxt, swc, swk, sib, sic, sit, sdb, sdc, sdt,
-              W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr):
-    """g = dout * act'(pre) at time positions t (0 outside [0, L))."""
-    b_g = tl.load(dout_ptr + o_b * sdb + o_c * sdc + t * sdt, mask=m_bc & (t >= 0) & (t < L),
-                  other=0.).to(tl.float32)
+def _grad_pre(p_x, p_i, p_w, p_d, b_bias, t, m_bc, m_c, L, sxt, sit, swk, sdt,
+              W: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr):
+    """g = dout * act'(pre) at time positions t (0 outside [0, L)); b_bias is the (float32) bias or 0."""
+    b_g = tl.load(p_d + t * sdt, mask=m_bc & (t >= 0) & (t < L), other=0.).to(tl.float32)
     if SILU:
-        b_pre = tl.zeros(b_g.shape, dtype=tl.float32)
+        b_pre = tl.zeros(b_g.shape, dtype=tl.float32) + b_bias
         for k in tl.static_range(W):
-            b_w = tl.load(w_ptr + o_c * swc + k * swk, mask=m_c, other=0.).to(tl.float32)
-            b_pre += b_w * _load_xpad(x_ptr, init_ptr, o_b, o_c, t - (W - 1) + k, m_bc, L,
-                                      sxb, sxc, sxt, sib, sic, sit, W, HAS_INIT)
-        if HAS_BIAS:
-            b_pre += tl.load(bias_ptr + o_c, mask=m_c, other=0.).to(tl.float32)
+            s = t - (W - 1) + k
+            b_x = tl.load(p_x + s * sxt, mask=m_bc & (s >= 0) & (s < L), other=0.).to(tl.float32)
+            if HAS_INIT:
+                b_x += tl.load(p_i + (s + W - 1) * sit, mask=m_bc & (s < 0) & (s >= 1 - W),
+                               other=0.).to(tl.float32)
+            b_pre += tl.load(p_w + k * swk, mask=m_c, other=0.).to(tl.float32) * b_x
         b_sig = tl.sigmoid(b_pre)
         b_g = b_g * b_sig * (1. + b_pre * (1. - b_sig))
     return b_g
 
 
 @triton.jit
-def _grad_xpad(x_ptr, w_ptr, bias_ptr, init_ptr, dout_ptr, dfinal_ptr, o_b, o_c, s, m_bc, m_c, L,
-               sxb, sxc, sxt, swc, swk, sib, sic, sit, sdb, sdc, sdt, sgb, sgc, sgt,
-               W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr,
-               HAS_DFINAL: tl.constexpr):
+def _grad_xpad(p_x, p_i, p_w, p_d, p_f, b_bias, s, m_bc, m_c, L, sxt, sit, swk, sdt, sgt,
+               W: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr, HAS_DFINAL: tl.constexpr):
     """Gradient of the padded input at positions s: sum_j w[W-1-j] g[s+j] + d final_states[s-L+W-1]."""
     b_dx = tl.zeros(s.shape, dtype=tl.float32) + tl.zeros(m_bc.shape, dtype=tl.float32)
     for j in tl.static_range(W):
-        b_w = tl.load(w_ptr + o_c * swc + (W - 1 - j) * swk, mask=m_c, other=0.).to(tl.float32)
-        b_dx += b_w * _grad_pre(x_ptr, w_ptr, bias_ptr, init_ptr, dout_ptr, o_b, o_c, s + j, m_bc, m_c, L,
-                                sxb, sxc, sxt, swc, swk, sib, sic, sit, sdb, sdc, sdt,
-                                W, HAS_BIAS, HAS_INIT, SILU)
+        b_w = tl.load(p_w + (W - 1 - j) * swk, mask=m_c, other=0.).to(tl.float32)
+        b_dx += b_w * _grad_pre(p_x, p_i, p_w, p_d, b_bias, s + j, m_bc, m_c, L, sxt, sit, swk, sdt,
+                                W, HAS_INIT, SILU)
     if HAS_DFINAL:
         i_f = s - L + (W - 1)
-        m_f = m_bc & (i_f >= 0) & (i_f < W - 1) & (s < L)
-        b_dx += tl.load(dfinal_ptr + o_b * sgb + o_c * sgc + i_f * sgt, mask=m_f, other=0.).to(tl.float32)
+        b_dx += tl.load(p_f + i_f * sgt, mask=m_bc & (i_f >= 0) & (i_f < W - 1) & (s < L), other=0.).to(tl.float32)
     return b_dx
 
 
@@ -117,32 +111,33 @@ def _conv_bwd_kernel(x_ptr, w_ptr, bias_ptr, init_ptr, dout_ptr, dfinal_ptr,
     o_t = (i_t * BLOCK_T + tl.arange(0, BLOCK_T))[None, None, :]
     o_k = tl.arange(0, WPAD)[None, :]
     m_c = o_c < D
+    p_w = w_ptr + o_c * swc
+    b_bias = tl.load(bias_ptr + o_c, mask=m_c, other=0.).to(tl.float32) if HAS_BIAS else 0.
     b_dw = tl.zeros([BLOCK_C, WPAD], dtype=tl.float32)
     b_db = tl.zeros([BLOCK_C], dtype=tl.float32)
     for ib in range(b_iters):
         o_b = ((i_b * b_iters + ib) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)[:, None, None]
         m_bc = (o_b < B) & m_c
-        b_dx = _grad_xpad(x_ptr, w_ptr, bias_ptr, init_ptr, dout_ptr, dfinal_ptr, o_b, o_c, o_t, m_bc, m_c, L,
-                          sxb, sxc, sxt, swc, swk, sib, sic, sit, sdb, sdc, sdt, sgb, sgc, sgt,
-                          W, HAS_BIAS, HAS_INIT, SILU, HAS_DFINAL)
+        p_x = x_ptr + o_b * sxb + o_c * sxc
+        p_i = init_ptr + o_b * sib + o_c * sic if HAS_INIT else init_ptr
+        p_d = dout_ptr + o_b * sdb + o_c * sdc
+        p_f = dfinal_ptr + o_b * sgb + o_c * sgc if HAS_DFINAL else dfinal_ptr
+        b_dx = _grad_xpad(p_x, p_i, p_w, p_d, p_f, b_bias, o_t, m_bc, m_c, L, sxt, sit, swk, sdt, sgt,
+                          W, HAS_INIT, SILU, HAS_DFINAL)
         tl.store(dx_ptr + o_b * sxgb + o_c * sxgc + o_t * sxgt, b_dx.to(dx_ptr.dtype.element_ty),
                  mask=m_bc & (o_t < L))
         if STORE_DINIT:
             if i_t == 0:  # the W-1 positions before x: s = -(W-1) .. -1
                 o_s = tl.arange(0, WPAD)[None, None, :] - (W - 1)
-                b_di = _grad_xpad(x_ptr, w_ptr, bias_ptr, init_ptr, dout_ptr, dfinal_ptr, o_b, o_c, o_s, m_bc,
-                                  m_c, L, sxb, sxc, sxt, swc, swk, sib, sic, sit, sdb, sdc, sdt, sgb, sgc, sgt,
-                                  W, HAS_BIAS, HAS_INIT, SILU, HAS_DFINAL)
+                b_di = _grad_xpad(p_x, p_i, p_w, p_d, p_f, b_bias, o_s, m_bc, m_c, L, sxt, sit, swk, sdt, sgt,
+                                  W, HAS_INIT, SILU, HAS_DFINAL)
                 tl.store(dinit_ptr + o_b * sigb + o_c * sigc + (o_s + W - 1) * sigt,
                          b_di.to(dinit_ptr.dtype.element_ty), mask=m_bc & (o_s < 0))
-        b_g = _grad_pre(x_ptr, w_ptr, bias_ptr, init_ptr, dout_ptr, o_b, o_c, o_t, m_bc, m_c, L,
-                        sxb, sxc, sxt, swc, swk, sib, sic, sit, sdb, sdc, sdt, W, HAS_BIAS, HAS_INIT, SILU)
+        b_g = _grad_pre(p_x, p_i, p_w, p_d, b_bias, o_t, m_bc, m_c, L, sxt, sit, swk, sdt, W, HAS_INIT, SILU)
         b_db += tl.sum(tl.sum(b_g, axis=2), axis=0)
         for k in tl.static_range(W):
-            b_x = _load_xpad(x_ptr, init_ptr, o_b, o_c, o_t - (W - 1) + k, m_bc, L,
-                             sxb, sxc, sxt, sib, sic, sit, W, HAS_INIT)
-            b_dwk = tl.sum(tl.sum(b_g * b_x, axis=2), axis=0)
-            b_dw += tl.where(o_k == k, b_dwk[:, None], 0.)
+            b_x = _load_xpad(p_x, p_i, o_t - (W - 1) + k, m_bc, L, sxt, sit, W, HAS_INIT)
+            b_dw += tl.where(o_k == k, tl.sum(tl.sum(b_g * b_x, axis=2), axis=0)[:, None], 0.)
     o_row = i_b * n_t + i_t
     o_cc = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
     tl.store(dw_part_ptr + (o_row * D + o_cc[:, None]) * W + o_k, b_dw, mask=(o_cc[:, None] < D) & (o_k < W))
