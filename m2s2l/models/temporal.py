@@ -1,0 +1,60 @@
+"""Multi-temporal Mamba encoders (per pyramid level, over time) and the spatial BiMamba (coarsest level)."""
+import torch
+import torch.nn as nn
+
+from m2s2l.modules import BiMamba, Mamba
+
+
+class MambaBlock(nn.Module):
+    """Pre-norm residual block: x + mixer(LayerNorm(x)), x (batch, seqlen, dim)."""
+
+    def __init__(self, dim, mixer):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.mixer = mixer
+
+    def forward(self, x):
+        return x + self.mixer(self.norm(x))
+
+
+class MultiTemporalMamba(nn.Module):
+    """feats (B, T, C, H, W) -> fused (B, C, H, W): one feature map summarising the clip per location.
+
+    Every spatial location is one sequence over time (batch B*H*W, seqlen T / s). For each temporal scale
+    s the sequence is average-pooled by s (s = 1: full frame rate), run through ``depth`` Mamba blocks,
+    and its last step (the state after the newest frame) is kept. The per-scale summaries are
+    concatenated and fused by a linear layer, added to the newest frame's features (residual)."""
+
+    def __init__(self, dim, clip_len, scales, depth, d_state, d_conv, expand, backend):
+        super().__init__()
+        self.clip_len, self.scales = clip_len, tuple(scales)
+        self.branches = nn.ModuleList(
+            nn.Sequential(*[MambaBlock(dim, Mamba(dim, d_state=d_state, d_conv=d_conv, expand=expand,
+                                                   backend=backend)) for _ in range(depth)])
+            for _ in self.scales)
+        self.fuse = nn.Linear(dim * len(self.scales), dim)
+
+    def forward(self, feats):
+        B, T, C, H, W = feats.shape
+        seq = feats.permute(0, 3, 4, 1, 2).reshape(B * H * W, T, C)      # (B*H*W, T, C)
+        summaries = []
+        for s, branch in zip(self.scales, self.branches):
+            x = seq if s == 1 else seq.reshape(B * H * W, T // s, s, C).mean(2)
+            summaries.append(branch(x)[:, -1])                          # (B*H*W, C)
+        fused = seq[:, -1] + self.fuse(torch.cat(summaries, dim=-1))             # (B*H*W, C)
+        return fused.reshape(B, H, W, C).permute(0, 3, 1, 2)
+
+
+class SpatialMamba(nn.Module):
+    """x (B, C, H, W) -> (B, C, H, W): ``depth`` bidirectional Mamba blocks over the H*W tokens (row-major)."""
+
+    def __init__(self, dim, depth, d_state, d_conv, expand, backend):
+        super().__init__()
+        self.blocks = nn.Sequential(*[MambaBlock(dim, BiMamba(dim, d_state=d_state, d_conv=d_conv,
+                                                              expand=expand, backend=backend))
+                                      for _ in range(depth)])
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        tokens = self.blocks(x.flatten(2).transpose(1, 2))               # (B, H*W, C)
+        return tokens.transpose(1, 2).reshape(B, C, H, W)
