@@ -1,0 +1,5 @@
+// Selective scan bwd instantiations for bf16 inputs (B/C in the same dtype or float32).
+#include "selective_scan/selective_scan_bwd.cuh"
+
+M2S2L_SS_INSTANTIATE(ss_bwd_launch, __nv_bfloat16, __nv_bfloat16)
+M2S2L_SS_INSTANTIATE(ss_bwd_launch, __nv_bfloat16, float)
