@@ -15,6 +15,7 @@ import torch
 BACKENDS = ("auto", "triton", "cuda", "torch")
 
 
+@torch.compiler.assume_constant_result  # torch.compile: evaluated once at trace time, no graph break on import
 def triton_available():
     """True when ``import triton`` works (Linux wheels); the package works without it."""
     try:
