@@ -43,8 +43,8 @@ def _fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
         from m2s2l.triton_kernels.selective_scan.scan import selective_scan_fwd
         out, last, hc = selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
                                            return_last_state, save_states)
-        empty = u.new_zeros(0, dtype=torch.float32)
-        return out, empty if last is None else last, empty if hc is None else hc
+        empty = lambda: u.new_zeros(0, dtype=torch.float32)  # noqa: E731  (outputs may not alias)
+        return out, empty() if last is None else last, empty() if hc is None else hc
     if backend == "cuda":
         raise RuntimeError("selective_scan_fn: the 'cuda' backend is not available yet; use 'triton' or 'torch'")
     with torch.no_grad():

@@ -18,11 +18,61 @@ float32 summation order in those gradients.
 Launchers (plain functions, no autograd): ``selective_scan_fwd`` and ``selective_scan_bwd``; ``chunk_len``
 gives the chunk length both use.
 """
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 LOG2E = 1.4426950408889634
+
+
+def _vectorize_interpreter_scan():
+    """Speed up ``tl.associative_scan`` under TRITON_INTERPRET=1 (CPU tests).
+
+    Triton's interpreter runs a scan with a user combine function one element at a time (~1 ms per element,
+    minutes per test). A combine function is elementwise by definition, so stepping along the scan axis with
+    whole slices computes the same values. Installed only in interpreter mode; a no-op if the interpreter's
+    internals differ from what is expected here (then tests are just slow).
+    """
+    try:
+        import numpy as np
+        from triton.runtime import interpreter as interp
+    except Exception:  # pragma: no cover
+        return
+    scan_ops = getattr(interp, "ScanOps", None)
+    if scan_ops is None or not hasattr(scan_ops, "generic_scan") or getattr(scan_ops, "_m2s2l_vectorized", False):
+        return
+
+    def generic_scan(self, input):
+        ax, datas = self.axis, [a.handle.data for a in input]
+        outs = [np.empty_like(d) for d in datas]
+        if getattr(self.combine_fn, "fn", None) is _combine.fn:  # the linear recurrence, directly in numpy
+            a, b = datas
+            outs[0] = np.cumprod(a, axis=ax).astype(a.dtype)
+            acc = np.take(b, [0], axis=ax)
+            for i in range(b.shape[ax]):
+                sl = (slice(None),) * ax + (slice(i, i + 1),)
+                acc = b[sl] if i == 0 else a[sl] * acc + b[sl]
+                outs[1][sl] = acc
+            return [self.to_tensor(o, x.dtype) for o, x in zip(outs, input)]
+        acc = None
+        for i in range(datas[0].shape[ax]):
+            cur = tuple(self.to_tensor(np.take(d, [i], axis=ax), a.dtype) for d, a in zip(datas, input))
+            if acc is None:
+                acc = cur
+            else:
+                r = self.combine_fn.fn(*acc, *cur)
+                acc = r if isinstance(r, tuple) else (r,)
+            for o, t in zip(outs, acc):
+                o[(slice(None),) * ax + (slice(i, i + 1),)] = t.handle.data
+        return [self.to_tensor(o, a.dtype) for o, a in zip(outs, input)]
+
+    scan_ops.generic_scan = generic_scan
+    scan_ops._m2s2l_vectorized = True
+
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 @triton.jit
@@ -272,6 +322,10 @@ def _bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_p
         tl.atomic_add(dbias_ptr + o_d, acc_db, mask=m_d)
 
 
+if _INTERPRET:
+    _vectorize_interpreter_scan()
+
+
 # ---- launchers --------------------------------------------------------------------------------------------
 
 def _pow2(x):
@@ -286,6 +340,8 @@ def chunk_len(seqlen, dstate):
 
 
 def _block_d(cpg, seqlen, dstate, budget):
+    if _INTERPRET:  # CPU tests: numpy cost is per op, not per element, so take whole groups
+        return max(2, min(_pow2(cpg), 256))
     tile = chunk_len(seqlen, dstate) * max(2, _pow2(dstate))
     return max(2, min(_pow2(cpg), max(budget // tile, 1), 64))
 

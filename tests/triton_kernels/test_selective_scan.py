@@ -1,0 +1,255 @@
+"""Selective scan: Triton kernels (interpreted on CPU, compiled on GPU) against the float64 reference.
+
+Error metric: relative RMS error ||x - ref|| / ||ref|| of each output and gradient, reference computed in float64 on
+the same (already rounded) inputs. Tolerances (documented in docs and the public docstring's dtype rules):
+
+    dtype     out / last_state   gradients
+    float32   2e-5               5e-5
+    float16   2e-3               5e-3
+    bfloat16  1.5e-2             3e-2
+"""
+import pytest
+import torch
+
+from m2s2l.ops import selective_scan_fn
+from m2s2l.triton_kernels.selective_scan.naive import selective_scan_ref
+
+DT = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+TOL = {"fp32": (2e-5, 5e-5), "fp16": (2e-3, 5e-3), "bf16": (1.5e-2, 3e-2)}
+NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state"]
+
+
+def rel_rms(x, ref):
+    x, ref = x.double(), ref.double()
+    return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def make_inputs(batch, dim, L, N, bc="g1", dtype="fp32", z=True, D=True, bias=True, h0=True, device="cpu",
+                seed=0, noncontig=False):
+    """bc: "fixed" (dim, N) B and C; "3d" (batch, N, L); "gK" (batch, K, N, L); "mixed" fixed B, 3-D C."""
+    gen = torch.Generator().manual_seed(seed)
+    dt = DT[dtype]
+
+    def rnd(*shape, scale=1.0, shift=0.0, dtype=dt):
+        return (torch.randn(*shape, generator=gen) * scale + shift).to(device=device, dtype=dtype)
+
+    if noncontig:  # channel-last u, strided delta, sliced z: views of bigger tensors
+        u = rnd(batch, L, dim).transpose(1, 2)
+        delta = rnd(batch, dim, 2 * L, scale=0.3, shift=0.4).abs()[..., ::2]
+    else:  # positive, so that exp(delta * A) <= 1 also without softplus
+        u, delta = rnd(batch, dim, L), rnd(batch, dim, L, scale=0.3, shift=0.4).abs()
+    A = -(0.5 + torch.rand(dim, N, generator=gen)).to(device)
+
+    def bc_tensor():
+        if bc == "fixed":
+            return rnd(dim, N, dtype=torch.float32)
+        if bc == "3d":
+            return rnd(batch, N, L)
+        G = int(bc[1:])
+        if noncontig:
+            return rnd(batch, G, L, N).transpose(-1, -2)
+        return rnd(batch, G, N, L)
+    if bc == "mixed":
+        B, C = rnd(dim, N, dtype=torch.float32), rnd(batch, N, L)
+    else:
+        B, C = bc_tensor(), bc_tensor()
+    zz = (rnd(batch, dim, L + 3)[..., 3:] if noncontig else rnd(batch, dim, L)) if z else None
+    return dict(u=u, delta=delta, A=A, B=B, C=C, D=rnd(dim, dtype=torch.float32) if D else None, z=zz,
+                delta_bias=rnd(dim, scale=0.3, dtype=torch.float32) if bias else None,
+                initial_state=rnd(batch, dim, N, dtype=torch.float32) if h0 else None)
+
+
+def run(ins, softplus, backend, dout, dlast, double=False):
+    """out, last and the gradient of (out*dout).sum() + (last*dlast).sum() w.r.t. every given input."""
+    xs = {k: (v.detach().double() if double else v.detach().clone()).requires_grad_() if v is not None else None
+          for k, v in ins.items()}
+    a = dict(D=xs["D"], z=xs["z"], delta_bias=xs["delta_bias"], delta_softplus=softplus, return_last_state=True)
+    if double:
+        out, last = selective_scan_ref(xs["u"], xs["delta"], xs["A"], xs["B"], xs["C"], **a,
+                                       initial_state=xs["initial_state"])
+    else:
+        out, last = selective_scan_fn(xs["u"], xs["delta"], xs["A"], xs["B"], xs["C"], **a,
+                                      initial_state=xs["initial_state"], backend=backend)
+    loss = (out * dout.to(out.dtype)).double().sum() + (last.double() * dlast.double()).sum()
+    names = [k for k in NAMES if xs[k] is not None]
+    grads = torch.autograd.grad(loss, [xs[k] for k in names])
+    return out, last, dict(zip(names, grads))
+
+
+def check(ins, dtype, softplus=True, backend="triton"):
+    batch, dim, L = ins["u"].shape
+    gen = torch.Generator().manual_seed(1)
+    dout = torch.randn(batch, dim, L, generator=gen).to(ins["u"].device)
+    dlast = torch.randn(batch, dim, ins["A"].shape[1], generator=gen).to(ins["u"].device)
+    out, last, g = run(ins, softplus, backend, dout, dlast)
+    rout, rlast, rg = run(ins, softplus, None, dout, dlast, double=True)
+    tol_o, tol_g = TOL[dtype]
+    assert out.dtype == ins["u"].dtype and last.dtype == torch.float32
+    assert out.shape == (batch, dim, L) and last.shape == (batch, dim, ins["A"].shape[1])
+    errs = {"out": rel_rms(out, rout), "last": rel_rms(last, rlast)}
+    assert max(errs.values()) < tol_o, errs
+    for k in rg:
+        assert g[k].shape == ins[k].shape and g[k].dtype == ins[k].dtype, k
+        errs[k] = rel_rms(g[k], rg[k])
+    assert max(errs.values()) < tol_g, errs
+
+
+# (batch, dim, L, N, bc, dtype, z, D, bias, h0, softplus) — a covering set of the odd shapes and options
+CASES = [
+    (1, 5, 1, 1, "fixed", "fp32", True, True, True, True, True),
+    (2, 24, 7, 4, "g2", "fp32", True, True, True, True, True),
+    (1, 24, 129, 16, "g4", "fp32", False, True, False, False, False),
+    (1, 130, 129, 4, "g2", "fp32", True, False, True, True, True),
+    (1, 5, 300, 16, "g1", "fp32", True, True, True, True, True),
+    (2, 5, 129, 4, "3d", "fp32", True, True, False, True, True),
+    (2, 24, 7, 16, "mixed", "fp32", False, False, True, False, True),
+    (3, 5, 33, 1, "fixed", "fp32", True, True, True, False, False),
+    (1, 3, 9, 40, "g1", "fp32", True, True, True, True, True),
+    (1, 2, 5, 256, "3d", "fp32", True, True, True, True, True),
+    (2, 24, 40, 16, "g2", "fp16", True, True, True, True, True),
+    (2, 24, 40, 16, "g2", "bf16", True, True, True, True, True),
+    (2, 130, 7, 4, "fixed", "bf16", True, True, True, True, True),
+]
+
+
+def case_id(c):
+    b, d, L, n, bc, dt, z, D, bias, h0, sp = c
+    flags = "".join(f for f, on in (("z", z), ("D", D), ("b", bias), ("h", h0), ("s", sp)) if on)
+    return f"B{b}-D{d}-L{L}-N{n}-{bc}-{dt}-{flags or 'plain'}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_against_reference(case, device):
+    b, d, L, n, bc, dt, z, D, bias, h0, sp = case
+    check(make_inputs(b, d, L, n, bc, dt, z, D, bias, h0, device=device), dt, softplus=sp)
+
+
+@pytest.mark.parametrize("bc", ["g2", "fixed"])
+def test_noncontiguous(bc, device):
+    ins = make_inputs(2, 24, 37, 4, bc, noncontig=True, device=device)
+    assert not ins["u"].is_contiguous() and not ins["delta"].is_contiguous() and not ins["z"].is_contiguous()
+    check(ins, "fp32")
+
+
+def test_torch_backend_matches_triton(device):
+    ins = make_inputs(2, 6, 21, 4, "g2", device=device)
+    gen = torch.Generator().manual_seed(2)
+    dout, dlast = torch.randn(2, 6, 21, generator=gen).to(device), torch.randn(2, 6, 4, generator=gen).to(device)
+    o1, l1, g1 = run(ins, True, "triton", dout, dlast)
+    o2, l2, g2 = run(ins, True, "torch", dout, dlast)
+    assert rel_rms(o1, o2) < 2e-6 and rel_rms(l1, l2) < 2e-6
+    for k in g1:
+        assert rel_rms(g1[k], g2[k]) < 1e-5, k
+
+
+def test_chunked_equals_whole(device):
+    """Two calls chained through initial_state equal one call, forward and backward (through last_state)."""
+    ins = make_inputs(2, 8, 40, 4, "g2", h0=True, device=device)
+    split = 17
+    gen = torch.Generator().manual_seed(3)
+    dout, dlast = torch.randn(2, 8, 40, generator=gen).to(device), torch.randn(2, 8, 4, generator=gen).to(device)
+    o, l, g = run(ins, True, "triton", dout, dlast)
+    xs = {k: v.detach().clone().requires_grad_() if v is not None else None for k, v in ins.items()}
+    cut = lambda t, s: None if t is None else t[..., s]  # noqa: E731
+    common = dict(D=xs["D"], delta_bias=xs["delta_bias"], delta_softplus=True, return_last_state=True,
+                  backend="triton")
+    parts, h = [], xs["initial_state"]
+    for s in (slice(0, split), slice(split, None)):
+        out, h = selective_scan_fn(cut(xs["u"], s), cut(xs["delta"], s), xs["A"], cut(xs["B"], s), cut(xs["C"], s),
+                                   z=cut(xs["z"], s), initial_state=h, **common)
+        parts.append(out)
+    out2 = torch.cat(parts, -1)
+    assert rel_rms(out2, o) < 1e-6 and rel_rms(h, l) < 1e-6
+    loss = (out2 * dout).sum() + (h * dlast).sum()
+    grads = torch.autograd.grad(loss, [xs[k] for k in g])
+    for k, gk in zip(g, grads):
+        assert rel_rms(gk, g[k]) < 1e-5, k
+
+
+def test_forward_only_and_no_last_state(device):
+    ins = make_inputs(2, 6, 20, 4, "g1", device=device)
+    with torch.no_grad():
+        out = selective_scan_fn(ins["u"], ins["delta"], ins["A"], ins["B"], ins["C"], backend="triton")
+    ref = selective_scan_ref(ins["u"].double(), ins["delta"].double(), ins["A"], ins["B"].double(), ins["C"].double())
+    assert isinstance(out, torch.Tensor) and rel_rms(out, ref) < 2e-5
+
+
+def _bad(**over):
+    ins = make_inputs(2, 4, 5, 3, "g2", h0=False, z=False, D=False, bias=False)
+    ins = {k: v for k, v in ins.items() if v is not None}
+    ins.update(over)
+    return ins
+
+
+BAD = [
+    ("u-rank", dict(u=torch.randn(4, 5)), ValueError, "u"),
+    ("delta-shape", dict(delta=torch.randn(2, 4, 6)), ValueError, "delta"),
+    ("delta-dtype", dict(delta=torch.randn(2, 4, 5, dtype=torch.float16)), TypeError, "delta"),
+    ("A-complex", dict(A=torch.randn(4, 3, dtype=torch.complex64)), TypeError, "A"),
+    ("A-nonfinite", dict(A=torch.tensor([[float("inf")] * 3] * 4)), ValueError, "A"),
+    ("A-bf16", dict(A=torch.randn(4, 3, dtype=torch.bfloat16)), TypeError, "A"),
+    ("A-shape", dict(A=torch.randn(5, 3)), ValueError, "A"),
+    ("B-groups", dict(B=torch.randn(2, 3, 3, 5), C=torch.randn(2, 3, 3, 5)), ValueError, "groups must divide"),
+    ("B-rank", dict(B=torch.randn(2, 2, 3, 5, 1)), ValueError, "B"),
+    ("C-shape", dict(C=torch.randn(2, 2, 4, 5)), ValueError, "C"),
+    ("C-dtype", dict(C=torch.randn(2, 2, 3, 5, dtype=torch.bfloat16)), TypeError, "C"),
+    ("BC-groups-differ", dict(C=torch.randn(2, 1, 3, 5)), ValueError, "same number of groups"),
+    ("D-shape", dict(D=torch.randn(3)), ValueError, "D"),
+    ("z-shape", dict(z=torch.randn(2, 4, 4)), ValueError, "z"),
+    ("h0-shape", dict(initial_state=torch.randn(2, 4, 2)), ValueError, "initial_state"),
+    ("h0-dtype", dict(initial_state=torch.randn(2, 4, 3, dtype=torch.float64)), TypeError, "initial_state"),
+    ("bias-type", dict(delta_bias=[0.0] * 4), TypeError, "delta_bias"),
+    ("meta-device", dict(D=torch.randn(4, device="meta")), ValueError, "D is on meta"),
+]
+
+
+@pytest.mark.parametrize("name,over,exc,match", BAD, ids=[b[0] for b in BAD])
+def test_bad_inputs(name, over, exc, match):
+    ins = _bad(**over)
+    with pytest.raises(exc, match=match):
+        selective_scan_fn(ins.pop("u"), ins.pop("delta"), ins.pop("A"), ins.pop("B"), ins.pop("C"), **ins,
+                          backend="torch")
+
+
+def test_bad_flags_and_backend():
+    ins = _bad()
+    args = [ins[k] for k in ("u", "delta", "A", "B", "C")]
+    with pytest.raises(TypeError, match="delta_softplus"):
+        selective_scan_fn(*args, delta_softplus=1)
+    with pytest.raises(ValueError, match="backend"):
+        selective_scan_fn(*args, backend="numpy")
+
+
+# ---- GPU: bench sizes, float32 reference on the GPU ----------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(8, 2048, 2048), (16384, 128, 8), (4096, 256, 16)], ids=lambda s: "x".join(map(str, s)))
+def test_gpu_bench_sizes(shape):
+    batch, dim, L = shape
+    ins = make_inputs(batch, dim, L, 16, "g1", "bf16", h0=False, device="cuda")
+    gen = torch.Generator().manual_seed(1)
+    dout = torch.randn(batch, dim, L, generator=gen).cuda()
+    dlast = torch.zeros(batch, dim, 16, device="cuda")
+    out, last, g = run(ins, True, "triton", dout, dlast)
+    xs = {k: v.float() if v is not None and k not in ("B", "C") else v for k, v in ins.items()}
+    xs["B"], xs["C"] = ins["B"].float(), ins["C"].float()
+    rout, rlast, rg = run(xs, True, "torch", dout, dlast)
+    assert rel_rms(out, rout) < 1e-2 and rel_rms(last, rlast) < 1e-4
+    for k in rg:
+        assert rel_rms(g[k], rg[k]) < 3e-2, k
+
+
+@pytest.mark.gpu
+def test_gpu_long_sequence_int64_offsets():
+    """2**31+ elements in u: strong decay makes the last outputs depend only on the last few dozen steps."""
+    batch, dim, L, N = 1, 2048, 2 ** 20 + 5, 16
+    u = torch.randn(batch, dim, L, device="cuda", dtype=torch.bfloat16)
+    delta = torch.full_like(u, 1.0)
+    A = torch.full((dim, N), -8.0, device="cuda")
+    B = torch.randn(batch, N, L, device="cuda", dtype=torch.bfloat16)
+    C = torch.randn_like(B)
+    with torch.no_grad():
+        out = selective_scan_fn(u, delta, A, B, C, backend="triton")
+        tail = slice(L - 64, L)
+        ref = selective_scan_ref(u[..., tail], delta[..., tail], A, B[..., tail], C[..., tail])
+    assert rel_rms(out[..., -32:], ref[..., -32:]) < 1e-2
