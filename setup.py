@@ -40,11 +40,12 @@ def _cuda_extension():
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and torch.cuda.is_available():
         major, minor = torch.cuda.get_device_capability()
         os.environ["TORCH_CUDA_ARCH_LIST"] = f"{major}.{minor}"
-    nvcc = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"]
+    # no -std flag: torch's BuildExtension adds the standard its headers need (c++17 or c++20 by version)
+    nvcc = ["-O3", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"]
     nvcc += [f"-U__CUDA_NO_{k}__" for k in ("HALF_OPERATORS", "HALF_CONVERSIONS", "BFLOAT16_OPERATORS",
                                            "BFLOAT16_CONVERSIONS", "BFLOAT162_OPERATORS", "BFLOAT162_CONVERSIONS")]
     ext = CUDAExtension("m2s2l._C", sources, include_dirs=[os.path.abspath("csrc")],
-                        extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": nvcc})
+                        extra_compile_args={"cxx": ["-O3"], "nvcc": nvcc})
     return [ext], {"build_ext": BuildExtension}
 
 
