@@ -182,15 +182,32 @@ def test_eval_deterministic(cls, device):
         assert torch.equal(block(x), block(x))
 
 
-@pytest.mark.parametrize("cls", [Mamba, BiMamba])
-def test_compile_aot_eager_fullgraph(cls):
-    """The ops are custom ops: the whole block traces as one graph (no breaks), and matches eager."""
-    block = _block(cls, 16, backend="torch")
-    x = torch.randn(2, 9, 16)
+@pytest.mark.parametrize("cls,backend", [(Mamba, "torch"), (BiMamba, "torch"),
+                                         pytest.param(Mamba, "auto", marks=needs_triton)])
+def test_compile_aot_eager_fullgraph(cls, backend):
+    """The ops are custom ops: the whole block traces as one graph (no breaks), and matches eager.
+    backend="auto" goes through resolve_backend's triton probe (Triton kernels under TRITON_INTERPRET)."""
+    block = _block(cls, 16, backend=backend)
+    x = torch.randn(2, 6, 16)
     eager = _loss_grads(block, x)
     torch._dynamo.reset()
     compiled = torch.compile(block, backend="aot_eager", fullgraph=True)
     _assert_close_all(_loss_grads(compiled, x), eager, rtol=1e-5, atol=1e-6)
+
+
+def test_compile_step_aot_eager_fullgraph():
+    """step() with the in-place step ops (mutates_args) compiles as one graph and updates the cache."""
+    m = _block(Mamba, 16, backend="torch")
+    x = torch.randn(2, 3, 16)
+    cache, ref_cache = m.allocate_inference_cache(2, 3), m.allocate_inference_cache(2, 3)
+    torch._dynamo.reset()
+    step = torch.compile(m.step, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        for t in range(3):
+            out = step(x[:, t:t + 1], *cache)[0]
+            torch.testing.assert_close(out, m.step(x[:, t:t + 1], *ref_cache)[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cache[0], ref_cache[0])
+    torch.testing.assert_close(cache[1], ref_cache[1])
 
 
 @pytest.mark.gpu
