@@ -218,11 +218,39 @@ def test_compile_inductor_fullgraph_gpu(cls):
     eager = _loss_grads(block, x)
     torch._dynamo.reset()
     compiled = torch.compile(block, fullgraph=True)
-    _assert_close_all(_loss_grads(compiled, x), eager, rtol=1e-4, atol=1e-4)
-    with torch.no_grad():  # the step ops compile too
-        cache = block.allocate_inference_cache(4, 1) if cls is Mamba else None
-        if cache is not None:
-            step = torch.compile(block.step, fullgraph=True)
-            ref_cache = tuple(c.clone() for c in cache)
-            torch.testing.assert_close(step(x[:, :1], *cache)[0], block.step(x[:, :1], *ref_cache)[0])
-            torch.testing.assert_close(cache[1], ref_cache[1])
+    _assert_close_all(_loss_grads(compiled, x), eager, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.gpu
+def test_compile_step_inductor_fullgraph_gpu():
+    m = _block(Mamba, 64, backend="triton").cuda()
+    x = torch.randn(4, 5, 64, device="cuda")
+    cache, ref_cache = m.allocate_inference_cache(4, 5), m.allocate_inference_cache(4, 5)
+    torch._dynamo.reset()
+    step = torch.compile(m.step, fullgraph=True)
+    with torch.no_grad():
+        for t in range(5):
+            out = step(x[:, t:t + 1], *cache)[0]
+            torch.testing.assert_close(out, m.step(x[:, t:t + 1], *ref_cache)[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(cache[1], ref_cache[1], rtol=1e-4, atol=1e-4)
+
+
+def _rel_rms(a, b):
+    return ((a.float() - b.float()).pow(2).mean().sqrt() / b.float().pow(2).mean().sqrt().clamp_min(1e-12)).item()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cls,shape", [(Mamba, (512, 8, 64)), (Mamba, (2, 1024, 128)), (BiMamba, (8, 256, 64))],
+                         ids=["mamba-video", "mamba-long", "bimamba-spatial"])
+def test_triton_bf16_matches_fp32_reference_gpu(cls, shape):
+    """bf16 block on the Triton kernels vs the same weights in fp32 on the reference path (relative RMS)."""
+    batch, L, d = shape
+    ref = _block(cls, d, backend="torch").cuda()
+    blk = _block(cls, d, backend="triton").cuda().to(torch.bfloat16)
+    blk.A_log.data, blk.D.data = ref.A_log.data.clone(), ref.D.data.clone()  # kept float32, as at init
+    x = torch.randn(batch, L, d, device="cuda")
+    out_r, g_r = _loss_grads(ref, x)
+    out_t, g_t = _loss_grads(blk, x.bfloat16())
+    assert _rel_rms(out_t, out_r) < 2e-2
+    for name in g_r:
+        assert _rel_rms(g_t[name], g_r[name]) < 5e-2, name
