@@ -158,9 +158,13 @@ class Mamba(nn.Module):
     def allocate_inference_cache(self, batch_size, max_seqlen=None, dtype=None):
         """Zero ``(conv_state (batch, d_inner, d_conv-1), ssm_state (batch, d_inner, d_state) float32)``.
 
-        conv_state uses ``dtype`` or the conv weight's dtype; max_seqlen is unused (mamba-ssm signature)."""
+        conv_state must have the dtype the conv input will have: ``dtype`` if given, else the autocast dtype when
+        called under autocast, else the conv weight's dtype. max_seqlen is unused (mamba-ssm's signature)."""
         dev = self.out_proj.weight.device
-        conv_dtype = self.conv1d.weight.dtype if dtype is None else dtype
+        conv_dtype = dtype
+        if conv_dtype is None:
+            amp = torch.is_autocast_enabled(dev.type)
+            conv_dtype = torch.get_autocast_dtype(dev.type) if amp else self.conv1d.weight.dtype
         conv_state = torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=dev, dtype=conv_dtype)
         ssm_state = torch.zeros(batch_size, self.d_inner, self.d_state, device=dev, dtype=torch.float32)
         return conv_state, ssm_state

@@ -125,6 +125,26 @@ def test_chunked_forward_with_cache_matches_full(backend, device):
     torch.testing.assert_close(torch.cat(parts, 1), full, rtol=1e-4, atol=1e-5)
 
 
+def _rel_rms(a, b):
+    return ((a.float() - b.float()).pow(2).mean().sqrt() / b.float().pow(2).mean().sqrt().clamp_min(1e-12)).item()
+
+
+def test_autocast_bf16_forward_backward_and_step():
+    """Under bf16 autocast (the trainer's AMP) the block runs with fp32 params; streaming follows autocast."""
+    m = _block(Mamba, 16, backend="torch")
+    x = torch.randn(2, 7, 16)
+    ref, g_ref = _loss_grads(m, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, g = _loss_grads(m, x)
+        cache = m.allocate_inference_cache(2, 7)
+        assert cache[0].dtype == torch.bfloat16 and cache[1].dtype == torch.float32
+        with torch.no_grad():
+            steps = torch.cat([m.step(x[:, t:t + 1], *cache)[0] for t in range(7)], 1)
+    assert out.dtype == torch.bfloat16 and _rel_rms(out, ref) < 2e-2
+    assert all(_rel_rms(g[n], g_ref[n]) < 5e-2 for n in g_ref)
+    assert _rel_rms(steps, out) < 2e-2
+
+
 def test_init_matches_mamba_ssm():
     m = _block(Mamba, 64, d_state=16)
     assert m.d_inner == 128 and m.dt_rank == 4
@@ -233,10 +253,6 @@ def test_compile_step_inductor_fullgraph_gpu():
             out = step(x[:, t:t + 1], *cache)[0]
             torch.testing.assert_close(out, m.step(x[:, t:t + 1], *ref_cache)[0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(cache[1], ref_cache[1], rtol=1e-4, atol=1e-4)
-
-
-def _rel_rms(a, b):
-    return ((a.float() - b.float()).pow(2).mean().sqrt() / b.float().pow(2).mean().sqrt().clamp_min(1e-12)).item()
 
 
 @pytest.mark.gpu
