@@ -109,6 +109,7 @@ CASES = [
     (2, 24, 40, 16, "g2", "fp16", True, True, True, True, True),
     (2, 24, 40, 16, "g2", "bf16", True, True, True, True, True),
     (2, 130, 7, 4, "fixed", "bf16", True, True, True, True, True),
+    (1, 300, 7, 4, "g1", "fp32", True, True, True, True, True),  # > 256 channels a group: atomic dB/dC path
 ]
 
 

@@ -129,6 +129,18 @@ def _fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_p
         b_h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     bB_base = i_b * sB0 + i_g * sB1
     bC_base = i_b * sC0 + i_g * sC1
+    p_u = u_ptr + i_b * su_b + o_d[:, None] * su_d
+    p_dt = dt_ptr + i_b * sdt_b + o_d[:, None] * sdt_d
+    p_z = z_ptr + i_b * sz_b + o_d[:, None] * sz_d
+    # software prefetch: the tiles of chunk c + 1 are loaded while chunk c is computed
+    m_t = o_tl < L
+    m_dt = m_d[:, None] & m_t[None, :]
+    n_u = tl.load(p_u + o_tl[None, :] * su_t, mask=m_dt, other=0.0)
+    n_dt = tl.load(p_dt + o_tl[None, :] * sdt_t, mask=m_dt, other=0.0)
+    if HAS_Z:
+        n_z = tl.load(p_z + o_tl[None, :] * sz_t, mask=m_dt, other=0.0)
+    n_B = _load_bc(B_ptr, bB_base, o_d, o_n, o_tl, m_d, m_n, m_t, sB0, sB1, sB2, sB3, B_VAR)
+    n_C = _load_bc(C_ptr, bC_base, o_d, o_n, o_tl, m_d, m_n, m_t, sC0, sC1, sC2, sC3, C_VAR)
     for c in range(0, nchunks):
         if SAVE_CHUNKS:
             if c > 0:
@@ -137,17 +149,23 @@ def _fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_p
         o_t = c * T_C + o_tl
         m_t = o_t < L
         m_dt = m_d[:, None] & m_t[None, :]
-        b_u = tl.load(u_ptr + i_b * su_b + o_d[:, None] * su_d + o_t[None, :] * su_t, mask=m_dt, other=0.0)
-        b_u = b_u.to(tl.float32)
-        b_dt = tl.load(dt_ptr + i_b * sdt_b + o_d[:, None] * sdt_d + o_t[None, :] * sdt_t, mask=m_dt,
-                       other=0.0).to(tl.float32)
+        b_u, b_dt, b_B, b_C = n_u.to(tl.float32), n_dt.to(tl.float32), n_B, n_C
+        if HAS_Z:
+            b_z = n_z.to(tl.float32)
+        o_tn = o_t + T_C
+        m_tn = o_tn < L
+        m_dtn = m_d[:, None] & m_tn[None, :]
+        n_u = tl.load(p_u + o_tn[None, :] * su_t, mask=m_dtn, other=0.0)
+        n_dt = tl.load(p_dt + o_tn[None, :] * sdt_t, mask=m_dtn, other=0.0)
+        if HAS_Z:
+            n_z = tl.load(p_z + o_tn[None, :] * sz_t, mask=m_dtn, other=0.0)
+        n_B = _load_bc(B_ptr, bB_base, o_d, o_n, o_tn, m_d, m_n, m_tn, sB0, sB1, sB2, sB3, B_VAR)
+        n_C = _load_bc(C_ptr, bC_base, o_d, o_n, o_tn, m_d, m_n, m_tn, sC0, sC1, sC2, sC3, C_VAR)
         if HAS_BIAS:
             b_dt += b_bias[:, None]
         if SOFTPLUS:
             b_dt = _softplus(b_dt)
         b_dt = tl.where(m_dt, b_dt, 0.0)  # padded steps: a = 1, b = 0 (state passes through)
-        b_B = _load_bc(B_ptr, bB_base, o_d, o_n, o_t, m_d, m_n, m_t, sB0, sB1, sB2, sB3, B_VAR)
-        b_C = _load_bc(C_ptr, bC_base, o_d, o_n, o_t, m_d, m_n, m_t, sC0, sC1, sC2, sC3, C_VAR)
         b_a = tl.exp2(b_dt[:, :, None] * b_A2[:, None, :])
         b_x = (b_dt * b_u)[:, :, None] * b_B
         s_a, s_x = tl.associative_scan((b_a, b_x), 1, _combine)
@@ -156,14 +174,42 @@ def _fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_p
         if HAS_D:
             b_y += b_D[:, None] * b_u
         if HAS_Z:
-            b_z = tl.load(z_ptr + i_b * sz_b + o_d[:, None] * sz_d + o_t[None, :] * sz_t, mask=m_dt,
-                          other=0.0).to(tl.float32)
             b_y = b_y * b_z * tl.sigmoid(b_z)
         o_out = (i_b * dim + o_d[:, None]) * L + o_t[None, :]
         tl.store(out_ptr + o_out, b_y.to(out_ptr.dtype.element_ty), mask=m_dt)
         b_h = tl.sum(tl.where((o_tl == T_C - 1)[None, :, None], b_hs, 0.0), 1)
     if STORE_LAST:
         tl.store(hlast_ptr + o_dn, b_h, mask=m_dn)
+
+
+@triton.jit
+def _bwd_tiles(cn, p_u, p_dt, p_z, p_do, B_ptr, C_ptr, hc_ptr, h0_ptr, bB_base, bC_base, i_b, o_d, o_n, o_tl, o_dn,
+               m_d, m_n, L, nchunks, dim, su_t, sdt_t, sz_t, so_t, sB0, sB1, sB2, sB3, sC0, sC1, sC2, sC3,
+               N: tl.constexpr, T_C: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_Z: tl.constexpr,
+               HAS_H0: tl.constexpr):
+    """The backward's inputs for chunk ``cn`` (everything masked off when cn < 0): u, delta, delta shifted by one
+    step, z, dout (raw dtypes), B, C (float32) and the state entering the chunk."""
+    o_t = cn * T_C + o_tl
+    m_t = (o_t >= 0) & (o_t < L)
+    m_dt = m_d[:, None] & m_t[None, :]
+    m_dt1 = m_d[:, None] & ((o_t >= 0) & (o_t + 1 < L))[None, :]
+    u = tl.load(p_u + o_t[None, :] * su_t, mask=m_dt, other=0.0)
+    dtr = tl.load(p_dt + o_t[None, :] * sdt_t, mask=m_dt, other=0.0)
+    dtr1 = tl.load(p_dt + (o_t + 1)[None, :] * sdt_t, mask=m_dt1, other=0.0)
+    if HAS_Z:
+        z = tl.load(p_z + o_t[None, :] * sz_t, mask=m_dt, other=0.0)
+    else:
+        z = u
+    do = tl.load(p_do + o_t[None, :] * so_t, mask=m_dt, other=0.0)
+    b_B = _load_bc(B_ptr, bB_base, o_d, o_n, o_t, m_d, m_n, m_t, sB0, sB1, sB2, sB3, B_VAR)
+    b_C = _load_bc(C_ptr, bC_base, o_d, o_n, o_t, m_d, m_n, m_t, sC0, sC1, sC2, sC3, C_VAR)
+    c_n = o_n * 0 + cn
+    m_dn = m_d[:, None] & (o_n < N)[None, :]
+    hc_off = ((i_b * (nchunks - 1) + cn - 1) * dim + o_d[:, None]) * N + o_n[None, :]
+    h = tl.load(hc_ptr + hc_off, mask=m_dn & (c_n > 0)[None, :], other=0.0)
+    if HAS_H0:
+        h += tl.load(h0_ptr + o_dn, mask=m_dn & (c_n == 0)[None, :], other=0.0)
+    return u, dtr, dtr1, z, do, b_B, b_C, h
 
 
 @triton.jit(do_not_specialize=["L", "nchunks", "batch"])
@@ -206,26 +252,28 @@ def _bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_p
             b_carry = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
         bB_base = i_b * sB0 + i_g * sB1
         bC_base = i_b * sC0 + i_g * sC1
+        p_u = u_ptr + i_b * su_b + o_d[:, None] * su_d
+        p_dt = dt_ptr + i_b * sdt_b + o_d[:, None] * sdt_d
+        p_z = z_ptr + i_b * sz_b + o_d[:, None] * sz_d
+        p_do = dout_ptr + i_b * so_b + o_d[:, None] * so_d
+        # software prefetch: the tiles of chunk c - 1 are loaded while chunk c is computed
+        n_u, n_dtr, n_dtr1, n_z, n_do, n_B, n_C, n_h0 = _bwd_tiles(
+            nchunks - 1, p_u, p_dt, p_z, p_do, B_ptr, C_ptr, hc_ptr, h0_ptr, bB_base, bC_base, i_b, o_d, o_n, o_tl,
+            o_dn, m_d, m_n, L, nchunks, dim, su_t, sdt_t, sz_t, so_t, sB0, sB1, sB2, sB3, sC0, sC1, sC2, sC3,
+            N, T_C, B_VAR, C_VAR, HAS_Z, HAS_H0)
         for ci in range(0, nchunks):
             c = nchunks - 1 - ci
-            if c > 0:
-                hc_off = ((i_b * (nchunks - 1) + c - 1) * dim + o_d[:, None]) * N + o_n[None, :]
-                b_h0 = tl.load(hc_ptr + hc_off, mask=m_dn, other=0.0)
-            else:
-                if HAS_H0:
-                    b_h0 = tl.load(h0_ptr + o_dn, mask=m_dn, other=0.0)
-                else:
-                    b_h0 = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+            b_u, b_dtr, b_dtr1, b_do = n_u.to(tl.float32), n_dtr.to(tl.float32), n_dtr1.to(tl.float32), n_do
+            b_z, b_B, b_C, b_h0 = n_z, n_B, n_C, n_h0
+            n_u, n_dtr, n_dtr1, n_z, n_do, n_B, n_C, n_h0 = _bwd_tiles(
+                c - 1, p_u, p_dt, p_z, p_do, B_ptr, C_ptr, hc_ptr, h0_ptr, bB_base, bC_base, i_b, o_d, o_n, o_tl,
+                o_dn, m_d, m_n, L, nchunks, dim, su_t, sdt_t, sz_t, so_t, sB0, sB1, sB2, sB3, sC0, sC1, sC2, sC3,
+                N, T_C, B_VAR, C_VAR, HAS_Z, HAS_H0)
             o_t = c * T_C + o_tl
             m_t = o_t < L
             m_dt = m_d[:, None] & m_t[None, :]
             m_t1 = o_t + 1 < L
             m_dt1 = m_d[:, None] & m_t1[None, :]
-            o_u = i_b * su_b + o_d[:, None] * su_d + o_t[None, :] * su_t
-            b_u = tl.load(u_ptr + o_u, mask=m_dt, other=0.0).to(tl.float32)
-            o_dt = i_b * sdt_b + o_d[:, None] * sdt_d + o_t[None, :] * sdt_t
-            b_dtr = tl.load(dt_ptr + o_dt, mask=m_dt, other=0.0).to(tl.float32)
-            b_dtr1 = tl.load(dt_ptr + o_dt + sdt_t, mask=m_dt1, other=0.0).to(tl.float32)
             if HAS_BIAS:
                 b_dtr += b_bias[:, None]
                 b_dtr1 += b_bias[:, None]
@@ -237,19 +285,15 @@ def _bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_p
                 b_dt1 = b_dtr1
             b_dt = tl.where(m_dt, b_dt, 0.0)
             b_dt1 = tl.where(m_dt1, b_dt1, 0.0)
-            b_B = _load_bc(B_ptr, bB_base, o_d, o_n, o_t, m_d, m_n, m_t, sB0, sB1, sB2, sB3, B_VAR)
-            b_C = _load_bc(C_ptr, bC_base, o_d, o_n, o_t, m_d, m_n, m_t, sC0, sC1, sC2, sC3, C_VAR)
             # recompute h inside the chunk from its start state
             b_a = tl.exp2(b_dt[:, :, None] * b_A2[:, None, :])
             b_dtu = b_dt * b_u
             b_x = b_dtu[:, :, None] * b_B
             s_a, s_x = tl.associative_scan((b_a, b_x), 1, _combine)
             b_hs = s_a * b_h0[:, None, :] + s_x
-            b_do = tl.load(dout_ptr + i_b * so_b + o_d[:, None] * so_d + o_t[None, :] * so_t, mask=m_dt,
-                           other=0.0).to(tl.float32)
+            b_do = b_do.to(tl.float32)
             if HAS_Z:
-                o_z = i_b * sz_b + o_d[:, None] * sz_d + o_t[None, :] * sz_t
-                b_z = tl.load(z_ptr + o_z, mask=m_dt, other=0.0).to(tl.float32)
+                b_z = b_z.to(tl.float32)
                 b_sig = tl.sigmoid(b_z)
                 b_y = tl.sum(b_hs * b_C, 2)
                 if HAS_D:
@@ -328,6 +372,20 @@ if _INTERPRET:
 
 # ---- launchers --------------------------------------------------------------------------------------------
 
+def _env_config():
+    """Optional overrides for tuning sweeps, e.g. M2S2L_SCAN_CFG="chunk=16,fwd_block_d=16,bwd_block_d=8,fwd_warps=4,bwd_warps=4"
+    (chunk is capped by the sequence length; block sizes must be powers of two)."""
+    cfg = {}
+    for item in os.environ.get("M2S2L_SCAN_CFG", "").split(","):
+        if "=" in item:
+            k, v = item.split("=", 1)
+            cfg[k.strip()] = int(v)
+    return cfg
+
+
+_CFG = _env_config()
+
+
 def _pow2(x):
     return triton.next_power_of_2(max(int(x), 1))
 
@@ -335,11 +393,13 @@ def _pow2(x):
 def chunk_len(seqlen, dstate):
     """Chunk length T_C shared by the forward (where it saves states) and the backward."""
     bn = max(2, _pow2(dstate))
-    tc = 16 if bn <= 16 else (8 if bn <= 64 else 4)
+    tc = _CFG.get("chunk") or (16 if bn <= 16 else (8 if bn <= 64 else 4))
     return max(2, min(tc, _pow2(seqlen)))
 
 
-def _block_d(cpg, seqlen, dstate, budget):
+def _block_d(cpg, seqlen, dstate, budget, key):
+    if key in _CFG:
+        return _CFG[key]
     if _INTERPRET:  # CPU tests: numpy cost is per op, not per element, so take whole groups
         return max(2, min(_pow2(cpg), 256))
     tile = chunk_len(seqlen, dstate) * max(2, _pow2(dstate))
@@ -379,7 +439,7 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, initi
     G = max(gb, gc)
     cpg = dim // G
     T_C = chunk_len(L, N)
-    BLOCK_D = _block_d(cpg, L, N, 4096)
+    BLOCK_D = _block_d(cpg, L, N, 4096, "fwd_block_d")
     nblk = triton.cdiv(cpg, BLOCK_D)
     nchunks = triton.cdiv(L, T_C)
     A = A.contiguous()
@@ -397,7 +457,8 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, initi
         L, nchunks, dim, cpg, nblk, *u.stride(), *delta.stride(), *zz.stride(), *sB, *sC,
         N=N, BLOCK_D=BLOCK_D, T_C=T_C, BLOCK_N=max(2, _pow2(N)), B_VAR=b_var, C_VAR=c_var,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-        HAS_H0=h0 is not None, STORE_LAST=hlast is not None, SAVE_CHUNKS=hc is not None, num_warps=4)
+        HAS_H0=h0 is not None, STORE_LAST=hlast is not None, SAVE_CHUNKS=hc is not None,
+        num_warps=_CFG.get("fwd_warps", 4))
     return out, hlast, hc
 
 
@@ -417,7 +478,7 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D=None, z=None, delta_bias=None,
     G = max(gb, gc)
     cpg = dim // G
     T_C = chunk_len(L, N)
-    BLOCK_D = _block_d(cpg, L, N, 2048)
+    BLOCK_D = _block_d(cpg, L, N, 2048, "bwd_block_d")
     nblk = triton.cdiv(cpg, BLOCK_D)
     nchunks = triton.cdiv(L, T_C)
     if nchunks > 1 and (chunk_states is None or chunk_states.shape != (batch, nchunks - 1, dim, N)):
@@ -452,7 +513,8 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D=None, z=None, delta_bias=None,
         *sB, *sC, *sdB, *sdC,
         N=N, BLOCK_D=BLOCK_D, T_C=T_C, BLOCK_N=max(2, _pow2(N)), B_VAR=b_var, C_VAR=c_var,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-        HAS_H0=h0 is not None, HAS_DLAST=dl is not None, VAR_ATOMIC=var_atomic, num_warps=4)
+        HAS_H0=h0 is not None, HAS_DLAST=dl is not None, VAR_ATOMIC=var_atomic,
+        num_warps=_CFG.get("bwd_warps", 4))
     dB = dB4.reshape(B.shape).to(B.dtype) if b_var else dB4
     dC = dC4.reshape(C.shape).to(C.dtype) if c_var else dC4
     return du, ddelta, dA, dB, dC, dD, dz, dbias, dh0
