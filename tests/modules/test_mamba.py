@@ -45,13 +45,22 @@ def _block(cls, d_model, seed=0, **kw):
     (BiMamba, 16, 19, {"merge": "add"}),
     (BiMamba, 16, 9, {"merge": "concat", "d_conv": 2, "conv_bias": False}),
 ], ids=["mamba-D16-L33", "mamba-D24-L7-N8-W3-bias", "bimamba-add-L19", "bimamba-concat-L9-W2"])
-def test_triton_matches_torch(cls, d_model, seqlen, kw, device):
+def test_triton_matches_torch(cls, d_model, seqlen, kw, device, monkeypatch):
+    import m2s2l.triton_kernels.causal_conv1d.conv as conv_mod
+    import m2s2l.triton_kernels.selective_scan.scan as scan_mod
+    calls = []
+    for mod, name in ((scan_mod, "selective_scan_fwd"), (scan_mod, "selective_scan_bwd"),
+                      (conv_mod, "causal_conv1d_fwd"), (conv_mod, "causal_conv1d_bwd")):
+        fn = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, _fn=fn, _n=name, **k: calls.append(_n) or _fn(*a, **k))
     block = _block(cls, d_model, **kw).to(device)
     x = torch.randn(2, seqlen, d_model, generator=torch.Generator().manual_seed(2)).to(device)
-    block.backend = "triton"
+    block.backend = "triton"  # read at forward time
     res_triton = _loss_grads(block, x)
+    assert sorted(calls) == ["causal_conv1d_bwd", "causal_conv1d_fwd", "selective_scan_bwd", "selective_scan_fwd"]
     block.backend = "torch"
     res_torch = _loss_grads(block, x)
+    assert len(calls) == 4  # the torch path runs no Triton launcher
     _assert_close_all(res_triton, res_torch)
 
 
@@ -96,7 +105,14 @@ def test_bimamba_directions_differ():
 
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
-def test_step_matches_forward(backend, device):
+def test_step_matches_forward(backend, device, monkeypatch):
+    calls = []
+    if backend == "triton":
+        import m2s2l.triton_kernels.causal_conv1d.step as conv_step
+        import m2s2l.triton_kernels.selective_scan.step as scan_step
+        for mod, name in ((conv_step, "causal_conv1d_update"), (scan_step, "selective_state_update")):
+            fn = getattr(mod, name)
+            monkeypatch.setattr(mod, name, lambda *a, _fn=fn, _n=name, **k: calls.append(_n) or _fn(*a, **k))
     m = _block(Mamba, 16, d_conv=4, backend=backend).to(device)
     x = torch.randn(2, 9, 16, device=device)
     with torch.no_grad():
@@ -110,6 +126,7 @@ def test_step_matches_forward(backend, device):
             assert conv_state2 is conv_state and ssm_state2 is ssm_state  # updated in place
             outs.append(y)
     torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-4, atol=1e-5)
+    assert len(calls) == (2 * x.shape[1] if backend == "triton" else 0)  # the step kernels really ran
 
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
