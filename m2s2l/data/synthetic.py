@@ -5,7 +5,7 @@ legs) walk left-to-right at ordinary speed. Test clips contain one anomalous eve
 
     fast     a pedestrian moving ~4x faster than anyone in training
     against  a pedestrian walking right-to-left, against the flow
-    object   an unusual object: a bright cart-like box crossing the walkway
+    object   an unusual object: a bright cart-like box crossing the walkway at ~2x walking speed
 
 A frame is labelled anomalous while any part of the anomalous entity is inside the image. Everything is
 drawn from ``numpy.random.default_rng(seed)``, so a seed gives byte-identical files. Layout written by
@@ -84,7 +84,7 @@ def render_clip(rng, n_frames, size, anomaly=None, density=2.0):
     if anomaly is not None:
         s = 0.23 * h
         start = int(rng.integers(n_frames // 4, n_frames // 2))
-        speed = {"fast": 4.5, "against": 1.1, "object": 1.1}[anomaly] * w / 64
+        speed = {"fast": 4.5, "against": 1.1, "object": 2.5}[anomaly] * w / 64
         event = dict(kind=anomaly, t0=start, y=rng.uniform(0.6, 0.85) * h, v=speed, s=s,
                      tone=rng.uniform(25, 70), phase=0.0, dir=-1.0 if anomaly == "against" else 1.0)
     frames = np.zeros((n_frames, h, w), np.uint8)

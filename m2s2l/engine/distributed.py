@@ -5,6 +5,7 @@ itself under ``torch.distributed.run --standalone``). Backend: NCCL on CUDA, glo
 whole (small) uint8 frame cache and takes its slice of every global batch, so the global batch is
 ``--batch-size * world_size`` and one step on N ranks equals one step on 1 rank with the N-times batch.
 """
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -46,13 +47,21 @@ def init_distributed(device="auto"):
         torch.cuda.set_device(dev)
     if not tdist.is_initialized():
         tdist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        atexit.register(_destroy)
     return DistInfo(rank, world, local, dev)
 
 
+def _destroy():
+    if tdist.is_initialized():
+        tdist.destroy_process_group()
+
+
 def shutdown(info):
+    """End of a command: synchronise the ranks. The process group itself is kept for a following command in
+    the same process (re-creating it under torchrun's agent store can pick up stale rendezvous keys) and
+    destroyed at exit."""
     if info.enabled and tdist.is_initialized():
         tdist.barrier()
-        tdist.destroy_process_group()
 
 
 def all_reduce_sum(info, t):

@@ -24,6 +24,18 @@ import torch
 from .distributed import DistInfo, gather_strided
 
 
+def apply_backend(model, backend, device):
+    """``model.set_backend``: an explicit choice is passed through; "auto" keeps the model's choice on GPU and
+    means "torch" on CPU (where "auto" could pick the Triton *interpreter* under TRITON_INTERPRET=1, a
+    kernel-testing mode far too slow to train or evaluate with)."""
+    if not hasattr(model, "set_backend"):
+        return
+    if backend == "auto" and torch.device(device).type == "cpu":
+        backend = "torch"
+    if backend != "auto":
+        model.set_backend(backend)
+
+
 def autocast_ctx(device, amp):
     device = torch.device(device)
     if amp and device.type == "cuda":
@@ -186,8 +198,7 @@ def run_eval(args):
     from .distributed import init_distributed, shutdown
     dist = init_distributed(args.device)
     model, ckpt = load_checkpoint(args.ckpt, dist.device)
-    if hasattr(model, "set_backend") and args.backend != "auto":
-        model.set_backend(args.backend)
+    apply_backend(model, args.backend, dist.device)
     cfg = model.config
     split = args.split if args.split else ("testing" if os.path.isdir(os.path.join(args.data, "testing")) else None)
     store = FrameStore.load(args.data, split, cfg.image_size, cfg.in_channels, cache_dir=args.cache_dir,

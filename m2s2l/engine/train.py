@@ -31,7 +31,7 @@ from m2s2l.data.store import FrameStore, choose_val_clips
 from .calibrate import calibrate
 from .checkpoint import load_checkpoint, make_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .distributed import all_reduce_sum, broadcast_flag, init_distributed, shutdown
-from .evaluate import autocast_ctx, score_indices
+from .evaluate import apply_backend, autocast_ctx, score_indices
 
 
 class _LossModule(torch.nn.Module):
@@ -117,6 +117,8 @@ def build_model(args, dist):
             return resume["model"], model, resume
         if args.resume != "auto":
             raise FileNotFoundError(f"--resume {path!r}: no such checkpoint")
+        if dist.main:
+            print(f"--resume: no {path} yet, starting a new run")
     overrides = parse_overrides(args.set)
     return args.config, create_model(args.config, **overrides), None
 
@@ -132,8 +134,7 @@ def train(args):
     name, model, resume = build_model(args, dist)
     cfg = model.config
     T, C, size = cfg.clip_len, cfg.in_channels, cfg.image_size
-    if hasattr(model, "set_backend") and args.backend != "auto":
-        model.set_backend(args.backend)
+    apply_backend(model, args.backend, device)
     model.to(device)
     if dist.main:
         os.makedirs(args.out, exist_ok=True)
@@ -190,7 +191,8 @@ def train(args):
               f"samples), {len(val_names)} val clips, T={T}, size={size}, C={C}, device={device}, data on "
               f"{store.device}, world={dist.world}, global batch={G}, {steps_per_epoch} steps/epoch")
         log.log(event="start", model=name, config=_jsonable(cfg), world=dist.world, global_batch=G,
-                steps_per_epoch=steps_per_epoch, train_clips=train_names, val_clips=val_names)
+                steps_per_epoch=steps_per_epoch, train_clips=train_names, val_clips=val_names,
+                device=str(device), data_device=str(store.device))
 
     def checkpoint(path, ep, pos, calibration=None, finished=False, half=args.save_half, optimizer=True):
         ck = make_checkpoint(name, model, save_half=half, optimizer=opt.state_dict() if optimizer else None,

@@ -106,3 +106,15 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "unknown config field" in capsys.readouterr().err
     assert main(["eval", "--data", str(tmp_path), "--ckpt", str(tmp_path / "x.pt"), "--out", str(tmp_path)]) == 2
     assert "x.pt" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_training_with_frames_on_gpu(data, tmp_path):
+    run = str(tmp_path / "run")
+    args = [a for a in TRAIN if a not in ("--no-amp", "--deterministic")]
+    args[args.index("--device") + 1] = "cuda"
+    assert main(["train", "--data", data, "--out", run, "--epochs", "2", "--val-clips", "1", *args]) == 0
+    recs = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
+    assert recs[0]["data_device"].startswith("cuda") and recs[0]["device"].startswith("cuda")
+    ck = torch.load(os.path.join(run, "model.pt"), weights_only=False)
+    assert ck["calibration"]["n_frames"] > 0 and all(torch.isfinite(v).all() for v in ck["state_dict"].values())

@@ -1,0 +1,94 @@
+"""DDP (issue 9) on CPU: torchrun with 2 gloo processes runs the same `m2s2l train` / `m2s2l eval` code path.
+
+One optimisation step on 2 ranks (per-rank batch 16, global 32) must give the parameters of one step on 1 rank
+with batch 32. Tolerance: atol 1e-6 / rtol 1e-5 in float32 -- the two runs differ only in the order of the
+gradient sums (all-reduce of two half-batch means vs one mean over the whole batch), ~1e-8 relative, and AdamW's
+first step (lr * g / (|g| + eps)) does not amplify it. Sharded evaluation must return the same scores, in the
+same order, as single-process evaluation.
+"""
+import csv
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import tiny_model  # noqa: F401
+from m2s2l.cli import main
+from m2s2l.data.synthetic import make_dataset
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCRIPT = f"""
+import sys
+sys.path.insert(0, {HERE!r})
+import tiny_model
+from m2s2l.cli import main
+argv, cmds = sys.argv[1:], []
+while "--then" in argv:  # several commands in one launch: each worker imports torch once
+    i = argv.index("--then")
+    cmds.append(argv[:i])
+    argv = argv[i + 1:]
+for cmd in cmds + [argv]:
+    rc = main(cmd)
+    if rc:
+        sys.exit(rc)
+"""
+
+
+def _common(data):
+    # 2 train clips x (20 - 2) targets = 36 samples -> exactly 1 step per epoch at global batch 32
+    return ["--data", data, "--config", "tiny_test", "--epochs", "1", "--device", "cpu", "--no-amp", "--lr", "1e-2",
+            "--set", "dropout=0.0", "--seed", "5"]
+
+
+def _run(cmd, env, timeout=240):
+    """Run torchrun in its own session; on timeout kill the whole group (no orphaned workers)."""
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        return -9, out, "TIMEOUT\n" + err
+    return p.returncode, out, err
+
+
+def _rows(path):
+    return [(r["clip"], r["frame"], float(r["raw_score"])) for r in csv.DictReader(open(path))]
+
+
+def test_ddp_two_gloo_ranks_equal_one_rank_with_double_batch(tmp_path):
+    data = str(tmp_path / "data")
+    make_dataset(data, size=24, n_train=2, n_test=2, n_frames=20, seed=1)
+    script = tmp_path / "launch.py"
+    script.write_text(SCRIPT)
+    torch.set_num_threads(1)
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    assert main(["train", "--out", one, "--batch-size", "32", *_common(data)]) == 0
+    assert main(["eval", "--data", data, "--ckpt", os.path.join(one, "model.pt"), "--out", one + "_eval",
+                 "--device", "cpu", "--batch-size", "7", "--no-plot"]) == 0
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([HERE] + sys.path))
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    r = _run(run + ["train", "--out", two, "--batch-size", "16", *_common(data), "--then",
+                              "eval", "--data", data, "--ckpt", os.path.join(one, "model.pt"), "--out",
+                              two + "_eval", "--device", "cpu", "--batch-size", "7", "--no-plot"],
+                       env=env)
+    assert r[0] == 0, r[1][-3000:] + r[2][-3000:]
+
+    c1 = torch.load(os.path.join(one, "last.pt"), weights_only=False)
+    c2 = torch.load(os.path.join(two, "last.pt"), weights_only=False)
+    assert c1["step"] == c2["step"] == 1 and c2["extra"]["world_size"] == 2 and c2["extra"]["global_batch"] == 32
+    init = tiny_model.TinyPredictor(tiny_model.TinyConfig())
+    for k, v in c1["state_dict"].items():
+        torch.testing.assert_close(c2["state_dict"][k], v, atol=1e-6, rtol=1e-5)
+        assert not torch.allclose(v, init.state_dict()[k]) or k.endswith("bias")  # the step did move weights
+    cal1, cal2 = c1["calibration"], c2["calibration"]
+    assert cal1["n_frames"] == cal2["n_frames"] and cal2["mean"] == pytest.approx(cal1["mean"], rel=1e-4)
+    # sharded evaluation (ranks score positions r::2, then all_gather) == single process, row for row
+    r1, r2 = _rows(os.path.join(one + "_eval", "scores.csv")), _rows(os.path.join(two + "_eval", "scores.csv"))
+    assert [x[:2] for x in r1] == [x[:2] for x in r2] and len(r1) == 36
+    assert all(abs(a[2] - b[2]) <= 1e-5 * abs(a[2]) + 1e-9 for a, b in zip(r1, r2))
