@@ -39,14 +39,15 @@ def _ref(x, weight, bias, initial_states, activation, return_final_states):
 def _fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
          initial_states: Optional[torch.Tensor], activation: Optional[str], return_final_states: bool,
          backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    if backend == "triton":
-        from m2s2l.triton_kernels.causal_conv1d.conv import causal_conv1d_fwd
+    if backend in ("triton", "cuda"):
+        if backend == "triton":
+            from m2s2l.triton_kernels.causal_conv1d.conv import causal_conv1d_fwd
+        else:
+            from ._cuda import causal_conv1d_fwd  # contiguous out (see _fwd_fake)
         out, final = causal_conv1d_fwd(x, weight, bias, initial_states, activation, return_final_states)
         if final is None:
             final = x.new_zeros(x.shape[0], x.shape[1], 0) if return_final_states else x.new_zeros(0)
         return out, final
-    if backend == "cuda":
-        raise RuntimeError("causal_conv1d_fn: the 'cuda' backend has no conv kernel yet; use 'triton' or 'torch'")
     with torch.no_grad():
         res = _ref(x, weight, bias, initial_states, activation, return_final_states)
     if not return_final_states:
@@ -68,12 +69,15 @@ def _fwd_fake(x, weight, bias, initial_states, activation, return_final_states, 
 def _bwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
          initial_states: Optional[torch.Tensor], dout: torch.Tensor, dfinal_states: Optional[torch.Tensor],
          activation: Optional[str], backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    if backend == "triton":
-        from m2s2l.triton_kernels.causal_conv1d.conv import causal_conv1d_bwd
+    if backend in ("triton", "cuda"):
+        if backend == "triton":
+            from m2s2l.triton_kernels.causal_conv1d.conv import causal_conv1d_bwd
+        else:
+            from ._cuda import causal_conv1d_bwd
         dx, dw, db, di = causal_conv1d_bwd(x, weight, bias, initial_states, dout, dfinal_states, activation)
+        if di is None and initial_states is not None:  # width 1: nothing precedes x
+            di = torch.zeros_like(initial_states)
         return dx, dw, x.new_zeros(0) if db is None else db, x.new_zeros(0) if di is None else di
-    if backend == "cuda":
-        raise RuntimeError("causal_conv1d_fn: the 'cuda' backend has no conv kernel yet; use 'triton' or 'torch'")
     inputs = [t.detach().requires_grad_() for t in (x, weight, bias, initial_states) if t is not None]
     it = iter(inputs)
     xr, wr = next(it), next(it)
