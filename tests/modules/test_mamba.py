@@ -169,6 +169,9 @@ def test_init_matches_mamba_ssm():
     assert m.conv1d.weight.shape == (128, 1, 4) and m.conv1d.bias.shape == (128,)
     assert m.x_proj.weight.shape == (4 + 32, 128) and m.dt_proj.weight.shape == (128, 4)
     assert m.A_log.dtype == torch.float32 and m.D.dtype == torch.float32
+    assert set(m.state_dict()) == {  # mamba-ssm's parameter names: its checkpoints load as they are
+        "in_proj.weight", "conv1d.weight", "conv1d.bias", "x_proj.weight", "dt_proj.weight", "dt_proj.bias",
+        "A_log", "D", "out_proj.weight"}
     torch.testing.assert_close(m.A_log, torch.log(torch.arange(1.0, 17.0)).expand(128, 16))
     torch.testing.assert_close(m.D, torch.ones(128))
     assert m.A_log._no_weight_decay and m.D._no_weight_decay
