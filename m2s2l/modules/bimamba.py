@@ -91,7 +91,7 @@ class BiMamba(nn.Module):
         x2 = ops.causal_conv1d_fn(x2, self.conv_weight.reshape(2 * di, self.d_conv), bias, "silu",
                                   backend=self.backend)
         # x_proj per direction as one bmm: (2, batch*seqlen, di) @ (2, di, R+2N)
-        xg = x2.view(batch, 2, di, seqlen).permute(1, 0, 3, 2).reshape(2, batch * seqlen, di)
+        xg = x2.reshape(batch, 2, di, seqlen).permute(1, 0, 3, 2).reshape(2, batch * seqlen, di)
         x_dbl = torch.bmm(xg, self.x_proj_weight.transpose(1, 2))                  # (2, batch*seqlen, R+2N)
         dt, B, C = torch.split(x_dbl, [R, N, N], dim=-1)
         delta = torch.bmm(self.dt_proj_weight, dt.transpose(1, 2))                 # (2, di, batch*seqlen)
