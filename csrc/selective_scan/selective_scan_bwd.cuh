@@ -3,7 +3,8 @@
 // kSub-step sub-chunk start goes to shared memory, and each sub-chunk (last to first) is recomputed once more
 // with its kSub states in registers before the reverse-time gradient recurrence runs over it.
 // Per-channel sums (dA, dD, ddelta_bias, fixed dB/dC) are accumulated in registers and added atomically at
-// the end; input-dependent dB/dC are summed over the rows of a warp that share (batch, group) first.
+// the end; input-dependent dB/dC are summed over the rows of the block (or else of the warp) that share
+// (batch, group) first.
 #pragma once
 #include "selective_scan/selective_scan_fwd.cuh"
 
@@ -20,6 +21,41 @@ __device__ __forceinline__ void add_bc_grad(float* dst, int64_t i, float v, bool
   }
 }
 
+constexpr int kWarps = kThreads / 32;
+
+// Input-dependent dB or dC of step t: v[j] is this lane's value for n = j * LANES + lane. When the whole
+// block shares one (batch, group) key (block_uniform, the same in every thread) the values are summed over
+// the block's rows in shared memory first, so one atomic per (n, t) leaves the block; otherwise per warp.
+template <int LANES, int NPT>
+__device__ __forceinline__ void add_bc_step(float* dst, int64_t key, int N, int L, int t, const float (&v)[NPT],
+                                            int lane, bool valid, bool block_uniform, bool warp_uniform,
+                                            float (&red)[kWarps][NPT][LANES]) {
+  if (block_uniform) {
+    const int warp = threadIdx.x >> 5, l32 = threadIdx.x & 31;
+#pragma unroll
+    for (int j = 0; j < NPT; ++j) {
+      const float sj = across_groups_sum<LANES>(valid ? v[j] : 0.f);
+      if (l32 < LANES) red[warp][j][l32] = sj;
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < NPT * LANES; e += kThreads) {
+      const int j = e / LANES, l = e % LANES, n = j * LANES + l;
+      if (n < N) {
+        float sum = 0.f;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) sum += red[w][j][l];
+        atomicAdd(dst + (key * N + n) * L + t, sum);
+      }
+    }
+    __syncthreads();
+  } else {
+#pragma unroll
+    for (int j = 0; j < NPT; ++j)
+      add_bc_grad<LANES>(dst, (key * N + j * LANES + lane) * L + t, v[j], warp_uniform,
+                         valid && j * LANES + lane < N);
+  }
+}
+
 template <typename T, typename TW, int LANES, int NPT>
 __global__ void __launch_bounds__(kThreads) ss_bwd_kernel(const SSParams p) {
   SSRow<T, TW, NPT, LANES> r(p, (int64_t)blockIdx.x * kThreads + threadIdx.x);
@@ -29,6 +65,13 @@ __global__ void __launch_bounds__(kThreads) ss_bwd_kernel(const SSParams p) {
   const int64_t keyB = r.b * p.B_groups + r.gB, keyC = r.b * p.C_groups + r.gC;
   const bool uniB = __all_sync(kFullMask, keyB == __shfl_sync(kFullMask, keyB, 0));
   const bool uniC = __all_sync(kFullMask, keyC == __shfl_sync(kFullMask, keyC, 0));
+  // ... and all rows of this block? (thread 0 holds the block's first row, always a valid one)
+  __shared__ long long key0[2];
+  __shared__ float red[kWarps][NPT][LANES];
+  if (tx == 0) { key0[0] = keyB; key0[1] = keyC; }
+  __syncthreads();
+  const bool blkB = __syncthreads_and(keyB == key0[0]) != 0;
+  const bool blkC = __syncthreads_and(keyC == key0[1]) != 0;
   const bool ok0 = r.valid;
 
   float g[NPT], h[NPT], dA[NPT], dBf[NPT], dCf[NPT];
@@ -93,7 +136,7 @@ __global__ void __launch_bounds__(kThreads) ss_bwd_kernel(const SSParams p) {
           sz = sigmoidf_(zz);
           dy = dout * zz * sz;
         }
-        float ddt = 0.f, dui = 0.f, ypart = 0.f;
+        float ddt = 0.f, dui = 0.f, ypart = 0.f, dBt[NPT], dCt[NPT];
 #pragma unroll
         for (int j = 0; j < NPT; ++j) {
           const float a = __expf(dt * r.A[j]);
@@ -108,17 +151,13 @@ __global__ void __launch_bounds__(kThreads) ss_bwd_kernel(const SSParams p) {
           const float dBv = g[j] * dt * uu;
           dui += g[j] * dt * Bv;
           g[j] *= a;
-          if (p.B_var)
-            add_bc_grad<LANES>(p.dB, (keyB * p.N + r.nidx(j)) * p.L + t, dBv, uniB,
-                               ok0 && r.nok(j));
-          else
-            dBf[j] += dBv;
-          if (p.C_var)
-            add_bc_grad<LANES>(p.dC, (keyC * p.N + r.nidx(j)) * p.L + t, dCv, uniC,
-                               ok0 && r.nok(j));
-          else
-            dCf[j] += dCv;
+          dBt[j] = dBv;
+          dCt[j] = dCv;
+          if (!p.B_var) dBf[j] += dBv;
+          if (!p.C_var) dCf[j] += dCv;
         }
+        if (p.B_var) add_bc_step<LANES, NPT>(p.dB, keyB, p.N, p.L, t, dBt, r.lane, ok0, blkB, uniB, red);
+        if (p.C_var) add_bc_step<LANES, NPT>(p.dC, keyC, p.N, p.L, t, dCt, r.lane, ok0, blkC, uniC, red);
         ddt = group_sum<LANES>(ddt);
         dui = group_sum<LANES>(dui);
         if (p.z) ypart = group_sum<LANES>(ypart);
