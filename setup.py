@@ -16,11 +16,27 @@ from setuptools import setup
 KERNEL_PKGS = ["selective_scan", "causal_conv1d"]
 
 
+def _set_cuda_home():
+    """torch guesses CUDA_HOME as the parent of the folder holding `nvcc`; where `nvcc` is a wrapper script
+    (e.g. /usr/local/bin/nvcc -> /usr/local/cuda-13.0) that gives /usr/local, which has no CUDA headers or
+    libraries. Point CUDA_HOME at a real toolkit before torch.utils.cpp_extension is imported."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    nvcc = shutil.which("nvcc")
+    candidates = [os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))] if nvcc else []
+    candidates += ["/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    for home in candidates:
+        if all(os.path.exists(os.path.join(home, p)) for p in ("bin/nvcc", "include/cuda_runtime.h")):
+            os.environ["CUDA_HOME"] = home
+            return
+
+
 def _cuda_extension():
     flag = os.environ.get("M2S2L_BUILD_CUDA", "").strip()
     if flag == "0":
         return [], {}
     force = flag == "1"
+    _set_cuda_home()
     try:
         import torch
         from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension

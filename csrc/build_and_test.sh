@@ -10,6 +10,7 @@ echo "== environment"
 nvidia-smi --query-gpu=name,compute_cap,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
 python -c "import torch, sys; print('python', sys.version.split()[0], '| torch', torch.__version__, '| cuda', torch.version.cuda, '| gpu', torch.cuda.is_available())"
 nvcc --version 2>/dev/null | tail -1 || echo "nvcc not found"
+echo "nvcc: $(command -v nvcc) | CUDA_HOME=${CUDA_HOME:-unset (setup.py picks a toolkit with include/cuda_runtime.h)}"
 if command -v ninja >/dev/null || python -c "import ninja" 2>/dev/null; then echo "ninja: yes (parallel build, MAX_JOBS=$MAX_JOBS)"
 else echo "ninja: NO (torch compiles the sources one by one: slower)"; fi
 
