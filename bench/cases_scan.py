@@ -1,7 +1,8 @@
 """Selective scan cases: the ANCHORS.md setup (N = 16, input-dependent B and C of shape (batch, 1, N, L), z, D,
 delta_bias, delta_softplus=True) on the LM, spatial and temporal (video) shapes.
 
-Impls: "triton" (m2s2l.ops.selective_scan_fn, backend="triton"), "torch" (the float32 reference loop; slow
+Impls: "triton" (m2s2l.ops.selective_scan_fn, backend="triton"), "triton-kern" (the launchers alone),
+"torch" (the float32 reference loop; slow
 shapes timed with one call, fwd+bwd only where the autograd graph is small), "mamba-ssm" (its CUDA
 selective_scan_fn, when ``mamba_ssm.ops.selective_scan_interface`` imports).
 Bytes (ideal): fwd = u, delta, z, B, C read + out written; fwd+bwd adds u, delta, z, B, C, dout read and
@@ -61,6 +62,19 @@ def _fwdbwd(fn, ins, dout, **kw):
     return run
 
 
+def _kernels(ins, dout):
+    """The Triton launchers alone (no validation, no custom-op/autograd dispatch): the kernels' own time."""
+    from m2s2l.triton_kernels.selective_scan.scan import selective_scan_bwd, selective_scan_fwd
+    a = [ins[k].detach() for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+
+    def run():
+        out, _, hc = selective_scan_fwd(*a, None, True, False, dout is not None)
+        if dout is not None:
+            return selective_scan_bwd(dout, *a, None, hc, True)
+        return out
+    return run
+
+
 def _ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     from m2s2l.triton_kernels.selective_scan.naive import selective_scan_ref
     return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
@@ -84,6 +98,7 @@ def cases(device, dtypes, modes, quick):
                 impls = {}
                 if on_gpu or interpret_mode():
                     impls["triton"] = wrap(selective_scan_fn, backend="triton")
+                    impls["triton-kern"] = _kernels(ins, dout)
                 big = batch * dim * L * N >= (1 << 29)
                 if not (grad and big):  # the reference's autograd graph holds every step's state
                     impls["torch"] = wrap(_ref)

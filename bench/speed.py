@@ -54,7 +54,7 @@ def run_case(case, device, quick):
 def fmt(r):
     vs = f"{r['vs_peer']:.2f}x" if r["vs_peer"] is not None else "-"
     once = "*" if r["timed_once"] else " "
-    line = (f"{r['op']:5s} {r['case']:11s} {r['shape']:24s} {r['dtype']:4s} {r['mode']:6s} {r['impl']:10s}"
+    line = (f"{r['op']:5s} {r['case']:11s} {r['shape']:24s} {r['dtype']:4s} {r['mode']:6s} {r['impl']:12s}"
             f"{r['ms_p50']:10.3f}{once}{r['ms_p20']:9.3f}{r['ms_p80']:9.3f}{r['gbps']:9.1f}"
             f"{r['floor_ms']:9.3f}{r['pct_floor']:8.1f}% {vs:>8s}")
     return line + (f"  [{r['error']}]" if r["error"] else "")
@@ -78,7 +78,7 @@ def main(argv=None):
     bw = copy_bandwidth(device, quick=args.quick)
     name = device_name(device)
     print(f"# device: {name}; copy bandwidth {bw / 1e9:.0f} GB/s (read + write); torch {torch.__version__}")
-    print(f"{'op':5s} {'case':11s} {'shape':24s} {'dt':4s} {'mode':6s} {'impl':10s}{'p50 ms':>10s} {'p20':>8s}"
+    print(f"{'op':5s} {'case':11s} {'shape':24s} {'dt':4s} {'mode':6s} {'impl':12s}{'p50 ms':>10s} {'p20':>8s}"
           f"{'p80':>9s}{'GB/s':>9s}{'floor':>9s}{'%floor':>9s} {'vs peer':>8s}")
     rows = []
     for op in [o for o in args.ops.split(",") if o]:

@@ -175,6 +175,18 @@ def test_forward_only_and_no_last_state(device):
     assert isinstance(out, torch.Tensor) and rel_rms(out, ref) < 2e-5
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_opcheck(backend, device):
+    """Schema, fake (meta) implementation and autograd registration of m2s2l::selective_scan_fwd."""
+    ins = make_inputs(2, 4, 20, 3, "g2", device=device)
+    args = tuple(ins[k] for k in NAMES) + (True, True, True, backend)
+    torch.library.opcheck(torch.ops.m2s2l.selective_scan_fwd.default, args,
+                          test_utils=("test_schema", "test_faketensor"))
+    args = tuple(ins[k].requires_grad_() for k in NAMES) + (True, True, True, backend)
+    torch.library.opcheck(torch.ops.m2s2l.selective_scan_fwd.default, args,
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
 def _bad(**over):
     ins = make_inputs(2, 4, 5, 3, "g2", h0=False, z=False, D=False, bias=False)
     ins = {k: v for k, v in ins.items() if v is not None}
