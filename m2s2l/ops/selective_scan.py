@@ -206,7 +206,8 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
         if t is not None:
             check_tensor(name, t, shape=(dim,), dtypes=_F32, device=dev, expected="(dim,) float32")
     if z is not None:
-        check_tensor("z", z, shape=(batch, dim, L), dtypes=(dt,), device=dev, expected="(batch, dim, seqlen) in u's dtype")
+        check_tensor("z", z, shape=(batch, dim, L), dtypes=(dt,), device=dev,
+                     expected="(batch, dim, seqlen) in u's dtype")
     if initial_state is not None:
         check_tensor("initial_state", initial_state, shape=(batch, dim, N), dtypes=_F32, device=dev,
                      expected="(batch, dim, dstate) float32")

@@ -236,7 +236,8 @@ def test_bad_flags_and_backend():
 # ---- GPU: bench sizes, float32 reference on the GPU ----------------------------------------------------------
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("shape", [(8, 2048, 2048), (16384, 128, 8), (4096, 256, 16)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", [(8, 2048, 2048), (16384, 128, 8), (4096, 256, 16)],
+                         ids=lambda s: "x".join(map(str, s)))
 def test_gpu_bench_sizes(shape):
     batch, dim, L = shape
     ins = make_inputs(batch, dim, L, 16, "g1", "bf16", h0=False, device="cuda")
@@ -247,7 +248,7 @@ def test_gpu_bench_sizes(shape):
     xs = {k: v.float() if v is not None and k not in ("B", "C") else v for k, v in ins.items()}
     xs["B"], xs["C"] = ins["B"].float(), ins["C"].float()
     rout, rlast, rg = run(xs, True, "torch", dout, dlast)
-    assert rel_rms(out, rout) < 1e-2 and rel_rms(last, rlast) < 1e-4
+    assert rel_rms(out, rout) < 1e-2 and rel_rms(last, rlast) < 1e-3
     for k in rg:
         assert rel_rms(g[k], rg[k]) < 3e-2, k
 

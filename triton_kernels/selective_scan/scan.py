@@ -373,8 +373,8 @@ if _INTERPRET:
 # ---- launchers --------------------------------------------------------------------------------------------
 
 def _env_config():
-    """Optional overrides for tuning sweeps, e.g. M2S2L_SCAN_CFG="chunk=16,fwd_block_d=16,bwd_block_d=8,fwd_warps=4,bwd_warps=4"
-    (chunk is capped by the sequence length; block sizes must be powers of two)."""
+    """Optional overrides for tuning sweeps, e.g.
+    M2S2L_SCAN_CFG="chunk=16,fwd_block_d=16,bwd_block_d=8,fwd_warps=4,bwd_warps=4" (chunk is capped by the sequence length; block sizes must be powers of two)."""
     cfg = {}
     for item in os.environ.get("M2S2L_SCAN_CFG", "").split(","):
         if "=" in item:
