@@ -140,7 +140,8 @@ def causal_conv1d_fn(x, weight, bias=None, activation=None, initial_states=None,
       initial_states: (batch, dim, width - 1), same dtype as x: the inputs that precede x (zeros if None).
       return_final_states: also return final_states (batch, dim, width - 1), the last width - 1 inputs of
         [initial_states, x] (in x's dtype).
-      backend: "auto" | "triton" | "cuda" | "torch" (see ``m2s2l.ops._backend``).
+      backend: "auto" | "triton" | "cuda" | "torch" (see ``m2s2l.ops._backend``); "cuda" runs the compiled
+        extension (width <= 16, contiguous out).
     Returns:
       out (batch, dim, seqlen) in x's dtype — with the Triton backend, channel-last x gives a channel-last
       out, any other x a contiguous out — and final_states when asked. Differentiable in x, weight, bias

@@ -55,7 +55,7 @@ CASES = [  # batch, dim, seqlen, width, activation, bias, init, layout, dtype
     (2, 5, 129, 2, "silu", True, False, "chanlast", "fp32"),
     (3, 7, 151, 3, None, True, True, "chanlast", "bf16"),
     (1, 3, 100, 8, "silu", True, True, "contig", "fp16"),
-    (1, 6, 20, 4, "silu", True, True, "sliced", "bf16"),
+    (3, 6, 20, 4, "silu", True, True, "sliced", "bf16"),  # several batch blocks: in-program loop
     (2, 3, 9, 13, None, True, True, "contig", "fp32"),
 ]
 

@@ -112,3 +112,26 @@ def test_step_bad_inputs_name_the_argument(device):
         selective_state_update(state, x, x[:1], A, Bm, Bm)
     with pytest.raises(TypeError, match="state"):
         selective_state_update(state.long(), x, x, A, Bm, Bm)
+
+
+def test_steps_under_torch_compile(device):
+    """fullgraph compile (aot_eager: no C++ toolchain needed) keeps the in-place state updates."""
+    from m2s2l.ops import causal_conv1d_fn
+
+    def step(x, conv_state, w, h, dt, A, B, C):
+        y = causal_conv1d_update(x, conv_state, w, None, "silu", backend="torch")
+        return selective_state_update(h, y, dt, A, B, C, dt_softplus=True, backend="torch")
+
+    def make():
+        g = torch.Generator(device=device).manual_seed(0)
+        r = lambda *s: torch.randn(*s, generator=g, device=device)  # noqa: E731
+        return (r(2, 5), r(2, 5, 3), r(5, 4), r(2, 5, 4), r(2, 5).abs(), -r(5, 4).abs(), r(2, 4), r(2, 4))
+    a, b = make(), make()
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(*a), step(*b))
+    torch.testing.assert_close(a[1], b[1])  # conv_state mutated identically
+    torch.testing.assert_close(a[3], b[3])  # ssm state mutated identically
+    x = torch.randn(2, 5, 7, device=device, requires_grad=True)
+    f = lambda x: causal_conv1d_fn(x, a[2], activation="silu", backend="torch")  # noqa: E731
+    torch.testing.assert_close(torch.compile(f, backend="aot_eager", fullgraph=True)(x), f(x))
