@@ -4,7 +4,7 @@ one sequence per spatial location) and the long shape (batch 8, seqlen 2048, d_m
 spatial shape of the model's coarsest level (32 maps of 16x16 tokens, d_model 256).
 
 Impls: "triton" / "cuda" / "torch" are the same block with ``.backend`` set ("cuda" when m2s2l._C is built;
-"torch" = the float32 reference loops, skipped for fwd+bwd where its autograd graph is large);
+"torch" = the float32 reference loops: timed once and without fwd+bwd for seqlen > 64);
 "mamba-ssm" is mamba_ssm's own Mamba block loaded with the same state_dict (same parameter names), when it
 imports (fast path: causal-conv1d + its fused mamba_inner_fn).
 Bytes (floor of the unfused pipeline, per token, dtype size): forward reads/writes each intermediate once --
@@ -74,15 +74,15 @@ def cases(device, dtypes, modes, quick):
             torch.manual_seed(0)
             block = cls(d, d_state=D_STATE, d_conv=D_CONV, expand=EXPAND, device=device, dtype=dtype)
             di, R = block.d_inner, block.dt_rank
-            big = batch * L * di * D_STATE > (1 << 26)
+            slow = L > 64  # the reference loops over time: one call, and no fwd+bwd (its graph holds every state)
             for mode in modes:
                 grad = mode == "fwdbwd"
                 x = torch.randn(batch, L, d, device=device, dtype=dtype, requires_grad=grad)
                 dout = torch.randn_like(x) if grad else None
                 impls = {}
                 for bk in backends:
-                    if bk == "torch" and grad and big:
-                        continue  # the reference loop's autograd graph holds every step's state
+                    if bk == "torch" and grad and slow:
+                        continue
                     impls[bk] = _run(block, x, dout, backend=bk)  # one block, backend set per call
                 if peer_cls is not None and kind == "mamba":
                     peer = peer_cls(d, d_state=D_STATE, d_conv=D_CONV, expand=EXPAND, device=device, dtype=dtype)
@@ -93,5 +93,5 @@ def cases(device, dtypes, modes, quick):
                 exps = tokens * di * D_STATE * (2 if grad else 1) * (2 if kind == "bimamba" else 1)
                 out.append(Case("mamba", name, f"({batch}, {L}, {d})", dt, mode, impls, nbytes,
                                 exps, peer="mamba-ssm" if "mamba-ssm" in impls else None,
-                                once={"torch"} if big or L > 64 else set()))
+                                once={"torch"} if slow else set()))
     return out

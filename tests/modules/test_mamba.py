@@ -234,11 +234,10 @@ def test_backward_deterministic_gpu(cls):
         assert torch.equal(g1[name], g2[name]), name
 
 
-@pytest.mark.parametrize("cls,backend", [(Mamba, "torch"), (BiMamba, "torch"),
-                                         pytest.param(Mamba, "auto", marks=needs_triton)])
+@pytest.mark.parametrize("cls,backend", [(Mamba, "auto"), (BiMamba, "torch")])
 def test_compile_aot_eager_fullgraph(cls, backend):
     """The ops are custom ops: the whole block traces as one graph (no breaks), and matches eager.
-    backend="auto" goes through resolve_backend's triton probe (Triton kernels under TRITON_INTERPRET)."""
+    backend="auto" goes through resolve_backend's triton probe (the Triton kernels under TRITON_INTERPRET)."""
     block = _block(cls, 16, backend=backend)
     x = torch.randn(2, 6, 16)
     eager = _loss_grads(block, x)
