@@ -167,3 +167,17 @@ def test_triton_path_equals_torch_path():
         torch.testing.assert_close(p_tri[k], p_ref[k], rtol=1e-4, atol=1e-4)
     for n in g_ref:
         torch.testing.assert_close(g_tri[n], g_ref[n], rtol=2e-3, atol=1e-4, msg=lambda m: f"grad of {n}: {m}")
+
+
+def test_bf16_autocast_channels_last_and_config_roundtrip():
+    model = tiny().to(memory_format=torch.channels_last)
+    batch = make_batch(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model.compute_losses(batch)
+    assert losses["loss"].dtype == torch.float32 and torch.isfinite(losses["loss"])
+    losses["loss"].backward()
+    assert all(p.grad is not None for p in model.parameters())
+    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in model.config.to_dict().items()}   # as JSON
+    rebuilt = create_model("m2s2l_paper", **cfg)
+    assert rebuilt.config == model.config
+    rebuilt.load_state_dict(model.state_dict())
