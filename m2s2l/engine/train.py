@@ -206,6 +206,7 @@ def train(args):
     steps_this_run, t_run, t_print = 0, time.time(), time.time()
     bar = _progress(args.epochs * steps_per_epoch, epoch * steps_per_epoch + position // G, dist.main, "train")
     while epoch < args.epochs and stop_reason is None:
+        t_epoch = time.time()
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch)
         perm = train_idx[torch.randperm(len(train_idx), generator=gen)]
         model.train()
@@ -256,6 +257,9 @@ def train(args):
                     break
         if stop_reason is None:  # epoch completed
             epoch, position = epoch + 1, 0
+            if args.fit_minutes:
+                args.epochs = fit_epochs(args, epoch, t_start, t_epoch, dist)
+                sched["epochs"] = args.epochs
             rec = {"event": "epoch", "epoch": epoch, "step": step, "elapsed_s": round(time.time() - t_start, 1)}
             if len(val_idx):
                 vl = validation_loss(model, store, val_idx, T, args, dist)
@@ -316,6 +320,22 @@ def validation_loss(model, store, idx, T, args, dist):
     all_reduce_sum(dist, tot)
     model.train()
     return float(tot[0] / tot[1].clamp_min(1))
+
+
+def fit_epochs(args, epoch, t_start, t_epoch, dist):
+    """``--fit-minutes``: the epoch count that lets the schedule finish inside the wall-time budget.
+
+    Measured from the epoch just completed (validation included); 5% of the budget is kept for calibration and
+    the final checkpoints. Never raises the count above ``--epochs`` nor below the epochs already done; rank 0
+    decides so that every rank agrees."""
+    per_epoch = max(time.time() - t_epoch, 1e-6)
+    left = args.fit_minutes * 60 * 0.95 - (time.time() - t_start)
+    n = max(epoch, min(args.epochs, epoch + int(left // per_epoch)))
+    if dist.enabled:
+        t = torch.tensor([n], dtype=torch.int64, device=dist.device)
+        torch.distributed.broadcast(t, 0)
+        n = int(t.item())
+    return n
 
 
 def calibration_for(model, store, train_idx, val_idx, val_names, T, args, dist):
