@@ -46,6 +46,9 @@ def add_train_args(p):
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from OUT/last.pt (or the given checkpoint); the model config comes from it")
     p.add_argument("--max-minutes", type=float, default=0, help="stop cleanly after this wall time, saving last.pt")
+    p.add_argument("--fit-minutes", type=float, default=0,
+                   help="after each epoch, lower --epochs so the whole schedule (cosine fully decayed, calibration "
+                        "included) ends within this wall time; --epochs stays the upper bound")
     p.add_argument("--stop-after-epochs", type=int, default=0, help="stop (resumable) after this many epochs")
     p.add_argument("--stop-after-steps", type=int, default=0, help="stop (resumable) after this many steps")
     p.add_argument("--compile", action="store_true", help="torch.compile the training step")
@@ -110,20 +113,23 @@ def eval_args(argv):
     return p.parse_args(argv)
 
 
+def torchrun_command(argv, gpus):
+    """The ``torch.distributed.run`` command line that ``m2s2l train --gpus N ...`` re-executes itself as."""
+    rest, skip = [], False
+    for a in argv[argv.index("train") + 1:]:
+        if skip:
+            skip = False
+        elif a == "--gpus":
+            skip = True
+        elif not a.startswith("--gpus="):
+            rest.append(a)
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+            "-m", "m2s2l", "train"] + rest
+
+
 def _cmd_train(args, argv):
     if args.gpus and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        rest, skip = [], False
-        for a in argv[argv.index("train") + 1:]:
-            if skip:
-                skip = False
-                continue
-            if a == "--gpus":
-                skip = True
-                continue
-            if not a.startswith("--gpus="):
-                rest.append(a)
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.gpus}",
-               "-m", "m2s2l", "train"] + rest
+        cmd = torchrun_command(argv, args.gpus)
         print("launching:", " ".join(cmd), flush=True)
         os.execv(sys.executable, cmd)
     from m2s2l.engine.train import train

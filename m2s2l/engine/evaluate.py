@@ -43,22 +43,27 @@ def autocast_ctx(device, amp):
     return torch.autocast(device.type, enabled=False)
 
 
-@torch.inference_mode()
-def score_indices(model, store, idx, clip_len, batch_size=128, device=None, amp=True, dist=None):
+@torch.no_grad()
+def score_indices(model, store, idx, clip_len, batch_size=128, device=None, amp=True, dist=None, progress=False):
     """Raw scores (float64 numpy, aligned with ``idx``) for the samples whose target frames are ``idx``.
 
-    Under DDP each rank scores ``idx[rank::world]`` and the results are all-gathered in order."""
+    Under DDP each rank scores ``idx[rank::world]`` and the results are all-gathered in order.
+    ``progress``: print a line every 30 s (long CPU runs)."""
+    import time
     dist = dist or DistInfo(device=torch.device(device or store.device))
     device = torch.device(device) if device is not None else dist.device
     was_training = model.training
     model.eval()
     local = idx[dist.rank::dist.world]
-    out = []
+    out, t_print = [], time.time()
     for i in range(0, len(local), batch_size):
         batch = store.batch(local[i:i + batch_size], clip_len, device)
         with autocast_ctx(device, amp):
             s = model.score(batch)["score"]
         out.append(s.float().reshape(-1))
+        if progress and time.time() - t_print > 30:
+            print(f"scoring: {i + len(s)}/{len(local)} samples", flush=True)
+            t_print = time.time()
     local_scores = torch.cat(out) if out else torch.zeros(0, device=device)
     full = gather_strided(dist, local_scores.to(dist.device), len(idx))
     model.train(was_training)
@@ -212,7 +217,7 @@ def run_eval(args):
         store.attach_labels(labels)
     t0 = time.time()
     raw = score_clips(model, store, cfg.clip_len, batch_size=args.batch_size, device=dist.device, amp=args.amp,
-                      dist=dist)
+                      dist=dist, progress=dist.main)
     dt = time.time() - t0
     metrics = None
     if dist.main:

@@ -92,3 +92,10 @@ def test_ddp_two_gloo_ranks_equal_one_rank_with_double_batch(tmp_path):
     r1, r2 = _rows(os.path.join(one + "_eval", "scores.csv")), _rows(os.path.join(two + "_eval", "scores.csv"))
     assert [x[:2] for x in r1] == [x[:2] for x in r2] and len(r1) == 36
     assert all(abs(a[2] - b[2]) <= 1e-5 * abs(a[2]) + 1e-9 for a, b in zip(r1, r2))
+
+
+def test_gpus_flag_becomes_a_torchrun_command():
+    from m2s2l.cli import torchrun_command
+    cmd = torchrun_command(["train", "--data", "d", "--gpus", "4", "--out", "o", "--gpus=4", "--epochs", "2"], 4)
+    assert cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "-m", "m2s2l", "train",
+                       "--data", "d", "--out", "o", "--epochs", "2"]
