@@ -42,6 +42,8 @@ def add_train_args(p):
                    "best.pt selection and calibration")
     p.add_argument("--select", choices=("last", "best"), default="last", help="weights written to model.pt")
     p.add_argument("--save-half", action="store_true", help="store weights as float16 (smaller checkpoints)")
+    p.add_argument("--shard-mib", type=float, default=0, help="split checkpoints larger than this many MiB into "
+                   "shards next to a small index file (e.g. 15 for a box that returns files <= 16 MiB)")
     p.add_argument("--save-every", type=int, default=0, help="also keep epoch_NNN.pt every K epochs (0 = off)")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from OUT/last.pt (or the given checkpoint); the model config comes from it")

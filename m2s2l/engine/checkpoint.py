@@ -15,8 +15,15 @@ Format (all keys always present; values None where not applicable)::
     calibration  see m2s2l.engine.calibrate.calibrate (None before training finished)
     train_args   the train command's arguments (dict)
     extra        free-form: val_clips, world_size, best val loss, finished flag, ...
+
+Sharding: ``save_checkpoint(ckpt, path, shard_mib=15)`` writes a checkpoint larger than 15 MiB as
+``path.shard000``, ``path.shard001``, ... plus a small index at ``path`` (``{"m2s2l_shards": [names], "sha1"}``);
+``read_checkpoint`` / ``load_checkpoint`` reassemble it transparently (the GPU box returns files <= 16 MiB only;
+``m2s2l_paper`` is ~9.5M parameters: ~108 MiB with AdamW state, 18 MiB in float16 weights-only form).
 """
 import dataclasses
+import hashlib
+import io
 import os
 import random
 
@@ -69,13 +76,71 @@ def make_checkpoint(name, model, save_half=False, **fields):
     return ck
 
 
-def save_checkpoint(ckpt, path):
-    """Write ``ckpt`` to ``path`` atomically: a reader (or a kill -9) never sees a half-written file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+def _atomic_write(path, data):
     tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(ckpt, tmp)
+    with open(tmp, "wb") as f:
+        f.write(data)
     os.replace(tmp, path)
+
+
+def save_checkpoint(ckpt, path, shard_mib=0):
+    """Write ``ckpt`` to ``path`` atomically: a reader (or a kill -9) never sees a half-written file.
+    With ``shard_mib`` > 0 a larger checkpoint is split into shards (module docstring); the index is written
+    last, so an interrupted save leaves the previous index (and its shards) or the new one intact."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    data = buf.getvalue()
+    limit = int(shard_mib * 2**20)
+    if limit <= 0 or len(data) <= limit:
+        _atomic_write(path, data)
+        return path
+    digest = hashlib.sha1(data).hexdigest()[:12]
+    names = []
+    for i in range(0, len(data), limit):
+        name = f"{os.path.basename(path)}.{digest}.shard{i // limit:03d}"
+        _atomic_write(os.path.join(os.path.dirname(os.path.abspath(path)), name), data[i:i + limit])
+        names.append(name)
+    old = _shard_names(path)
+    buf = io.BytesIO()
+    torch.save({"m2s2l_shards": names, "sha1": hashlib.sha1(data).hexdigest(), "bytes": len(data)}, buf)
+    _atomic_write(path, buf.getvalue())
+    for name in set(old) - set(names):  # shards of the checkpoint this one replaced
+        try:
+            os.remove(os.path.join(os.path.dirname(os.path.abspath(path)), name))
+        except OSError:
+            pass
     return path
+
+
+def _shard_names(path):
+    try:
+        if os.path.getsize(path) > 2**20:
+            return []
+        idx = torch.load(path, map_location="cpu", weights_only=False)
+        return list(idx.get("m2s2l_shards", [])) if isinstance(idx, dict) else []
+    except Exception:
+        return []
+
+
+def read_checkpoint(path):
+    """``torch.load`` of a checkpoint file, reassembling sharded checkpoints (checked by SHA-1)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(ck, dict) and "m2s2l_shards" in ck:
+        folder = os.path.dirname(os.path.abspath(path))
+        parts = []
+        for name in ck["m2s2l_shards"]:
+            p = os.path.join(folder, name)
+            if not os.path.isfile(p):
+                raise FileNotFoundError(f"checkpoint {path!r} is sharded and its shard {p!r} is missing")
+            parts.append(open(p, "rb").read())
+        data = b"".join(parts)
+        if hashlib.sha1(data).hexdigest() != ck["sha1"]:
+            raise ValueError(f"sharded checkpoint {path!r}: shards do not match the index (SHA-1 differs)")
+        ck = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    return ck
 
 
 def _config_kwargs(name, config):
@@ -93,9 +158,7 @@ def load_checkpoint(path, device="cpu"):
     with float32 weights (half-precision checkpoints are cast back)."""
     import m2s2l.models  # noqa: F401  (registers the presets)
     from m2s2l.models import create_model
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = read_checkpoint(path)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "state_dict" not in ckpt:
         raise ValueError(f"{path!r} is not an m2s2l checkpoint (needs 'model', 'config', 'state_dict')")
     model = create_model(ckpt["model"], **_config_kwargs(ckpt["model"], ckpt["config"]))

@@ -29,7 +29,8 @@ import torch
 from m2s2l.data.store import FrameStore, choose_val_clips
 
 from .calibrate import calibrate
-from .checkpoint import load_checkpoint, make_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (load_checkpoint, make_checkpoint, read_checkpoint, rng_state, save_checkpoint,
+                         set_rng_state)
 from .distributed import all_reduce_sum, broadcast_flag, init_distributed, shutdown
 from .evaluate import apply_backend, autocast_ctx, score_indices
 
@@ -200,7 +201,7 @@ def train(args):
                              calibration=calibration, train_args=_jsonable(vars(args)),
                              extra={"val_clips": val_names, "world_size": dist.world, "best_val": best_val,
                                     "finished": finished, "global_batch": G})
-        return save_checkpoint(ck, path)
+        return save_checkpoint(ck, path, shard_mib=args.shard_mib)
 
     stop_reason = None
     steps_this_run, t_run, t_print = 0, time.time(), time.time()
@@ -291,7 +292,7 @@ def train(args):
 
     # ---- finished: select, calibrate, write model.pt
     if args.select == "best" and len(val_idx) and os.path.isfile(os.path.join(args.out, "best.pt")):
-        sd = torch.load(os.path.join(args.out, "best.pt"), map_location="cpu", weights_only=False)["state_dict"]
+        sd = read_checkpoint(os.path.join(args.out, "best.pt"))["state_dict"]
         model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in sd.items()})
     calib = calibration_for(model, store, train_idx, val_idx, val_names, T, args, dist)
     if dist.main:

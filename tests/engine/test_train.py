@@ -118,3 +118,22 @@ def test_gpu_bf16_training_with_frames_on_gpu(data, tmp_path):
     assert recs[0]["data_device"].startswith("cuda") and recs[0]["device"].startswith("cuda")
     ck = torch.load(os.path.join(run, "model.pt"), weights_only=False)
     assert ck["calibration"]["n_frames"] > 0 and all(torch.isfinite(v).all() for v in ck["state_dict"].values())
+
+
+def test_sharded_checkpoints_resume_and_load(data, tmp_path):
+    from m2s2l.engine.checkpoint import read_checkpoint
+    run = str(tmp_path / "run")
+    common = ["--data", data, "--out", run, "--epochs", "2", "--shard-mib", "0.004", *TRAIN]
+    assert main(["train", "--stop-after-epochs", "1", *common]) == 0
+    first = sorted(f for f in os.listdir(run) if ".shard" in f)
+    assert os.path.getsize(os.path.join(run, "last.pt")) < 2000 and len(first) >= 4
+    assert all(os.path.getsize(os.path.join(run, f)) <= 0.004 * 2**20 for f in first)
+    assert main(["train", "--resume", *common]) == 0
+    ck = read_checkpoint(os.path.join(run, "last.pt"))
+    assert ck["epoch"] == 2 and ck["extra"]["finished"]
+    assert not set(first) & set(os.listdir(run))  # the replaced checkpoint's shards are gone
+    model, ck2 = load_checkpoint(os.path.join(run, "model.pt"))
+    assert ck2["calibration"] == ck["calibration"]
+    os.remove(os.path.join(run, sorted(f for f in os.listdir(run) if f.startswith("model.pt."))[0]))
+    with pytest.raises(FileNotFoundError, match="shard"):
+        load_checkpoint(os.path.join(run, "model.pt"))
