@@ -37,8 +37,11 @@ def _sd(path):
 
 def test_train_eval_end_to_end(data, tmp_path):
     run, ev = str(tmp_path / "run"), str(tmp_path / "eval")
-    assert main(["train", "--data", data, "--out", run, "--epochs", "2", "--val-clips", "1", *TRAIN]) == 0
+    assert main(["train", "--data", data, "--out", run, "--epochs", "2", "--val-clips", "1", "--select", "best",
+                 *TRAIN]) == 0
     assert {"last.pt", "best.pt", "model.pt", "metrics.jsonl"} <= set(os.listdir(run))
+    best, final = _sd(os.path.join(run, "best.pt")), _sd(os.path.join(run, "model.pt"))
+    assert all(torch.equal(best[k], final[k]) for k in best)  # --select best: model.pt holds best.pt's weights
     recs = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
     events = [r["event"] for r in recs]
     assert events[0] == "start" and events.count("epoch") == 2 and events[-1] == "done"
