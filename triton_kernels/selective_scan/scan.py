@@ -107,7 +107,8 @@ def _fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_p
                 B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
                 STORE_LAST: tl.constexpr, SAVE_CHUNKS: tl.constexpr):
-    i_gd, i_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    # batch on grid axis 0 (up to 2**31 - 1 programs; axes 1 and 2 stop at 65535)
+    i_b, i_gd = tl.program_id(0).to(tl.int64), tl.program_id(1)
     i_g, i_j = i_gd // nblk, i_gd % nblk
     o_c = i_j * BLOCK_D + tl.arange(0, BLOCK_D)
     m_d = o_c < cpg
@@ -222,7 +223,7 @@ def _bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_p
                 B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
                 HAS_DLAST: tl.constexpr, VAR_ATOMIC: tl.constexpr):
-    i_gd, i_bp = tl.program_id(0), tl.program_id(1)
+    i_bp, i_gd = tl.program_id(0), tl.program_id(1)
     i_g, i_j = i_gd // nblk, i_gd % nblk
     o_c = i_j * BLOCK_D + tl.arange(0, BLOCK_D)
     m_d = o_c < cpg
@@ -451,7 +452,7 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, initi
     h0 = initial_state.contiguous() if initial_state is not None else None
     dmy = _dummy(u)
     zz = z if z is not None else u
-    _fwd_kernel[(G * nblk, batch)](
+    _fwd_kernel[(batch, G * nblk)](
         u, delta, A, B4, C4, D if D is not None else dmy, zz, delta_bias if delta_bias is not None else dmy,
         h0 if h0 is not None else dmy, out, hlast if hlast is not None else dmy, hc if hc is not None else dmy,
         L, nchunks, dim, cpg, nblk, *u.stride(), *delta.stride(), *zz.stride(), *sB, *sC,
@@ -506,7 +507,7 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D=None, z=None, delta_bias=None,
     sdB = dB4.stride() if b_var else (0, 0, 0, 0)
     sdC = dC4.stride() if c_var else (0, 0, 0, 0)
     opt = lambda t: t if t is not None else dmy  # noqa: E731
-    _bwd_kernel[(G * nblk, triton.cdiv(batch, bpp))](
+    _bwd_kernel[(triton.cdiv(batch, bpp), G * nblk)](
         u, delta, A.contiguous(), B4, C4, opt(D), zz, opt(delta_bias), opt(h0), opt(chunk_states), dout, opt(dl),
         du, ddelta, dA, dB4, dC4, opt(dD), opt(dz), opt(dbias), opt(dh0),
         L, nchunks, batch, dim, cpg, nblk, bpp, *u.stride(), *delta.stride(), *zz.stride(), *dout.stride(),

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One device call (GPU box, repo root): environment facts, the GPU correctness suite, the peers' CUDA build
+# (in the background, ~7 min on 16 cores), then `bench/speed.py` against the peers.
+#   bash bench/gpu_kernels.sh PEERS_DIR OUT_DIR [speed.py args...]
+# PEERS_DIR holds shared/peers/peers.py and the two sdists (copy them into a git-ignored folder and carry it).
+set -u
+PEERS=${1:-_carry/peers}; OUT=${2:-${OUT:-/tmp/m2s2l_out}}; shift 2 || true
+mkdir -p "$OUT"
+SITE=/tmp/m2s2l_peers_site
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, triton, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
+for m in sklearn PIL tqdm matplotlib scipy cv2 onnx onnxruntime fvcore pytest pytest_timeout; do
+  python3 -c "import $m" 2>/dev/null && echo "have $m" || echo "MISSING $m"; done | tee -a "$OUT/gpu.txt"
+if [ ! -f "$SITE/selective_scan_cuda.so" ] && [ -f "$PEERS/peers.py" ]; then
+  ( python3 "$PEERS/peers.py" build "$PEERS" "$SITE" > "$OUT/peers_build.log" 2>&1; echo "rc=$?" >> "$OUT/peers_build.log" ) &
+fi
+if ! M2S2L_BUILD_CUDA=0 pip install -q -e . --no-deps --no-build-isolation > "$OUT/install.log" 2>&1; then
+  echo "editable install failed; falling back to a source-tree link"; ln -sfn ../triton_kernels m2s2l/triton_kernels
+  export PYTHONPATH=$PWD:${PYTHONPATH:-}
+fi
+START=$SECONDS
+M2S2L_TEST_GPU=1 timeout 200 python3 -m pytest tests/triton_kernels tests/modules tests/models -q -x -p no:cacheprovider \
+  > "$OUT/gpu_tests.log" 2>&1; echo "gpu tests rc=$? ($((SECONDS-START)) s)"; tail -5 "$OUT/gpu_tests.log"
+# wait for the peers' build, but leave time for the bench inside one 10-minute command
+while jobs %1 >/dev/null 2>&1 && [ $SECONDS -lt ${PEERS_DEADLINE_S:-430} ]; do sleep 5; done
+tail -2 "$OUT/peers_build.log" 2>/dev/null
+for op in ${BENCH_OPS:-scan conv mamba}; do
+  PYTHONPATH=$SITE:${PYTHONPATH:-} timeout $(( ${TOTAL_S:-585} - SECONDS )) python3 bench/speed.py --ops $op \
+    --json "$OUT/speed_$op.json" "$@" > "$OUT/speed_$op.txt" 2>&1; echo "speed $op rc=$?"
+done
+for op in ${BENCH_OPS:-scan conv mamba}; do cat "$OUT/speed_$op.txt" | grep -v -i warn | tail -40; done
