@@ -127,6 +127,7 @@ def build_model(args, dist):
 def train(args):
     """Run training as described by the module docstring. ``args``: the parsed ``m2s2l train`` namespace."""
     t_start = time.time()
+    args.max_epochs = getattr(args, "max_epochs", None) or args.epochs  # --fit-minutes may lower args.epochs
     dist = init_distributed(args.device)
     device = dist.device
     _seed_all(args.seed + dist.rank)
@@ -326,12 +327,13 @@ def validation_loss(model, store, idx, T, args, dist):
 def fit_epochs(args, epoch, t_start, t_epoch, dist):
     """``--fit-minutes``: the epoch count that lets the schedule finish inside the wall-time budget.
 
-    Measured from the epoch just completed (validation included); 5% of the budget is kept for calibration and
-    the final checkpoints. Never raises the count above ``--epochs`` nor below the epochs already done; rank 0
+    Re-fitted after every epoch from the epoch just completed (validation included), so a slow first epoch (JIT
+    compilation, caches) can be made up later; 5% of the budget is kept for calibration and the final
+    checkpoints. Never above the ``--epochs`` given on the command line nor below the epochs already done; rank 0
     decides so that every rank agrees."""
     per_epoch = max(time.time() - t_epoch, 1e-6)
     left = args.fit_minutes * 60 * 0.95 - (time.time() - t_start)
-    n = max(epoch, min(args.epochs, epoch + int(left // per_epoch)))
+    n = max(epoch, min(args.max_epochs, epoch + int(left // per_epoch)))
     if dist.enabled:
         t = torch.tensor([n], dtype=torch.int64, device=dist.device)
         torch.distributed.broadcast(t, 0)

@@ -140,3 +140,26 @@ def test_sharded_checkpoints_resume_and_load(data, tmp_path):
     os.remove(os.path.join(run, sorted(f for f in os.listdir(run) if f.startswith("model.pt."))[0]))
     with pytest.raises(FileNotFoundError, match="shard"):
         load_checkpoint(os.path.join(run, "model.pt"))
+
+
+
+def test_fit_epochs_shrinks_and_regrows_within_the_budget(monkeypatch):
+    """--fit-minutes: the epoch count follows the measured epoch time, bounded by --epochs and the epochs done."""
+    import argparse
+
+    from m2s2l.engine import train as tr
+    from m2s2l.engine.distributed import DistInfo
+
+    now = [1000.0]
+    monkeypatch.setattr(tr.time, "time", lambda: now[0])
+    args = argparse.Namespace(fit_minutes=10.0, epochs=50, max_epochs=50)
+    # a slow first epoch (JIT compilation): 120 s of 570 usable -> 1 + 3 more epochs
+    assert tr.fit_epochs(args, 1, t_start=880.0, t_epoch=880.0, dist=DistInfo()) == 4
+    args.epochs = 4
+    # the next epoch took 10 s: the count grows again (capped by --epochs = 50)
+    now[0] = 1010.0
+    assert tr.fit_epochs(args, 2, t_start=880.0, t_epoch=1000.0, dist=DistInfo()) == 2 + int((570 - 130) // 10)
+    now[0] = 1100.0
+    assert tr.fit_epochs(args, 3, t_start=0.0, t_epoch=1090.0, dist=DistInfo()) == 3  # over budget: stop now
+    args.fit_minutes = 1000.0
+    assert tr.fit_epochs(args, 3, t_start=880.0, t_epoch=1090.0, dist=DistInfo()) == 50  # never above --epochs
