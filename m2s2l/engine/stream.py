@@ -1,0 +1,362 @@
+"""Real-time scoring of a video file, a frames folder, a camera or an RTSP stream: ``m2s2l score``.
+
+Streaming equals offline scoring: the score of frame t is ``model.score`` on the clip of the T frames that
+precede it (target = frame t), exactly as ``m2s2l eval`` scores it; the first T frames are not scored. Each
+frame goes through the spatial encoder ONCE; its feature pyramid is kept in a fixed-size state of the last T
+pyramids (constant memory, encoder cost per frame independent of T) and only the temporal / decoder part
+runs per scored frame.
+
+Online normalisation and alerts (per-video min-max is offline-only): with the checkpoint's calibration
+(``m2s2l.engine.calibrate``) ``normalised = (raw - mean) / std`` and a frame is *above* when
+``raw > threshold`` (the ``quantile`` of normal scores). Hysteresis: the alert turns ON after ``K``
+consecutive frames above the threshold and OFF after ``K`` consecutive frames at or below it
+(``--hysteresis K``, default 3); K = 1 alerts on every frame above. Without calibration ``normalised`` is NaN
+and no alert is raised; ``--threshold-z Z`` replaces the calibrated threshold by ``mean + Z * std``.
+
+Real input: any resolution / aspect / colour (resized + converted like the offline loader,
+``m2s2l.data.frames.to_model_frame``); unreadable or dropped frames are skipped with a warning and counted
+(a skipped frame does not enter the history, so the next T read frames form the next clip); the ``frame``
+column is the index of the frame in the source.
+"""
+import csv
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from m2s2l.data.frames import IMAGE_EXTS, _cv2, _list_images, to_model_frame
+from m2s2l.models import scoring
+
+
+class StreamStep(nn.Module):
+    """One streaming step as a pure function (state in, state out) -- also what ``m2s2l export`` exports.
+
+    forward(frame (B, C, H, W), prev_frame (B, C, H, W), *state) -> (score (B,), appearance (B,), motion (B,),
+    error_map (B, 1, H, W), *new_state); frames in [-1, 1]; ``state[l]`` (B, T, C_l, H_l, W_l) holds the encoder
+    pyramids of the T frames before ``frame`` (oldest first) and ``new_state[l]`` those of the T frames ending
+    with ``frame``. ``prev_frame`` is the frame just before ``frame`` (the motion target of "diff" models)."""
+
+    def __init__(self, model):
+        super().__init__()
+        if getattr(model.config, "motion_target", "diff") != "diff":
+            raise ValueError("streaming supports motion_target='diff' models only (a flow model needs optical flow "
+                             "per frame, not implemented for streams)")
+        self.model = model
+
+    def encode(self, frame):
+        return self.model.encode_frames(frame)
+
+    def roll(self, state, feats):
+        """Append one frame's pyramid (list of (B, C_l, H_l, W_l)) to the state, dropping the oldest frame."""
+        return [torch.cat([s[:, 1:], f[:, None].to(s.dtype)], dim=1) for s, f in zip(state, feats)]
+
+    def forward(self, frame, prev_frame, *state):
+        pred = self.model.forward_features(list(state))
+        mt = (frame - prev_frame) * 0.5
+        s = scoring.score(self.model.config, pred, frame, mt)
+        new_state = self.roll(list(state), self.encode(frame))
+        return (s["score"], s["appearance"], s["motion"], s["error_map"], *new_state)
+
+
+class StreamScorer:
+    """Score frames one at a time (or B streams at a time) with constant memory.
+
+    ``push(frame)``: frame = HxW / HxWx3 uint8 RGB numpy array of any size, or a (C, H, W) float tensor in
+    [-1, 1] at the model's size. Returns None while the T-frame history fills, then a dict: "score" (raw),
+    "appearance", "motion", "normalised" (z-score, NaN without calibration), "above", "alert" (hysteresis, module
+    docstring), "error_map" (H, W) numpy. ``push_batch(frames (B, C, H, W) in [-1, 1])`` scores B independent
+    streams in lock-step and returns the same keys as (B,) arrays / (B, H, W)."""
+
+    def __init__(self, model, calibration=None, device=None, hysteresis=3, threshold_z=None, amp=False):
+        if hysteresis < 1:
+            raise ValueError(f"hysteresis must be >= 1 frame, got {hysteresis}")
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model = model.to(self.device).eval()
+        self.step = StreamStep(self.model)
+        self.cfg = model.config
+        self.calibration = calibration
+        self.threshold = None
+        if calibration is not None:
+            self.threshold = (calibration["threshold"] if threshold_z is None
+                              else calibration["mean"] + threshold_z * calibration["std"])
+        self.hysteresis = int(hysteresis)
+        self.amp = amp and self.device.type == "cuda"
+        self.reset()
+
+    def reset(self):
+        """Forget the history (a new video / a cut in the stream)."""
+        self.state, self.prev, self.n_seen, self.batch = None, None, 0, None
+        self._alert = self._run = None
+
+    def preprocess(self, frame):
+        """uint8 HxW / HxWx3 RGB numpy (any size) -> (C, H, W) float32 tensor in [-1, 1] on the device."""
+        if isinstance(frame, torch.Tensor):
+            return frame.to(self.device, torch.float32)
+        if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim not in (2, 3):
+            raise TypeError("frame must be an HxW or HxWx3 uint8 numpy array (RGB) or a (C, H, W) float tensor, "
+                            f"got {type(frame).__name__} {getattr(frame, 'dtype', '')} {getattr(frame, 'shape', '')}")
+        a = to_model_frame(frame, self.cfg.image_size, self.cfg.in_channels)
+        return torch.from_numpy(np.array(a)).to(self.device).float().mul_(1 / 127.5).sub_(1.0)
+
+    def push(self, frame):
+        out = self.push_batch(self.preprocess(frame)[None])
+        if out is None:
+            return None
+        return {k: (v[0] if k == "error_map" else v[0].item()) for k, v in out.items()}
+
+    @torch.no_grad()
+    def push_batch(self, frames):
+        c = self.cfg
+        want = (c.in_channels, c.image_size, c.image_size)
+        if not isinstance(frames, torch.Tensor) or frames.dim() != 4 or tuple(frames.shape[1:]) != want:
+            raise ValueError(f"frames must be a (B, C, H, W) = (B, {', '.join(map(str, want))}) tensor, got "
+                             f"{tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__}")
+        frames = frames.to(self.device, torch.float32)
+        if self.batch is not None and frames.shape[0] != self.batch:
+            raise ValueError(f"frames has batch {frames.shape[0]} but this stream has {self.batch}; call reset()")
+        self.batch = B = frames.shape[0]
+        T = c.clip_len
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            if self.n_seen < T:  # history filling: encoder only
+                feats = self.step.encode(frames)
+                if self.state is None:
+                    self.state = [f.new_zeros(B, T, *f.shape[1:]) for f in feats]
+                self.state = self.step.roll(self.state, feats)
+                out = None
+            else:
+                res = self.step(frames, self.prev, *self.state)
+                self.state = list(res[4:])
+                out = {"score": res[0].float(), "appearance": res[1].float(), "motion": res[2].float(),
+                       "error_map": res[3].float()[:, 0]}
+        self.prev = frames
+        self.n_seen += 1
+        if out is None:
+            return None
+        out = {k: v.cpu().numpy().astype(np.float64 if k != "error_map" else np.float32) for k, v in out.items()}
+        out.update(self._alerts(out["score"]))
+        return out
+
+    def _alerts(self, raw):
+        B = raw.shape[0]
+        if self._alert is None:
+            self._alert, self._run = np.zeros(B, bool), np.zeros(B, np.int64)
+        if self.calibration is None:
+            nan = np.full(B, np.nan)
+            return {"normalised": nan, "above": np.zeros(B, bool), "alert": self._alert.copy()}
+        above = raw > self.threshold
+        flip = above != self._alert          # frames contradicting the current alert state
+        self._run = np.where(flip, self._run + 1, 0)
+        switch = self._run >= self.hysteresis
+        self._alert = np.where(switch, ~self._alert, self._alert)
+        self._run[switch] = 0
+        return {"normalised": (raw - self.calibration["mean"]) / self.calibration["std"], "above": above,
+                "alert": self._alert.copy()}
+
+
+# ---- frame sources --------------------------------------------------------------------------------------------
+class FrameSource:
+    """Iterate ``(index, HxWx3 uint8 RGB frame)`` of a video file, a frames folder, a camera index or a URL.
+
+    Unreadable frames are skipped (``self.skipped`` counts them, a warning is printed); ``self.total`` is the
+    frame count for files (None for live sources); ``self.fps`` the source frame rate (25 if unknown)."""
+
+    def __init__(self, spec, max_failures=50):
+        self.spec, self.skipped, self.max_failures, self.fps, self.total = spec, 0, max_failures, 25.0, None
+        self.files = self.cap = None
+        self.live = False
+        if os.path.isdir(spec):
+            self.files = _list_images(spec)
+            if not self.files:
+                raise ValueError(f"folder {spec!r} holds no frame images ({', '.join(IMAGE_EXTS)})")
+            self.total = len(self.files)
+            return
+        cv2 = _cv2()
+        self.live = live = spec.isdigit() or "://" in spec
+        if not live and not os.path.isfile(spec):
+            raise FileNotFoundError(f"input {spec!r} is not a file, a folder, a camera index or a URL")
+        self.cap = cv2.VideoCapture(int(spec) if spec.isdigit() else spec)
+        if not self.cap.isOpened():
+            raise ValueError(f"cannot open {spec!r} as a video (not a video, or a codec OpenCV lacks)")
+        fps = self.cap.get(cv2.CAP_PROP_FPS)
+        self.fps = float(fps) if fps and 0 < fps < 1000 else 25.0
+        if not live:
+            n = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT))
+            self.total = n if n > 0 else None
+
+    def _warn(self, i, why):
+        self.skipped += 1
+        print(f"warning: skipped frame {i} of {self.spec!r}: {why}", file=sys.stderr, flush=True)
+
+    def __iter__(self):
+        if self.files is not None:
+            from PIL import Image
+            for i, p in enumerate(self.files):
+                try:
+                    with Image.open(p) as im:
+                        yield i, np.asarray(im.convert("RGB"), dtype=np.uint8)
+                except Exception as e:  # PIL raises many types for truncated / non-image files
+                    self._warn(i, f"{type(e).__name__}: {e}")
+            return
+        cv2 = _cv2()
+        i, fails = 0, 0
+        try:
+            while True:
+                ok, frame = self.cap.read()
+                if not ok or frame is None:
+                    if not self.live and (self.total is None or i >= self.total):
+                        break  # end of file
+                    fails += 1
+                    if fails > self.max_failures:
+                        break  # end of stream (or a stream that stopped delivering)
+                    self._warn(i, "decoder returned no frame")
+                    i += 1
+                    continue
+                fails = 0
+                if frame.ndim == 2:
+                    frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+                yield i, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                i += 1
+        finally:
+            self.cap.release()
+
+
+# ---- outputs ---------------------------------------------------------------------------------------------------
+class Overlay:
+    """Overlay MP4 (OpenCV ``mp4v``): the frame | the frame with the error heatmap, a score strip below with the
+    threshold line, and a red border + "ALERT" while the alert is on. Heatmap colours: error / ``err_scale``
+    where err_scale is a running 99th percentile-ish maximum (decays slowly), so colours are comparable in time."""
+
+    def __init__(self, path, fps, height=240, strip=60, history=200):
+        self.path, self.fps, self.h, self.strip, self.history = path, fps, height, strip, history
+        self.writer, self.scores, self.err_scale = None, [], 1e-6
+
+    def add(self, frame, res, threshold):
+        cv2 = _cv2()
+        h = self.h
+        w = max(16, int(round(frame.shape[1] * h / frame.shape[0])) // 2 * 2)
+        img = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)[..., ::-1]  # BGR for OpenCV
+        img = np.ascontiguousarray(img if img.ndim == 3 else np.repeat(img[..., None], 3, -1))
+        err = res["error_map"]
+        self.err_scale = max(float(np.max(err)), 0.98 * self.err_scale)
+        heat = cv2.applyColorMap(np.clip(err / self.err_scale * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
+        heat = cv2.addWeighted(img, 0.5, cv2.resize(heat, (w, h), interpolation=cv2.INTER_LINEAR), 0.5, 0)
+        self.scores = (self.scores + [res["score"]])[-self.history:]
+        canvas = np.zeros((h + self.strip, 2 * w, 3), np.uint8)
+        canvas[:h, :w], canvas[:h, w:] = img, heat
+        s = np.asarray(self.scores)
+        lo, hi = (min(s.min(), threshold), max(s.max(), threshold)) if threshold is not None else (s.min(), s.max())
+        span = max(hi - lo, 1e-6)
+        ys = (h + self.strip - 4 - (s - lo) / span * (self.strip - 8)).astype(np.int32)
+        xs = np.linspace(0, 2 * w - 1, self.history)[-len(s):].astype(np.int32)
+        cv2.polylines(canvas, [np.stack([xs, ys], 1)], False, (255, 255, 255), 1)
+        if threshold is not None:
+            ty = int(h + self.strip - 4 - (threshold - lo) / span * (self.strip - 8))
+            cv2.line(canvas, (0, ty), (2 * w - 1, ty), (0, 165, 255), 1)
+        label = f"score {res['score']:.2f}" + ("" if np.isnan(res["normalised"]) else f"  z {res['normalised']:.2f}")
+        cv2.putText(canvas, label, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
+        if res["alert"]:
+            cv2.rectangle(canvas, (0, 0), (2 * w - 1, h - 1), (0, 0, 255), 3)
+            cv2.putText(canvas, "ALERT", (w - 30, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 255), 2)
+        if self.writer is None:
+            self.writer = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
+                                          (canvas.shape[1], canvas.shape[0]))
+        self.writer.write(canvas)
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.release()
+
+
+def plot_scores(csv_path, png_path, threshold=None):
+    """Score curve PNG from scores.csv (read back, so nothing per frame is kept in memory while streaming)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    data = np.genfromtxt(csv_path, delimiter=",", names=True, dtype=None, encoding=None)
+    data = np.atleast_1d(data)
+    fig, ax = plt.subplots(figsize=(10, 3))
+    if data.size:
+        ax.plot(data["frame"], data["score"], lw=1, color="tab:blue", label="raw score")
+        alert = data["alert"].astype(bool)
+        if alert.any():
+            ax.fill_between(data["frame"], data["score"].min(), data["score"].max(), where=alert, color="tab:red",
+                            alpha=0.2, lw=0, label="alert")
+    if threshold is not None:
+        ax.axhline(threshold, color="tab:orange", lw=1, ls="--", label="calibrated threshold")
+    ax.set_xlabel("frame")
+    ax.set_ylabel("raw score (dB)")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=90)
+    plt.close(fig)
+
+
+def run_score(args):
+    """Body of ``m2s2l score``; returns the exit code (0, or 1 when no frame could be scored)."""
+    from .checkpoint import load_checkpoint
+    from .evaluate import apply_backend
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    src = FrameSource(args.input)  # errors (not a video, missing) before the model loads
+    model, ckpt = load_checkpoint(args.ckpt, device)
+    apply_backend(model, args.backend, device)
+    cal = ckpt.get("calibration")
+    if cal is None:
+        print("warning: the checkpoint has no calibration: no normalised scores and no alerts", file=sys.stderr)
+    scorer = StreamScorer(model, cal, device, hysteresis=args.hysteresis, threshold_z=args.threshold_z,
+                          amp=args.amp)
+    os.makedirs(args.out, exist_ok=True)
+    csv_path = os.path.join(args.out, "scores.csv")
+    overlay = Overlay(os.path.join(args.out, "overlay.mp4"), src.fps) if args.overlay else None
+    n_read = n_scored = n_alert_frames = 0
+    t0 = t_print = time.time()
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["frame", "score", "normalised", "alert", "appearance", "motion"])
+        for i, frame in src:
+            if args.max_frames and n_read >= args.max_frames:
+                break
+            n_read += 1
+            res = scorer.push(frame)
+            if res is not None:
+                n_scored += 1
+                n_alert_frames += int(res["alert"])
+                w.writerow([i, f"{res['score']:.6g}", f"{res['normalised']:.4f}", int(res["alert"]),
+                            f"{res['appearance']:.6g}", f"{res['motion']:.6g}"])
+                f.flush()
+                if overlay is not None:
+                    overlay.add(frame, res, scorer.threshold)
+            if time.time() - t_print > args.progress_every:
+                total = f"/{src.total}" if src.total else ""
+                print(f"score: frame {i + 1}{total}, {n_read / (time.time() - t0):.1f} frames/s, "
+                      f"{src.skipped} skipped", flush=True)
+                t_print = time.time()
+    if overlay is not None:
+        overlay.close()
+    dt = max(time.time() - t0, 1e-9)
+    if n_read == 0:
+        print(f"m2s2l score: error: no frame could be read from {args.input!r}", file=sys.stderr)
+        return 1
+    plot_scores(csv_path, os.path.join(args.out, "score_curve.png"), scorer.threshold)
+    print(f"score: {n_read} frames read, {n_scored} scored (the first {model.config.clip_len} have no history), "
+          f"{src.skipped} skipped, {n_alert_frames} frames in alert, {n_read / dt:.1f} frames/s -> {args.out}")
+    return 0 if n_scored else 1
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("score", help="score a video file, frames folder, camera or stream in real time")
+    p.add_argument("input", help="video file, folder of frame images, camera index (0) or URL (rtsp://...)")
+    p.add_argument("--ckpt", required=True, help="checkpoint (model.pt); its calibration gives the alert threshold")
+    p.add_argument("--out", required=True, help="output folder: scores.csv, score_curve.png[, overlay.mp4]")
+    p.add_argument("--overlay", action="store_true", help="write overlay.mp4 (frame, error heatmap, score strip)")
+    p.add_argument("--max-frames", type=int, default=0, help="stop after reading N frames (0 = all)")
+    p.add_argument("--hysteresis", type=int, default=3, help="alert on/off after K consecutive frames above/below")
+    p.add_argument("--threshold-z", type=float, default=None, help="alert threshold mean + Z*std (default: the "
+                   "calibrated quantile threshold)")
+    p.add_argument("--progress-every", type=float, default=5.0, help="seconds between progress lines")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1")
+    p.add_argument("--backend", default="auto", help="kernel backend: auto|triton|cuda|torch (auto = torch on CPU)")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    p.set_defaults(func=run_score)

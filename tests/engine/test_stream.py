@@ -1,0 +1,150 @@
+"""Streaming scores == offline clip scores; alerts with hysteresis; ``m2s2l score`` on a generated video."""
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from m2s2l.cli import main
+from m2s2l.data.frames import Clip, read_clip
+from m2s2l.engine.calibrate import calibrate
+from m2s2l.engine.checkpoint import make_checkpoint, save_checkpoint
+from m2s2l.engine.stream import StreamScorer
+from m2s2l.models import create_model
+
+cv2 = pytest.importorskip("cv2")
+# fp32 on CPU: the encoder runs per frame in streaming but per clip offline (same math, different batching),
+# scores are in dB (~ -10 .. +10): they agree to ~1e-5; the test allows 1e-4 dB.
+ATOL = 1e-4
+
+
+def tiny(channels=1, seed=0):
+    torch.manual_seed(seed)
+    return create_model("m2s2l_lite", image_size=32, in_channels=channels, backend="torch").eval()
+
+
+def moving_frames(n, h=48, w=80, seed=0):
+    """n RGB uint8 frames (h, w, 3) of a bright square moving over noise (not the model's size or aspect)."""
+    g = np.random.default_rng(seed)
+    base = g.integers(0, 60, (h, w, 3), dtype=np.uint8)
+    out = []
+    for t in range(n):
+        f = base.copy()
+        x = (3 * t) % (w - 12)
+        f[10:22, x:x + 12] = (220, 200, 180)
+        out.append(f)
+    return out
+
+
+def offline_scores(model, frames_u8):
+    """model.score on the clip of the T frames before every target t >= T (the evaluate.py protocol)."""
+    x = torch.from_numpy(frames_u8).float() / 127.5 - 1
+    T = model.config.clip_len
+    idx = torch.arange(T, len(x))
+    clip = x[idx[:, None] + torch.arange(-T, 0)]
+    return model.score({"clip": clip, "target": x[idx]})["score"].double().numpy()
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_stream_equals_offline(channels):
+    model = tiny(channels)
+    frames = moving_frames(8)
+    T = model.config.clip_len
+    from m2s2l.data.frames import to_model_frame
+    u8 = np.stack([to_model_frame(f, 32, channels) for f in frames])
+    ref = offline_scores(model, u8)
+    scorer = StreamScorer(model)
+    got = [scorer.push(f) for f in frames]
+    assert all(r is None for r in got[:T]) and all(r is not None for r in got[T:])
+    s = np.array([r["score"] for r in got[T:]])
+    np.testing.assert_allclose(s, ref, rtol=0, atol=ATOL)
+    assert got[-1]["error_map"].shape == (32, 32) and np.isnan(got[-1]["normalised"])
+    assert len(scorer.state) == 4 and all(st.shape[1] == T for st in scorer.state)  # constant state size
+
+
+def test_encoder_runs_once_per_frame(monkeypatch):
+    model = tiny()
+    calls = []
+    orig = model.encode_frames
+    monkeypatch.setattr(model, "encode_frames", lambda x: calls.append(x.shape[0]) or orig(x))
+    scorer = StreamScorer(model)
+    for f in moving_frames(6):
+        scorer.push(f)
+    assert calls == [1] * 6
+
+
+def test_batched_streams_equal_single_streams():
+    model = tiny()
+    T = model.config.clip_len
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, T + 2, 1, 32, 32, generator=g) * 2 - 1
+    batched = StreamScorer(model)
+    out_b = [batched.push_batch(x[:, t]) for t in range(T + 2)]
+    for b in range(2):
+        single = StreamScorer(model)
+        out_s = [single.push(x[b, t]) for t in range(T + 2)]
+        np.testing.assert_allclose([o["score"][b] for o in out_b[T:]], [o["score"] for o in out_s[T:]],
+                                   rtol=0, atol=ATOL)
+
+
+def test_alert_hysteresis():
+    model = tiny()
+    cal = {"mean": 0.0, "std": 2.0, "threshold": 1.0}
+    scorer = StreamScorer(model, cal, hysteresis=3)
+    raw = [0, 2, 2, 2, 2, 0, 2, 0, 0, 0, 2]
+    want = [0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0]   # on after 3 above, one-frame dips ignored, off after 3 below
+    got = [bool(scorer._alerts(np.array([float(r)]))["alert"][0]) for r in raw]
+    assert got == [bool(w) for w in want]
+    assert scorer._alerts(np.array([3.0]))["normalised"][0] == pytest.approx(1.5)
+
+
+def write_video(path, frames, fps=10):
+    h, w = frames[0].shape[:2]
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    for f in frames:
+        vw.write(f[..., ::-1].copy())
+    vw.release()
+
+
+def test_cli_score_video_matches_offline_loader(tmp_path, capsys):
+    model = tiny(channels=3)
+    T = model.config.clip_len
+    frames = moving_frames(10)
+    video = tmp_path / "v.avi"
+    write_video(video, frames)
+    ref = offline_scores(model, read_clip(Clip("v", str(video), "video"), 32, 3))
+    cal = calibrate(ref, quantile=0.5, source="train")
+    ck = tmp_path / "m.pt"
+    save_checkpoint(make_checkpoint("m2s2l_lite", model, calibration=cal), str(ck))
+    out = tmp_path / "out"
+    rc = main(["score", str(video), "--ckpt", str(ck), "--out", str(out), "--overlay", "--device", "cpu",
+               "--hysteresis", "1"])
+    assert rc == 0
+    rows = list(csv.DictReader(open(out / "scores.csv")))
+    assert [int(r["frame"]) for r in rows] == list(range(T, 10))
+    np.testing.assert_allclose([float(r["score"]) for r in rows], ref, rtol=1e-5, atol=ATOL)
+    assert [int(r["alert"]) for r in rows] == [int(s > cal["threshold"]) for s in ref]
+    assert (out / "score_curve.png").stat().st_size > 0
+    cap = cv2.VideoCapture(str(out / "overlay.mp4"))
+    assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 10 - T
+    # --max-frames, and a frames folder with one unreadable frame: skipped, warned, counted
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, f in enumerate(frames[:8]):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), f[..., ::-1])
+    (folder / "003.png").write_bytes(b"not a png")
+    capsys.readouterr()
+    assert main(["score", str(folder), "--ckpt", str(ck), "--out", str(tmp_path / "o2"), "--device", "cpu",
+                 "--max-frames", "7"]) == 0
+    err = capsys.readouterr()
+    assert "skipped frame 3" in err.err and "1 skipped" in err.out
+    rows = list(csv.DictReader(open(tmp_path / "o2" / "scores.csv")))
+    assert [int(r["frame"]) for r in rows] == [5, 6, 7]   # read: 0 1 2 (3 dropped) 4 5 6 7; T=4 history
+
+
+def test_cli_not_a_video_is_a_clean_error(tmp_path, capsys):
+    bogus = tmp_path / "notes.mp4"
+    bogus.write_text("this is not a video\n")
+    rc = main(["score", str(bogus), "--ckpt", str(tmp_path / "none.pt"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc != 0 and "cannot open" in err and "Traceback" not in err
