@@ -1,0 +1,50 @@
+"""``m2s2l export``: the streaming step as ONNX equals PyTorch under onnxruntime (dynamic batch)."""
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from m2s2l import ops
+from m2s2l.cli import main
+from m2s2l.engine.checkpoint import make_checkpoint, save_checkpoint
+from m2s2l.engine.export import check_onnx, example_step_inputs, io_names
+from m2s2l.engine.stream import StreamStep
+from m2s2l.models import create_model
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+# float32, the same reference math in both runtimes: differences are summation-order rounding (~1e-6 on scores
+# in dB and on the features); the test allows 1e-4.
+ATOL = 1e-4
+
+
+def test_export_cli_and_onnxruntime_matches_pytorch(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = create_model("m2s2l_lite", image_size=32, in_channels=1, backend="torch").eval()
+    ck = tmp_path / "m.pt"
+    save_checkpoint(make_checkpoint("m2s2l_lite", model), str(ck))
+    path = tmp_path / "scorer.onnx"
+    before = ops.selective_scan_fn, ops.causal_conv1d_fn
+    assert main(["export", "--ckpt", str(ck), "--out", str(path), "--check"]) == 0
+    assert (ops.selective_scan_fn, ops.causal_conv1d_fn) == before        # the export-only swap is undone
+    diff = float(re.search(r"max abs diff ([0-9.e+-]+)", capsys.readouterr().out).group(1))
+    assert diff < ATOL
+    graph = onnx.load(str(path)).graph
+    assert all(n.domain in ("", "ai.onnx") for n in graph.node)          # no m2s2l:: custom op left
+    assert check_onnx(model, str(path), batch=3, seed=5) < ATOL           # dynamic batch
+    # state out == state in shifted by one frame + the new frame's encoder pyramid
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    ins, outs = io_names(model)
+    inputs = example_step_inputs(model, 1, seed=2)
+    got = sess.run(outs, {n: t.numpy() for n, t in zip(ins, inputs)})
+    L = len(model.feature_shapes())
+    with torch.no_grad():
+        feats = model.encode_frames(inputs[0])
+    for l in range(L):
+        new = got[4 + l]
+        np.testing.assert_allclose(new[:, :-1], inputs[2 + l][:, 1:].numpy(), rtol=0, atol=0)
+        np.testing.assert_allclose(new[:, -1], feats[l].numpy(), rtol=0, atol=ATOL)
+    with torch.no_grad():
+        ref = StreamStep(model)(*inputs)[0].numpy()
+    np.testing.assert_allclose(got[0], ref, rtol=0, atol=ATOL)
