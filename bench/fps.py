@@ -1,0 +1,160 @@
+"""Scoring throughput in frames/s: (a) clip mode, batch 1 (the paper's setting: the whole T-frame clip through
+the encoder for every frame), (b) streaming, batch 1 (``StreamStep``: the new frame's encoder pass + the temporal /
+decoder part on the cached pyramids; the score is copied to the host every frame), (c) ``--streams`` (32)
+independent streams scored in lock-step as one batch.
+
+    python bench/fps.py [--device cpu|cuda] [--preset m2s2l_lite] [--threads N] [--seconds 5] [--streams 32]
+                        [--amp] [--compile] [--cuda-graphs] [--backend auto] [--json PATH]
+
+Frame decoding / resizing is excluded (frames are already tensors on the device). Each mode runs a warm-up,
+then as many steps as fit in ``--seconds``; FPS = frames scored / wall time. ``--compile`` wraps the step in
+``torch.compile`` (with ``--pure-torch`` it can fuse the scan: the custom ops are opaque to it); ``--cuda-graphs`` (CUDA only) captures one streaming step in a CUDA graph and replays it.
+A mode that fails is reported with its error, the others still run. Weights are random (speed does not depend
+on them).
+"""
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from m2s2l.engine.evaluate import apply_backend  # noqa: E402
+from m2s2l.engine.export import pure_torch_ops  # noqa: E402
+from m2s2l.engine.stream import StreamStep  # noqa: E402
+from m2s2l.models import create_model  # noqa: E402
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, frames_per_call, device, seconds, warmup=3):
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    n, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        if n % 4 == 0 or device.type != "cuda":
+            sync(device)
+            dt = time.perf_counter() - t0
+            if dt >= seconds:
+                break
+    return {"fps": n * frames_per_call / dt, "ms_per_call": dt / n * 1e3, "calls": n}
+
+
+def clip_mode(model, device, amp):
+    x = model.example_inputs(1)[0].to(device)
+    batch = {"clip": x, "target": x[:, -1]}
+
+    def fn():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            return model.score(batch)["score"].float().cpu()
+    return fn
+
+
+def stream_mode(model, device, batch, amp, compile_=False, graphs=False, pure=False):
+    c = model.config
+    step = StreamStep(model).eval()
+    g = torch.Generator().manual_seed(0)
+    frame = (torch.rand(batch, c.in_channels, c.image_size, c.image_size, generator=g) * 2 - 1).to(device)
+    prev = frame.clone()
+    dtype = torch.bfloat16 if amp else torch.float32
+    state = [torch.randn(batch, c.clip_len, *s, generator=g).to(device, dtype) for s in model.feature_shapes()]
+
+    def run(frame, prev, *state):
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp), \
+                (pure_torch_ops() if pure else contextlib.nullcontext()):
+            out = step(frame, prev, *state)
+        return (out[0].float(),) + tuple(s.to(dtype) for s in out[4:])
+    if compile_:
+        run = torch.compile(run)
+    holder = {"state": state}
+    if graphs:
+        if device.type != "cuda":
+            raise ValueError("--cuda-graphs needs --device cuda")
+        static_in = [frame, prev] + state
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(3):
+                run(*static_in)
+        torch.cuda.current_stream().wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = run(*static_in)
+
+        def fn():
+            graph.replay()
+            for dst, src in zip(static_in[2:], static_out[1:]):
+                dst.copy_(src)  # state out -> state in
+            return static_out[0].cpu()
+        return fn
+
+    def fn():
+        out = run(frame, prev, *holder["state"])
+        holder["state"] = list(out[1:])
+        return out[0].cpu()
+    return fn
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--preset", default="m2s2l_lite")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (int values)")
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = leave)")
+    p.add_argument("--seconds", type=float, default=5.0, help="timed seconds per mode")
+    p.add_argument("--streams", type=int, default=32)
+    p.add_argument("--modes", default="clip,stream,batched")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the streaming step")
+    p.add_argument("--cuda-graphs", action="store_true", help="replay the streaming step as a CUDA graph")
+    p.add_argument("--pure-torch", action="store_true", help="run the Mamba ops as their plain-PyTorch references "
+                   "(not the m2s2l:: custom ops), so --compile can fuse the scan loop (see m2s2l.engine.export)")
+    p.add_argument("--backend", default="auto", help="auto (torch on CPU) | triton | cuda | torch")
+    p.add_argument("--json", default=None, help="write the results here")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
+    kw = {}
+    for s in a.set:
+        k, v = s.split("=", 1)
+        kw[k] = int(v) if v.lstrip("-").isdigit() else v
+    model = create_model(a.preset, **kw).to(device).eval()
+    apply_backend(model, a.backend, device)
+    amp = a.amp and device.type == "cuda"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    res = {"preset": a.preset, "device": name, "amp": amp, "compile": a.compile, "cuda_graphs": a.cuda_graphs,
+           "backend": a.backend, "pure_torch": a.pure_torch, "image_size": model.config.image_size, "clip_len": model.config.clip_len,
+           "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None, "modes": {}}
+    todo = {"clip": lambda: (clip_mode(model, device, amp), 1),
+            "stream": lambda: (stream_mode(model, device, 1, amp, a.compile, a.cuda_graphs, a.pure_torch), 1),
+            "batched": lambda: (stream_mode(model, device, a.streams, amp, a.compile, a.cuda_graphs, a.pure_torch), a.streams)}
+    print(f"# {a.preset} on {name}, amp={amp}, compile={a.compile}, cuda_graphs={a.cuda_graphs}", flush=True)
+    for mode in a.modes.split(","):
+        try:
+            fn, per = todo[mode]()
+            r = timed(fn, per, device, a.seconds)
+        except Exception as e:  # report and continue
+            r = {"error": f"{type(e).__name__}: {e}"}
+        res["modes"][mode] = r
+        label = {"clip": "clip mode, batch 1", "stream": "streaming, batch 1",
+                 "batched": f"streaming, {a.streams} streams batched"}[mode]
+        print(f"{label:36s} " + (f"{r['fps']:9.1f} frames/s  ({r['ms_per_call']:.2f} ms per call)"
+                                 if "fps" in r else r["error"]), flush=True)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=2)
+    return res
+
+
+if __name__ == "__main__":
+    main()
