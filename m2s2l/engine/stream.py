@@ -70,7 +70,8 @@ class StreamScorer:
     docstring), "error_map" (H, W) numpy. ``push_batch(frames (B, C, H, W) in [-1, 1])`` scores B independent
     streams in lock-step and returns the same keys as (B,) arrays / (B, H, W)."""
 
-    def __init__(self, model, calibration=None, device=None, hysteresis=3, threshold_z=None, amp=False):
+    def __init__(self, model, calibration=None, device=None, hysteresis=3, threshold_z=None, amp=False,
+                 compile=False):
         if hysteresis < 1:
             raise ValueError(f"hysteresis must be >= 1 frame, got {hysteresis}")
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -84,6 +85,10 @@ class StreamScorer:
                               else calibration["mean"] + threshold_z * calibration["std"])
         self.hysteresis = int(hysteresis)
         self.amp = amp and self.device.type == "cuda"
+        # compile: torch.compile the scoring step with the Mamba ops as plain-PyTorch references (the m2s2l::
+        # custom ops are opaque to the compiler); on CPU the fused scan loop is ~8x faster than eager (bench/fps.py)
+        # after a compile of minutes (first scored frame)
+        self._compiled = torch.compile(self.step) if compile else None
         self.reset()
 
     def reset(self):
@@ -127,7 +132,7 @@ class StreamScorer:
                 self.state = self.step.roll(self.state, feats)
                 out = None
             else:
-                res = self.step(frames, self.prev, *self.state)
+                res = self._run_step(frames)
                 self.state = list(res[4:])
                 out = {"score": res[0].float(), "appearance": res[1].float(), "motion": res[2].float(),
                        "error_map": res[3].float()[:, 0]}
@@ -138,6 +143,13 @@ class StreamScorer:
         out = {k: v.cpu().numpy().astype(np.float64 if k != "error_map" else np.float32) for k, v in out.items()}
         out.update(self._alerts(out["score"]))
         return out
+
+    def _run_step(self, frames):
+        if self._compiled is None:
+            return self.step(frames, self.prev, *self.state)
+        from .export import pure_torch_ops
+        with pure_torch_ops():
+            return self._compiled(frames, self.prev, *self.state)
 
     def _alerts(self, raw):
         B = raw.shape[0]
@@ -306,7 +318,7 @@ def run_score(args):
     if cal is None:
         print("warning: the checkpoint has no calibration: no normalised scores and no alerts", file=sys.stderr)
     scorer = StreamScorer(model, cal, device, hysteresis=args.hysteresis, threshold_z=args.threshold_z,
-                          amp=args.amp)
+                          amp=args.amp, compile=args.compile)
     os.makedirs(args.out, exist_ok=True)
     csv_path = os.path.join(args.out, "scores.csv")
     overlay = Overlay(os.path.join(args.out, "overlay.mp4"), src.fps) if args.overlay else None
@@ -359,4 +371,6 @@ def add_parser(subparsers):
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1")
     p.add_argument("--backend", default="auto", help="kernel backend: auto|triton|cuda|torch (auto = torch on CPU)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    p.add_argument("--compile", action="store_true", help="torch.compile the step (pure-PyTorch Mamba ops): much "
+                   "faster on CPU after a compile of minutes at the first scored frame")
     p.set_defaults(func=run_score)
