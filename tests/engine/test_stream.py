@@ -148,3 +148,22 @@ def test_cli_not_a_video_is_a_clean_error(tmp_path, capsys):
     rc = main(["score", str(bogus), "--ckpt", str(tmp_path / "none.pt"), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert rc != 0 and "cannot open" in err and "Traceback" not in err
+
+
+def test_memory_is_constant_over_a_long_stream():
+    """No tensor accumulates: the number of live tensors after 6 and after 12 more pushed frames is the same."""
+    import gc
+    torch.manual_seed(0)
+    model = create_model("m2s2l_lite", image_size=16, in_channels=1, backend="torch").eval()
+    scorer = StreamScorer(model, {"mean": 0.0, "std": 1.0, "threshold": 0.0})
+    x = torch.rand(1, 16, 16) * 2 - 1
+
+    def live_tensors():
+        gc.collect()
+        return sum(type(o) is torch.Tensor or type(o) is torch.nn.Parameter for o in gc.get_objects())
+    counts = []
+    for n in (6, 12):
+        for _ in range(n):
+            scorer.push(x)
+        counts.append(live_tensors())
+    assert counts[0] == counts[1] and scorer.n_seen == 18
