@@ -1,0 +1,206 @@
+"""Selective-scan launch-config sweep: ms per config on the bench shapes, checked against the default config.
+
+    python bench/tune_scan.py [--shapes LM,spatial,temporal8,temporal16] [--modes fwd,fwdbwd]
+                              [--budget-s 270] [--json PATH] [--quick]
+
+Setup as bench/cases_scan.py (bf16, N = 16, input-dependent B/C (batch, 1, N, L), z, D, delta_bias, softplus);
+only the launchers run (no custom-op/autograd dispatch). A config is a dict of ``M2S2L_SCAN_CFG`` keys (see
+``scan._env_config``: chunk, fwd_block_d, fwd_warps, bwd_block_d, bwd_warps, seq, seq_max_len, seq_block_d,
+seq_warps) applied in-process by replacing ``scan._CFG`` — what the env variable would do at import.
+
+Stage "fwd" sweeps forward configs (the chunked kernel's chunk/block/warps and the sequential kernel's
+block/warps); stage "fwdbwd" keeps the best forward config's forward keys and sweeps the backward's
+(chunk, bwd_block_d, bwd_warps), timing forward (saving chunk states) + backward. Every config's outputs are
+compared with the default config's (relative RMS per tensor, limit 1e-2 forward / 3e-2 gradients) and the
+default's forward with the float32 reference loop on the first two batch rows. Configs run in priority order
+until the time budget (split evenly over the shapes) is spent; the rest are listed as skipped.
+``--quick``: tiny shapes, two configs a stage, on CPU under TRITON_INTERPRET=1 (a smoke test, seconds).
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cases_scan import SHAPES, _inputs  # noqa: E402
+from common import device_name, time_ms  # noqa: E402
+
+from m2s2l.triton_kernels.selective_scan import scan  # noqa: E402
+from m2s2l.triton_kernels.selective_scan.naive import selective_scan_ref  # noqa: E402
+
+QUICK = [("tiny-long", (1, 4, 40)), ("tiny-video", (2, 4, 8))]  # interpreter cost grows with programs x steps
+KEYS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+GRAD_NAMES = ("du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias")
+
+
+def cfg_str(cfg):
+    return ",".join(f"{k}={v}" for k, v in cfg.items()) or "default"
+
+
+def set_cfg(cfg):
+    scan._CFG.clear()
+    scan._CFG.update(cfg)
+
+
+def fwd_candidates(L):
+    """Forward configs in priority order (the default first)."""
+    if L <= 32:  # the sequential kernel is the default here; its block/warps, and the chunked kernel for contrast
+        seq = [dict(seq_block_d=bd, seq_warps=w) for bd in (64, 32, 128, 16) for w in (4, 2, 8, 1)
+               if 2 <= bd * 16 // (32 * w) <= 32]
+        chunked = [dict(seq=0), dict(seq=0, fwd_block_d=8, fwd_warps=4), dict(seq=0, fwd_block_d=16, fwd_warps=8)]
+        return [{}] + seq + chunked
+    seq = [dict(seq=1, seq_block_d=bd, seq_warps=w) for bd, w in ((16, 4), (32, 4), (64, 4), (16, 2), (32, 2))]
+    chunked = [dict(chunk=tc, fwd_block_d=bd, fwd_warps=w) for tc, bd, w in
+               ((16, 8, 4), (16, 4, 4), (16, 16, 8), (16, 8, 8), (8, 8, 4), (8, 16, 8), (8, 4, 2), (16, 4, 2),
+                (32, 4, 4), (32, 8, 8), (8, 16, 4), (16, 16, 4))]
+    return [{}] + seq + chunked
+
+
+def bwd_candidates(L):
+    tcs = (8, 16) if L <= 32 else (16, 8, 32)
+    combos = ((4, 4), (8, 4), (2, 2), (4, 2), (8, 8), (16, 8), (2, 4), (16, 4))
+    out = [{}]
+    for tc in tcs:
+        if tc > max(2, triton_pow2(L)):
+            continue
+        out += [dict(chunk=tc, bwd_block_d=bd, bwd_warps=w) for bd, w in combos]
+    return out
+
+
+def triton_pow2(x):
+    return 1 << max(int(x) - 1, 0).bit_length()
+
+
+def rel_rms(x, ref):
+    x, ref = x.double(), ref.double()
+    return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def make_runs(ins, dout):
+    a = [ins[k] for k in KEYS]
+
+    def fwd():
+        return (scan.selective_scan_fwd(*a, None, True, False, False)[0],)
+
+    def fwdbwd():
+        out, _, hc = scan.selective_scan_fwd(*a, None, True, False, True)
+        return (out,) + tuple(scan.selective_scan_bwd(dout, *a, None, hc, True)[:8])
+    return dict(fwd=fwd, fwdbwd=fwdbwd)
+
+
+def check_default_vs_ref(ins):
+    """The default config's forward vs the float32 reference loop on the first two batch rows."""
+    set_cfg({})
+    sl = {k: (v[:2] if k in ("u", "delta", "z") or (k in ("B", "C") and v.dim() > 2) else v) for k, v in ins.items()}
+    a = [sl[k].contiguous() for k in KEYS]
+    out = scan.selective_scan_fwd(*a, None, True, False, False)[0]
+    ref = selective_scan_ref(*[x.float() for x in a], True)
+    ref = ref[0] if isinstance(ref, tuple) else ref
+    return rel_rms(out.float(), ref)
+
+
+def sweep(name, shape, mode, cands, runs, budget_end, quick, device):
+    rows, ref, base_ms = [], None, None
+    for i, cfg in enumerate(cands):
+        row = dict(shape=name, dims=list(shape), mode=mode, cfg=cfg_str(cfg), cfg_dict=cfg)
+        if time.time() > budget_end and i > 0:
+            row.update(status="skipped (budget)")
+            rows.append(row)
+            continue
+        set_cfg(cfg)
+        try:
+            outs = runs[mode]()
+            if ref is None:
+                ref = [o.detach().clone() if o is not None else None for o in outs]
+            errs = [rel_rms(o, r) for o, r in zip(outs, ref) if o is not None and r is not None]
+            err_f, err_g = errs[0], max(errs[1:], default=0.0)
+            ok = err_f < 1e-2 and err_g < 3e-2
+            ms = time_ms(runs[mode], device, once=device == "cpu", quick=True)[0] if ok else float("nan")
+            base_ms = ms if i == 0 else base_ms
+            row.update(status="ok" if ok else "MISMATCH", ms=ms, err_out=err_f, err_grad=err_g,
+                       speedup=(base_ms / ms) if ok and base_ms else None)
+        except Exception as e:  # a config that does not compile or launch is reported, not fatal
+            row.update(status=f"error: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}")
+        rows.append(row)
+        print(fmt(row), flush=True)
+    set_cfg({})
+    return rows
+
+
+def fmt(r):
+    ms = r.get("ms")
+    ms_s = f"{ms:9.4f}" if isinstance(ms, float) and ms == ms else "      -  "
+    sp = r.get("speedup")
+    sp_s = f"{sp:6.2f}x" if sp else "     - "
+    err = f"{r.get('err_out', float('nan')):.1e}/{r.get('err_grad', float('nan')):.1e}"
+    return f"{r['shape']:<11} {r['mode']:<7} {ms_s} {sp_s} {err:<17} {r['status']:<10} {r['cfg']}"
+
+
+def best_of(rows):
+    good = [r for r in rows if r.get("status") == "ok"]
+    return min(good, key=lambda r: r["ms"]) if good else None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", default="LM,spatial,temporal8,temporal16")
+    ap.add_argument("--modes", default="fwd,fwdbwd")
+    ap.add_argument("--budget-s", type=float, default=270.0, help="wall-clock budget for all sweeps")
+    ap.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "tune_scan.json"))
+    ap.add_argument("--quick", action="store_true", help="tiny shapes, 2 configs a stage (CPU smoke test)")
+    args = ap.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    t0 = time.time()
+    shapes = QUICK if args.quick else [s for s in SHAPES if s[0] in args.shapes.split(",")]
+    modes = args.modes.split(",")
+    print(f"# device {device_name(device)}, torch {torch.__version__}, env M2S2L_SCAN_CFG="
+          f"{os.environ.get('M2S2L_SCAN_CFG', '')!r} (ignored: configs are set in-process)")
+    print(f"{'shape':<11} {'mode':<7} {'ms p50':>9} {'vs def':>7} {'err out/grad':<17} {'status':<10} config")
+    all_rows, best = [], {}
+    for si, (name, shape) in enumerate(shapes):
+        share = (args.budget_s - (time.time() - t0)) / (len(shapes) - si)
+        ins = _inputs(shape, torch.bfloat16, device, grad=False)
+        dout = torch.randn(shape, device=device, dtype=torch.float32).to(torch.bfloat16)
+        ref_err = check_default_vs_ref(ins)
+        print(f"# {name} {shape}: default forward vs float32 reference (2 rows): rel RMS {ref_err:.2e}"
+              + ("" if ref_err < 1.5e-2 else "  <-- DEFAULT WRONG"))
+        runs = make_runs(ins, dout)
+        L = shape[2]
+        t_shape = time.time()
+        best_fwd = {}
+        if "fwd" in modes:
+            fcands = fwd_candidates(L)[: 2 if args.quick else None]
+            end = t_shape + share * (0.45 if "fwdbwd" in modes else 1.0)
+            rows = sweep(name, shape, "fwd", fcands, runs, end, args.quick, device)
+            all_rows += rows
+            b = best_of(rows)
+            if b:
+                best[f"{name}/fwd"] = b
+                best_fwd = b["cfg_dict"]
+        if "fwdbwd" in modes:  # the true default first (the reference and baseline), then best forward + backward
+            bc = [{}] + [dict(best_fwd, **c) for c in bwd_candidates(L)]
+            bc = [c for i, c in enumerate(bc) if c not in bc[:i]][: 2 if args.quick else None]
+            rows = sweep(name, shape, "fwdbwd", bc, runs, t_shape + share, args.quick, device)
+            all_rows += rows
+            b = best_of(rows)
+            if b:
+                best[f"{name}/fwdbwd"] = b
+        del ins, dout, runs
+    print("\n# best config per shape/mode (ms, speed-up over the default config)")
+    for k, r in best.items():
+        print(f"{k:<20} {r['ms']:9.4f} {r.get('speedup') or 1.0:6.2f}x  M2S2L_SCAN_CFG=\"{r['cfg'] if r['cfg'] != 'default' else ''}\"")
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(dict(device=device_name(device), torch=torch.__version__, rows=all_rows,
+                       best={k: v["cfg"] for k, v in best.items()}, wall_s=time.time() - t0), f, indent=1)
+    print(f"# wrote {args.json} ({time.time() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
