@@ -2,6 +2,7 @@
 
     python bench/tune_scan.py [--shapes LM,spatial,temporal8,temporal16] [--modes fwd,fwdbwd]
                               [--budget-s 270] [--json PATH] [--quick]
+    python bench/tune_scan.py --aot "" | --aot "fwd_block_d=8,chunk=8"    (no GPU: sm_90 compiler report)
 
 Setup as bench/cases_scan.py (bf16, N = 16, input-dependent B/C (batch, 1, N, L), z, D, delta_bias, softplus);
 only the launchers run (no custom-op/autograd dispatch). A config is a dict of ``M2S2L_SCAN_CFG`` keys (see
@@ -15,6 +16,10 @@ compared with the default config's (relative RMS per tensor, limit 1e-2 forward 
 default's forward with the float32 reference loop on the first two batch rows. Configs run in priority order
 until the time budget (split evenly over the shapes) is spent; the rest are listed as skipped.
 ``--quick``: tiny shapes, two configs a stage, on CPU under TRITON_INTERPRET=1 (a smoke test, seconds).
+``--aot CFG``: compile the kernels the launchers would run on the bench shapes for sm_90 (no GPU; launch arguments
+captured on meta tensors, integer specialisation mimicked) and print registers (cuobjdump), spill bytes (ptxas -v),
+shared memory, resident warps per SM (64K registers, 64 warps), programs and waves over 132 SMs, and PTX counts
+of bar.sync/shfl/ld.shared/ex2. Run it without TRITON_INTERPRET (the interpreter picks other block sizes).
 """
 import argparse
 import json
@@ -24,7 +29,7 @@ import time
 
 import torch
 
-if not torch.cuda.is_available():
+if not torch.cuda.is_available() and "--aot" not in sys.argv:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -147,6 +152,119 @@ def best_of(rows):
     return min(good, key=lambda r: r["ms"]) if good else None
 
 
+# ---- --aot: compile for sm_90 without a GPU and report registers / spills / occupancy -------------------------
+
+def _aot_compile(jit, vals, consts, num_warps):
+    """(regs, spill bytes (stores + loads, -1 unknown), shared bytes, ptx) of one kernel compiled for sm_90."""
+    import inspect
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    names = list(inspect.signature(jit.fn).parameters)
+    dns = {names[i] if isinstance(i, int) else i for i in (getattr(jit, "do_not_specialize", None) or [])}
+    sig, cx, attrs = {}, dict(consts), {}
+    for i, n in enumerate(names):  # mimic the launch-time specialisation: pointers and ints % 16, ints == 1
+        v = vals.get(n)
+        if n in consts:
+            sig[n] = "constexpr"
+        elif isinstance(v, str):
+            sig[n], attrs[(i,)] = v, [["tt.divisibility", 16]]
+        else:
+            sig[n] = "i32" if abs(v) < 2 ** 31 else "i64"
+            if n not in dns and v == 1:
+                sig[n], cx[n] = "constexpr", 1
+            elif n not in dns and v % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    k = triton.compile(ASTSource(fn=jit, signature=sig, constexprs=cx, attrs=attrs),
+                       target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps))
+    bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    regs, spills = -1, -1
+    with tempfile.TemporaryDirectory() as d:
+        cub, ptx = os.path.join(d, "k.cubin"), os.path.join(d, "k.ptx")
+        open(cub, "wb").write(k.asm["cubin"])
+        open(ptx, "w").write(k.asm["ptx"])
+        res = subprocess.run([os.path.join(bindir, "cuobjdump"), "-res-usage", cub], capture_output=True, text=True)
+        m = re.search(r"REG:(\d+)", res.stdout)
+        regs = int(m.group(1)) if m else -1
+        for tool, arch in (("ptxas-blackwell", "sm_90a"), ("ptxas", "sm_90a"), ("ptxas", "sm_90")):
+            exe = os.path.join(bindir, tool)
+            if not os.path.exists(exe):
+                continue
+            r = subprocess.run([exe, "-v", f"-arch={arch}", "-o", os.path.join(d, "x.cubin"), ptx],
+                               capture_output=True, text=True)
+            sp = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", r.stderr)
+            if r.returncode == 0 and sp:
+                spills = sum(int(a) + int(b) for a, b in sp)
+                break
+    return regs, spills, k.metadata.shared, k.asm["ptx"]
+
+
+class _Capture:
+    def __init__(self):
+        self.calls = []
+
+    def __getitem__(self, grid):
+        return lambda *a, **kw: self.calls.append((grid, a, kw))
+
+
+def _capture(shape, bwd):
+    """The kernel name, grid, argument values and meta-parameters the launchers pick for ``shape`` (meta tensors)."""
+    import inspect
+    batch, dim, L = shape
+    N, m = 16, dict(device="meta")
+    u = torch.empty(batch, dim, L, dtype=torch.bfloat16, **m)
+    A, D, bias = torch.empty(dim, N, **m), torch.empty(dim, **m), torch.empty(dim, **m)
+    Bt = torch.empty(batch, 1, N, L, dtype=torch.bfloat16, **m)
+    names = ["_bwd_kernel"] if bwd else ["_fwd_kernel", "_fwd_seq_kernel"]
+    real = {n: getattr(scan, n) for n in names}
+    caps = {n: _Capture() for n in names}
+    try:
+        for n in names:
+            setattr(scan, n, caps[n])
+        if bwd:
+            nc = -(-L // scan.chunk_len(L, N))
+            hc = torch.empty(batch, nc - 1, dim, N, **m) if nc > 1 else None
+            scan.selective_scan_bwd(u, u, u, A, Bt, Bt, D, u, bias, None, hc, True)
+        else:
+            scan.selective_scan_fwd(u, u, A, Bt, Bt, D, u, bias, None, True, False, True)
+    finally:
+        for n in names:
+            setattr(scan, n, real[n])
+    name = next(n for n in names if caps[n].calls)
+    grid, a, kw = caps[name].calls[0]
+    ty = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32"}
+    pnames = list(inspect.signature(real[name].fn).parameters)
+    vals = {p: (ty[x.dtype] if isinstance(x, torch.Tensor) else int(x)) for p, x in zip(pnames, a)}
+    kw = dict(kw)
+    return name, real[name], grid, vals, kw.pop("num_warps"), kw
+
+
+def aot_report(shapes, cfg, num_sms=132):
+    """One row per (shape, kernel): the launch config, registers, spills, shared memory, resident warps per SM and
+    the grid, for an sm_90 compile of what the launchers would run under ``cfg``."""
+    set_cfg(cfg)
+    rows = []
+    for name, shape in shapes:
+        for bwd in (False, True):
+            kname, jit, grid, vals, warps, meta = _capture(shape, bwd)
+            regs, spills, smem, ptx = _aot_compile(jit, vals, meta, warps)
+            per_warp = ((max(regs, 1) * 32 + 255) // 256) * 256
+            blocks = min(65536 // (per_warp * warps), 64 // warps, 32, 233472 // (smem + 1024) if smem else 32)
+            progs = grid[0] * grid[1]
+            row = dict(shape=name, dims=list(shape), kernel=kname.strip("_"), T_C=meta["T_C"],
+                       BLOCK_D=meta["BLOCK_D"], warps=warps, regs=regs, spill_bytes=spills, smem=smem,
+                       warps_per_sm=blocks * warps, programs=progs, waves=round(progs / (num_sms * max(blocks, 1)), 2),
+                       **{k: ptx.count(k) for k in ("bar.sync", "shfl", "ld.shared", "ex2")})
+            rows.append(row)
+            print(" ".join(f"{k}={v}" for k, v in row.items() if k != "dims"), flush=True)
+    set_cfg({})
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default="LM,spatial,temporal8,temporal16")
@@ -154,7 +272,19 @@ def main():
     ap.add_argument("--budget-s", type=float, default=270.0, help="wall-clock budget for all sweeps")
     ap.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "tune_scan.json"))
     ap.add_argument("--quick", action="store_true", help="tiny shapes, 2 configs a stage (CPU smoke test)")
+    ap.add_argument("--aot", default=None, metavar="CFG",
+                    help="no GPU needed: compile what the launchers pick under CFG ('' = defaults, else "
+                         "M2S2L_SCAN_CFG syntax) for sm_90 and print registers/spills/occupancy; no timing")
     args = ap.parse_args()
+    if args.aot is not None:
+        cfg = {k.strip(): int(v) for k, v in (i.split("=", 1) for i in args.aot.split(",") if "=" in i)}
+        if scan._INTERPRET:
+            sys.exit("--aot: unset TRITON_INTERPRET (the interpreter picks other block sizes and cannot compile)")
+        shapes = [s for s in SHAPES if s[0] in args.shapes.split(",")]
+        rows = aot_report(shapes, cfg)
+        with open(args.json, "w") as f:
+            json.dump(dict(aot_cfg=args.aot, rows=rows), f, indent=1)
+        return
     device = "cuda" if torch.cuda.is_available() else "cpu"
     t0 = time.time()
     shapes = QUICK if args.quick else [s for s in SHAPES if s[0] in args.shapes.split(",")]
@@ -194,7 +324,8 @@ def main():
         del ins, dout, runs
     print("\n# best config per shape/mode (ms, speed-up over the default config)")
     for k, r in best.items():
-        print(f"{k:<20} {r['ms']:9.4f} {r.get('speedup') or 1.0:6.2f}x  M2S2L_SCAN_CFG=\"{r['cfg'] if r['cfg'] != 'default' else ''}\"")
+        env = r["cfg"] if r["cfg"] != "default" else ""
+        print(f"{k:<20} {r['ms']:9.4f} {r.get('speedup') or 1.0:6.2f}x  M2S2L_SCAN_CFG=\"{env}\"")
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(dict(device=device_name(device), torch=torch.__version__, rows=all_rows,
