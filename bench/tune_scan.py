@@ -11,7 +11,9 @@ seq_warps) applied in-process by replacing ``scan._CFG`` — what the env variab
 
 Stage "fwd" sweeps forward configs (the chunked kernel's chunk/block/warps and the sequential kernel's
 block/warps); stage "fwdbwd" keeps the best forward config's forward keys and sweeps the backward's
-(chunk, bwd_block_d, bwd_warps), timing forward (saving chunk states) + backward. Every config's outputs are
+(chunk, bwd_block_d, bwd_warps), timing forward (saving chunk states) + backward. The second config of each
+stage is what the launchers picked before the compiler-report changes (commit 27867ee), for a before/after
+ratio from the same run. Every config's outputs are
 compared with the default config's (relative RMS per tensor, limit 1e-2 forward / 3e-2 gradients) and the
 default's forward with the float32 reference loop on the first two batch rows. Configs run in priority order
 until the time budget (split evenly over the shapes) is spent; the rest are listed as skipped.
@@ -58,19 +60,20 @@ def fwd_candidates(L):
     if L <= 32:  # the sequential kernel is the default here; its block/warps, and the chunked kernel for contrast
         seq = [dict(seq_block_d=bd, seq_warps=w) for bd in (64, 32, 128, 16) for w in (4, 2, 8, 1)
                if 2 <= bd * 16 // (32 * w) <= 32]
-        chunked = [dict(seq=0), dict(seq=0, fwd_block_d=8, fwd_warps=4), dict(seq=0, fwd_block_d=16, fwd_warps=8)]
-        return [{}] + seq + chunked
+        chunked = [dict(seq=0, fwd_block_d=8, fwd_warps=4), dict(seq=0, fwd_block_d=16, fwd_warps=8)]
+        return [{}, dict(seq=0)] + seq + chunked  # seq=0: the launchers at 27867ee
     seq = [dict(seq=1, seq_block_d=bd, seq_warps=w) for bd, w in ((16, 4), (32, 4), (64, 4), (16, 2), (32, 2))]
     chunked = [dict(chunk=tc, fwd_block_d=bd, fwd_warps=w) for tc, bd, w in
                ((16, 8, 4), (16, 4, 4), (16, 16, 8), (16, 8, 8), (8, 8, 4), (8, 16, 8), (8, 4, 2), (16, 4, 2),
                 (32, 4, 4), (32, 8, 8), (8, 16, 4), (16, 16, 4))]
-    return [{}] + seq + chunked
+    before = [dict(fwd_block_d=16)]  # the launchers at 27867ee (before the grid-fill rule; same on the LM shape)
+    return [{}] + before + seq + chunked
 
 
 def bwd_candidates(L):
     tcs = (8, 16) if L <= 32 else (16, 8, 32)
     combos = ((4, 4), (8, 4), (2, 2), (4, 2), (8, 8), (16, 8), (2, 4), (16, 4))
-    out = [{}]
+    out = []
     for tc in tcs:
         if tc > max(2, triton_pow2(L)):
             continue
@@ -314,7 +317,8 @@ def main():
                 best[f"{name}/fwd"] = b
                 best_fwd = b["cfg_dict"]
         if "fwdbwd" in modes:  # the true default first (the reference and baseline), then best forward + backward
-            bc = [{}] + [dict(best_fwd, **c) for c in bwd_candidates(L)]
+            before = dict(fwd_block_d=16, bwd_block_d=8) if L > 32 else dict(seq=0)  # launchers at 27867ee
+            bc = [{}, before, best_fwd] + [dict(best_fwd, **c) for c in bwd_candidates(L)]
             bc = [c for i, c in enumerate(bc) if c not in bc[:i]][: 2 if args.quick else None]
             rows = sweep(name, shape, "fwdbwd", bc, runs, t_shape + share, args.quick, device)
             all_rows += rows
