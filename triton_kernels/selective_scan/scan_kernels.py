@@ -1,0 +1,388 @@
+"""Triton kernels of the selective scan (see ``scan.py`` for the work layout, the launchers and the
+gradient formulas): the chunked forward, the sequential-in-time forward for short sequences, and the
+chunked backward. Only ``scan.py`` launches them."""
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _combine(a1, b1, a2, b2):
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _softplus(x):
+    return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(x)), x)
+
+
+@triton.jit
+def _load_bc(ptr, base_bg, offs_d, offs_n, offs_t, mask_d, mask_n, mask_t, s0, s1, s2, s3, VAR: tl.constexpr):
+    """B or C as a [1, T_C, BLOCK_N] (input-dependent) or [BLOCK_D, 1, BLOCK_N] (fixed) float32 tile."""
+    if VAR:
+        p = ptr + base_bg + offs_n[None, :] * s2 + offs_t[:, None] * s3
+        x = tl.load(p, mask=mask_t[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+        return x[None, :, :]
+    else:
+        p = ptr + offs_d[:, None] * s0 + offs_n[None, :] * s1
+        x = tl.load(p, mask=mask_d[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+        return x[:, None, :]
+
+
+@triton.jit(do_not_specialize=["L", "nchunks"])
+def _fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, hlast_ptr, hc_ptr,
+                L, nchunks, dim, cpg, nblk,
+                su_b, su_d, su_t, sdt_b, sdt_d, sdt_t, sz_b, sz_d, sz_t,
+                sB0, sB1, sB2, sB3, sC0, sC1, sC2, sC3,
+                N: tl.constexpr, BLOCK_D: tl.constexpr, T_C: tl.constexpr, BLOCK_N: tl.constexpr,
+                B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
+                STORE_LAST: tl.constexpr, SAVE_CHUNKS: tl.constexpr):
+    # batch on grid axis 0 (up to 2**31 - 1 programs; axes 1 and 2 stop at 65535)
+    i_b, i_gd = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    i_g, i_j = i_gd // nblk, i_gd % nblk
+    o_c = i_j * BLOCK_D + tl.arange(0, BLOCK_D)
+    m_d = o_c < cpg
+    o_d = i_g * cpg + o_c
+    o_n = tl.arange(0, BLOCK_N)
+    m_n = o_n < N
+    o_tl = tl.arange(0, T_C)
+    m_dn = m_d[:, None] & m_n[None, :]
+    # A in log2 units so that exp(delta * A) = exp2(delta * A2)
+    b_A2 = tl.load(A_ptr + o_d[:, None] * N + o_n[None, :], mask=m_dn, other=0.0) * 1.4426950408889634
+    if HAS_D:
+        b_D = tl.load(D_ptr + o_d, mask=m_d, other=0.0)
+    if HAS_BIAS:
+        b_bias = tl.load(bias_ptr + o_d, mask=m_d, other=0.0)
+    o_dn = (i_b * dim + o_d[:, None]) * N + o_n[None, :]
+    if HAS_H0:
+        b_h = tl.load(h0_ptr + o_dn, mask=m_dn, other=0.0)
+    else:
+        b_h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    bB_base = i_b * sB0 + i_g * sB1
+    bC_base = i_b * sC0 + i_g * sC1
+    p_u = u_ptr + i_b * su_b + o_d[:, None] * su_d
+    p_dt = dt_ptr + i_b * sdt_b + o_d[:, None] * sdt_d
+    p_z = z_ptr + i_b * sz_b + o_d[:, None] * sz_d
+    # software prefetch: the tiles of chunk c + 1 are loaded while chunk c is computed
+    m_t = o_tl < L
+    m_dt = m_d[:, None] & m_t[None, :]
+    n_u = tl.load(p_u + o_tl[None, :] * su_t, mask=m_dt, other=0.0)
+    n_dt = tl.load(p_dt + o_tl[None, :] * sdt_t, mask=m_dt, other=0.0)
+    if HAS_Z:
+        n_z = tl.load(p_z + o_tl[None, :] * sz_t, mask=m_dt, other=0.0)
+    n_B = _load_bc(B_ptr, bB_base, o_d, o_n, o_tl, m_d, m_n, m_t, sB0, sB1, sB2, sB3, B_VAR)
+    n_C = _load_bc(C_ptr, bC_base, o_d, o_n, o_tl, m_d, m_n, m_t, sC0, sC1, sC2, sC3, C_VAR)
+    for c in range(0, nchunks):
+        if SAVE_CHUNKS:
+            if c > 0:
+                hc_off = ((i_b * (nchunks - 1) + c - 1) * dim + o_d[:, None]) * N + o_n[None, :]
+                tl.store(hc_ptr + hc_off, b_h, mask=m_dn)
+        o_t = c * T_C + o_tl
+        m_t = o_t < L
+        m_dt = m_d[:, None] & m_t[None, :]
+        b_u, b_dt, b_B, b_C = n_u.to(tl.float32), n_dt.to(tl.float32), n_B, n_C
+        if HAS_Z:
+            b_z = n_z.to(tl.float32)
+        o_tn = o_t + T_C
+        m_tn = o_tn < L
+        m_dtn = m_d[:, None] & m_tn[None, :]
+        n_u = tl.load(p_u + o_tn[None, :] * su_t, mask=m_dtn, other=0.0)
+        n_dt = tl.load(p_dt + o_tn[None, :] * sdt_t, mask=m_dtn, other=0.0)
+        if HAS_Z:
+            n_z = tl.load(p_z + o_tn[None, :] * sz_t, mask=m_dtn, other=0.0)
+        n_B = _load_bc(B_ptr, bB_base, o_d, o_n, o_tn, m_d, m_n, m_tn, sB0, sB1, sB2, sB3, B_VAR)
+        n_C = _load_bc(C_ptr, bC_base, o_d, o_n, o_tn, m_d, m_n, m_tn, sC0, sC1, sC2, sC3, C_VAR)
+        if HAS_BIAS:
+            b_dt += b_bias[:, None]
+        if SOFTPLUS:
+            b_dt = _softplus(b_dt)
+        b_dt = tl.where(m_dt, b_dt, 0.0)  # padded steps: a = 1, b = 0 (state passes through)
+        b_a = tl.exp2(b_dt[:, :, None] * b_A2[:, None, :])
+        b_x = (b_dt * b_u)[:, :, None] * b_B
+        s_a, s_x = tl.associative_scan((b_a, b_x), 1, _combine)
+        b_hs = s_a * b_h[:, None, :] + s_x
+        b_y = tl.sum(b_hs * b_C, 2)
+        if HAS_D:
+            b_y += b_D[:, None] * b_u
+        if HAS_Z:
+            b_y = b_y * b_z * tl.sigmoid(b_z)
+        o_out = (i_b * dim + o_d[:, None]) * L + o_t[None, :]
+        tl.store(out_ptr + o_out, b_y.to(out_ptr.dtype.element_ty), mask=m_dt)
+        b_h = tl.sum(tl.where((o_tl == T_C - 1)[None, :, None], b_hs, 0.0), 1)
+    if STORE_LAST:
+        tl.store(hlast_ptr + o_dn, b_h, mask=m_dn)
+
+
+@triton.jit(do_not_specialize=["L"])
+def _fwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, hlast_ptr, hc_ptr,
+                    L, dim, cpg, nblk,
+                    su_b, su_d, su_t, sdt_b, sdt_d, sdt_t, sz_b, sz_d, sz_t,
+                    sB0, sB1, sB2, sB3, sC0, sC1, sC2, sC3,
+                    N: tl.constexpr, BLOCK_D: tl.constexpr, T_C: tl.constexpr, BLOCK_N: tl.constexpr,
+                    B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+                    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
+                    STORE_LAST: tl.constexpr, SAVE_CHUNKS: tl.constexpr):
+    """Sequential-in-time forward for short sequences: the [BLOCK_D, BLOCK_N] state stays in registers and the
+    program steps through time, loading [BLOCK_D] of u/delta/z and [BLOCK_N] of B/C per step (no scan, no
+    cross-thread traffic except the sum over N). Same outputs as ``_fwd_kernel``, including the chunk states."""
+    i_b, i_gd = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    i_g, i_j = i_gd // nblk, i_gd % nblk
+    o_c = i_j * BLOCK_D + tl.arange(0, BLOCK_D)
+    m_d = o_c < cpg
+    o_d = i_g * cpg + o_c
+    o_n = tl.arange(0, BLOCK_N)
+    m_n = o_n < N
+    m_dn = m_d[:, None] & m_n[None, :]
+    b_A2 = tl.load(A_ptr + o_d[:, None] * N + o_n[None, :], mask=m_dn, other=0.0) * 1.4426950408889634
+    if HAS_D:
+        b_D = tl.load(D_ptr + o_d, mask=m_d, other=0.0)
+    if HAS_BIAS:
+        b_bias = tl.load(bias_ptr + o_d, mask=m_d, other=0.0)
+    o_dn = (i_b * dim + o_d[:, None]) * N + o_n[None, :]
+    if HAS_H0:
+        b_h = tl.load(h0_ptr + o_dn, mask=m_dn, other=0.0)
+    else:
+        b_h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    if B_VAR:
+        p_B = B_ptr + i_b * sB0 + i_g * sB1 + o_n * sB2
+    else:
+        b_B = tl.load(B_ptr + o_d[:, None] * sB0 + o_n[None, :] * sB1, mask=m_dn, other=0.0).to(tl.float32)
+    if C_VAR:
+        p_C = C_ptr + i_b * sC0 + i_g * sC1 + o_n * sC2
+    else:
+        b_C = tl.load(C_ptr + o_d[:, None] * sC0 + o_n[None, :] * sC1, mask=m_dn, other=0.0).to(tl.float32)
+    p_u = u_ptr + i_b * su_b + o_d * su_d
+    p_dt = dt_ptr + i_b * sdt_b + o_d * sdt_d
+    p_z = z_ptr + i_b * sz_b + o_d * sz_d
+    p_o = out_ptr + (i_b * dim + o_d) * L
+    # software prefetch: step t + 1's inputs are loaded while step t is computed
+    n_u = tl.load(p_u, mask=m_d, other=0.0)
+    n_dt = tl.load(p_dt, mask=m_d, other=0.0)
+    if HAS_Z:
+        n_z = tl.load(p_z, mask=m_d, other=0.0)
+    if B_VAR:
+        n_B = tl.load(p_B, mask=m_n, other=0.0)
+    if C_VAR:
+        n_C = tl.load(p_C, mask=m_n, other=0.0)
+    for t in range(0, L):
+        if SAVE_CHUNKS:
+            if (t > 0) & (t % T_C == 0):
+                hc_off = ((i_b * ((L + T_C - 1) // T_C - 1) + t // T_C - 1) * dim + o_d[:, None]) * N + o_n[None, :]
+                tl.store(hc_ptr + hc_off, b_h, mask=m_dn)
+        b_u, b_dt = n_u.to(tl.float32), n_dt.to(tl.float32)
+        m_dn1 = m_d & (o_c * 0 + t + 1 < L)
+        m_nn1 = m_n & (o_n * 0 + t + 1 < L)
+        n_u = tl.load(p_u + (t + 1) * su_t, mask=m_dn1, other=0.0)
+        n_dt = tl.load(p_dt + (t + 1) * sdt_t, mask=m_dn1, other=0.0)
+        if HAS_Z:
+            b_z = n_z.to(tl.float32)
+            n_z = tl.load(p_z + (t + 1) * sz_t, mask=m_dn1, other=0.0)
+        if B_VAR:
+            b_Bt = n_B.to(tl.float32)[None, :]
+            n_B = tl.load(p_B + (t + 1) * sB3, mask=m_nn1, other=0.0)
+        else:
+            b_Bt = b_B
+        if C_VAR:
+            b_Ct = n_C.to(tl.float32)[None, :]
+            n_C = tl.load(p_C + (t + 1) * sC3, mask=m_nn1, other=0.0)
+        else:
+            b_Ct = b_C
+        if HAS_BIAS:
+            b_dt += b_bias
+        if SOFTPLUS:
+            b_dt = _softplus(b_dt)
+        b_h = tl.exp2(b_dt[:, None] * b_A2) * b_h + (b_dt * b_u)[:, None] * b_Bt
+        b_y = tl.sum(b_h * b_Ct, 1)
+        if HAS_D:
+            b_y += b_D * b_u
+        if HAS_Z:
+            b_y = b_y * b_z * tl.sigmoid(b_z)
+        tl.store(p_o + t, b_y.to(out_ptr.dtype.element_ty), mask=m_d)
+    if STORE_LAST:
+        tl.store(hlast_ptr + o_dn, b_h, mask=m_dn)
+
+
+@triton.jit
+def _bwd_tiles(cn, p_u, p_dt, p_z, p_do, B_ptr, C_ptr, hc_ptr, h0_ptr, bB_base, bC_base, i_b, o_d, o_n, o_tl, o_dn,
+               m_d, m_n, L, nchunks, dim, su_t, sdt_t, sz_t, so_t, sB0, sB1, sB2, sB3, sC0, sC1, sC2, sC3,
+               N: tl.constexpr, T_C: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_Z: tl.constexpr,
+               HAS_H0: tl.constexpr):
+    """The backward's inputs for chunk ``cn`` (everything masked off when cn < 0): u, delta, delta shifted by one
+    step, z, dout (raw dtypes), B, C (float32) and the state entering the chunk."""
+    o_t = cn * T_C + o_tl
+    m_t = (o_t >= 0) & (o_t < L)
+    m_dt = m_d[:, None] & m_t[None, :]
+    m_dt1 = m_d[:, None] & ((o_t >= 0) & (o_t + 1 < L))[None, :]
+    u = tl.load(p_u + o_t[None, :] * su_t, mask=m_dt, other=0.0)
+    dtr = tl.load(p_dt + o_t[None, :] * sdt_t, mask=m_dt, other=0.0)
+    dtr1 = tl.load(p_dt + (o_t + 1)[None, :] * sdt_t, mask=m_dt1, other=0.0)
+    if HAS_Z:
+        z = tl.load(p_z + o_t[None, :] * sz_t, mask=m_dt, other=0.0)
+    else:
+        z = u
+    do = tl.load(p_do + o_t[None, :] * so_t, mask=m_dt, other=0.0)
+    b_B = _load_bc(B_ptr, bB_base, o_d, o_n, o_t, m_d, m_n, m_t, sB0, sB1, sB2, sB3, B_VAR)
+    b_C = _load_bc(C_ptr, bC_base, o_d, o_n, o_t, m_d, m_n, m_t, sC0, sC1, sC2, sC3, C_VAR)
+    c_n = o_n * 0 + cn
+    m_dn = m_d[:, None] & (o_n < N)[None, :]
+    hc_off = ((i_b * (nchunks - 1) + cn - 1) * dim + o_d[:, None]) * N + o_n[None, :]
+    h = tl.load(hc_ptr + hc_off, mask=m_dn & (c_n > 0)[None, :], other=0.0)
+    if HAS_H0:
+        h += tl.load(h0_ptr + o_dn, mask=m_dn & (c_n == 0)[None, :], other=0.0)
+    return u, dtr, dtr1, z, do, b_B, b_C, h
+
+
+@triton.jit(do_not_specialize=["L", "nchunks", "batch"])
+def _bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, hc_ptr, dout_ptr, dlast_ptr,
+                du_ptr, ddt_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dz_ptr, dbias_ptr, dh0_ptr,
+                L, nchunks, batch, dim, cpg, nblk, B_PER_PROG,
+                su_b, su_d, su_t, sdt_b, sdt_d, sdt_t, sz_b, sz_d, sz_t, so_b, so_d, so_t,
+                sB0, sB1, sB2, sB3, sC0, sC1, sC2, sC3, sdB0, sdB1, sdB2, sdB3, sdC0, sdC1, sdC2, sdC3,
+                N: tl.constexpr, BLOCK_D: tl.constexpr, T_C: tl.constexpr, BLOCK_N: tl.constexpr,
+                B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
+                HAS_DLAST: tl.constexpr, VAR_ATOMIC: tl.constexpr):
+    i_bp, i_gd = tl.program_id(0), tl.program_id(1)
+    i_g, i_j = i_gd // nblk, i_gd % nblk
+    o_c = i_j * BLOCK_D + tl.arange(0, BLOCK_D)
+    m_d = o_c < cpg
+    o_d = i_g * cpg + o_c
+    o_n = tl.arange(0, BLOCK_N)
+    m_n = o_n < N
+    o_tl = tl.arange(0, T_C)
+    m_dn = m_d[:, None] & m_n[None, :]
+    b_Anat = tl.load(A_ptr + o_d[:, None] * N + o_n[None, :], mask=m_dn, other=0.0)
+    b_A2 = b_Anat * 1.4426950408889634
+    if HAS_D:
+        b_D = tl.load(D_ptr + o_d, mask=m_d, other=0.0)
+    if HAS_BIAS:
+        b_bias = tl.load(bias_ptr + o_d, mask=m_d, other=0.0)
+    acc_dA = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    acc_dB = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    acc_dC = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    acc_dD = tl.zeros([BLOCK_D], dtype=tl.float32)
+    acc_db = tl.zeros([BLOCK_D], dtype=tl.float32)
+    nb = tl.minimum(B_PER_PROG, batch - i_bp * B_PER_PROG)
+    for ib in range(0, nb):
+        i_b = (i_bp * B_PER_PROG + ib).to(tl.int64)
+        o_dn = (i_b * dim + o_d[:, None]) * N + o_n[None, :]
+        if HAS_DLAST:
+            b_carry = tl.load(dlast_ptr + o_dn, mask=m_dn, other=0.0)
+        else:
+            b_carry = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+        bB_base = i_b * sB0 + i_g * sB1
+        bC_base = i_b * sC0 + i_g * sC1
+        p_u = u_ptr + i_b * su_b + o_d[:, None] * su_d
+        p_dt = dt_ptr + i_b * sdt_b + o_d[:, None] * sdt_d
+        p_z = z_ptr + i_b * sz_b + o_d[:, None] * sz_d
+        p_do = dout_ptr + i_b * so_b + o_d[:, None] * so_d
+        # software prefetch: the tiles of chunk c - 1 are loaded while chunk c is computed
+        n_u, n_dtr, n_dtr1, n_z, n_do, n_B, n_C, n_h0 = _bwd_tiles(
+            nchunks - 1, p_u, p_dt, p_z, p_do, B_ptr, C_ptr, hc_ptr, h0_ptr, bB_base, bC_base, i_b, o_d, o_n, o_tl,
+            o_dn, m_d, m_n, L, nchunks, dim, su_t, sdt_t, sz_t, so_t, sB0, sB1, sB2, sB3, sC0, sC1, sC2, sC3,
+            N, T_C, B_VAR, C_VAR, HAS_Z, HAS_H0)
+        for ci in range(0, nchunks):
+            c = nchunks - 1 - ci
+            b_u, b_dtr, b_dtr1, b_do = n_u.to(tl.float32), n_dtr.to(tl.float32), n_dtr1.to(tl.float32), n_do
+            b_z, b_B, b_C, b_h0 = n_z, n_B, n_C, n_h0
+            n_u, n_dtr, n_dtr1, n_z, n_do, n_B, n_C, n_h0 = _bwd_tiles(
+                c - 1, p_u, p_dt, p_z, p_do, B_ptr, C_ptr, hc_ptr, h0_ptr, bB_base, bC_base, i_b, o_d, o_n, o_tl,
+                o_dn, m_d, m_n, L, nchunks, dim, su_t, sdt_t, sz_t, so_t, sB0, sB1, sB2, sB3, sC0, sC1, sC2, sC3,
+                N, T_C, B_VAR, C_VAR, HAS_Z, HAS_H0)
+            o_t = c * T_C + o_tl
+            m_t = o_t < L
+            m_dt = m_d[:, None] & m_t[None, :]
+            m_t1 = o_t + 1 < L
+            m_dt1 = m_d[:, None] & m_t1[None, :]
+            if HAS_BIAS:
+                b_dtr += b_bias[:, None]
+                b_dtr1 += b_bias[:, None]
+            if SOFTPLUS:
+                b_dt = _softplus(b_dtr)
+                b_dt1 = _softplus(b_dtr1)
+            else:
+                b_dt = b_dtr
+                b_dt1 = b_dtr1
+            b_dt = tl.where(m_dt, b_dt, 0.0)
+            b_dt1 = tl.where(m_dt1, b_dt1, 0.0)
+            # recompute h inside the chunk from its start state
+            b_a = tl.exp2(b_dt[:, :, None] * b_A2[:, None, :])
+            b_dtu = b_dt * b_u
+            b_x = b_dtu[:, :, None] * b_B
+            s_a, s_x = tl.associative_scan((b_a, b_x), 1, _combine)
+            b_hs = s_a * b_h0[:, None, :] + s_x
+            b_do = b_do.to(tl.float32)
+            if HAS_Z:
+                b_z = b_z.to(tl.float32)
+                b_sig = tl.sigmoid(b_z)
+                b_y = tl.sum(b_hs * b_C, 2)
+                if HAS_D:
+                    b_y += b_D[:, None] * b_u
+                b_dz = b_do * b_y * b_sig * (1.0 + b_z * (1.0 - b_sig))
+                o_zo = (i_b * dim + o_d[:, None]) * L + o_t[None, :]
+                tl.store(dz_ptr + o_zo, b_dz.to(dz_ptr.dtype.element_ty), mask=m_dt)
+                b_dy = b_do * b_z * b_sig
+            else:
+                b_dy = b_do
+            # adjoint: dh_t = C_t dy_t + a_{t+1} dh_{t+1}; a reverse scan, the next chunk enters via b_carry
+            b_a1 = tl.exp2(b_dt1[:, :, None] * b_A2[:, None, :])
+            b_g = b_dy[:, :, None] * b_C
+            r_a, r_g = tl.associative_scan((b_a1, b_g), 1, _combine, reverse=True)
+            b_dh = r_g + r_a * b_carry[:, None, :]
+            b_carry = tl.sum(tl.where((o_tl == 0)[None, :, None], b_dh, 0.0), 1)
+            b_hprev = b_hs - b_x  # = a_t * h_{t-1}
+            b_du = tl.sum(b_dh * b_B, 2) * b_dt
+            if HAS_D:
+                b_du += b_D[:, None] * b_dy
+                acc_dD += tl.sum(b_dy * b_u, 1)
+            b_ddt = tl.sum(b_dh * (b_B * b_u[:, :, None] + b_Anat[:, None, :] * b_hprev), 2)
+            acc_dA += tl.sum(b_dh * b_dt[:, :, None] * b_hprev, 1)
+            if SOFTPLUS:
+                b_ddt = b_ddt * tl.sigmoid(b_dtr)
+            b_ddt = tl.where(m_dt, b_ddt, 0.0)
+            if HAS_BIAS:
+                acc_db += tl.sum(b_ddt, 1)
+            o_out = (i_b * dim + o_d[:, None]) * L + o_t[None, :]
+            tl.store(du_ptr + o_out, b_du.to(du_ptr.dtype.element_ty), mask=m_dt)
+            tl.store(ddt_ptr + o_out, b_ddt.to(ddt_ptr.dtype.element_ty), mask=m_dt)
+            if B_VAR:
+                b_dB = tl.sum(b_dh * b_dtu[:, :, None], 0)
+                p_dB = dB_ptr + i_b * sdB0 + i_g * sdB1 + o_n[None, :] * sdB2 + o_t[:, None] * sdB3
+                m_tn = m_t[:, None] & m_n[None, :]
+                if VAR_ATOMIC:
+                    tl.atomic_add(p_dB, b_dB, mask=m_tn)
+                else:
+                    tl.store(p_dB, b_dB, mask=m_tn)
+            else:
+                acc_dB += tl.sum(b_dh * b_dtu[:, :, None], 1)
+            if C_VAR:
+                b_dC = tl.sum(b_dy[:, :, None] * b_hs, 0)
+                p_dC = dC_ptr + i_b * sdC0 + i_g * sdC1 + o_n[None, :] * sdC2 + o_t[:, None] * sdC3
+                m_tn = m_t[:, None] & m_n[None, :]
+                if VAR_ATOMIC:
+                    tl.atomic_add(p_dC, b_dC, mask=m_tn)
+                else:
+                    tl.store(p_dC, b_dC, mask=m_tn)
+            else:
+                acc_dC += tl.sum(b_dy[:, :, None] * b_hs, 1)
+        if HAS_H0:
+            # d h_{-1} = a_0 * dh_0, with b_carry = dh_0 after the last (first-in-time) chunk
+            b_dt0 = tl.load(dt_ptr + i_b * sdt_b + o_d * sdt_d, mask=m_d, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                b_dt0 += b_bias
+            if SOFTPLUS:
+                b_dt0 = _softplus(b_dt0)
+            b_a0 = tl.exp2(b_dt0[:, None] * b_A2)
+            tl.store(dh0_ptr + o_dn, b_a0 * b_carry, mask=m_dn)
+    o_dn0 = o_d[:, None] * N + o_n[None, :]
+    tl.atomic_add(dA_ptr + o_dn0, acc_dA, mask=m_dn)
+    if not B_VAR:
+        tl.atomic_add(dB_ptr + o_dn0, acc_dB, mask=m_dn)
+    if not C_VAR:
+        tl.atomic_add(dC_ptr + o_dn0, acc_dC, mask=m_dn)
+    if HAS_D:
+        tl.atomic_add(dD_ptr + o_d, acc_dD, mask=m_d)
+    if HAS_BIAS:
+        tl.atomic_add(dbias_ptr + o_d, acc_db, mask=m_d)
