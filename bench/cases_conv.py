@@ -11,7 +11,7 @@ Bytes (ideal): fwd = x read + out written; fwd+bwd adds x, dout read and dx writ
 import torch
 import torch.nn.functional as F
 
-from common import DTYPES, Case
+from common import DTYPES, Case, optional_attr
 
 WIDTH = 4
 SHAPES = [("long", (8, 4096, 2048)), ("video", (16384, 128, 8))]
@@ -19,11 +19,7 @@ QUICK_SHAPES = [("tiny-long", (2, 64, 256)), ("tiny-video", (256, 32, 8))]
 
 
 def _peer():
-    try:
-        from causal_conv1d import causal_conv1d_fn as fn
-        return fn
-    except Exception:
-        return None
+    return optional_attr('causal_conv1d', 'causal_conv1d_fn')
 
 
 def _oracle(x, weight, bias, activation=None):

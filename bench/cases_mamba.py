@@ -15,7 +15,7 @@ Weights are not counted. Exps: one exp(delta*A) per (token, di, N) forward, two 
 """
 import torch
 
-from common import DTYPES, Case
+from common import DTYPES, Case, optional_attr
 
 # (block, case name, (batch, seqlen, d_model)); rows are printed as op "mamba", shape (batch, seqlen, d_model)
 SHAPES = [("mamba", "video", (16384, 8, 64)), ("mamba", "long", (8, 2048, 1024)),
@@ -26,11 +26,7 @@ D_STATE, D_CONV, EXPAND = 16, 4, 2
 
 
 def _peer_cls():
-    try:
-        from mamba_ssm.modules.mamba_simple import Mamba as PeerMamba
-        return PeerMamba
-    except Exception:
-        return None
+    return optional_attr('mamba_ssm.modules.mamba_simple', 'Mamba')
 
 
 def _run(block, x, dout, backend=None):

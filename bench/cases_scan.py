@@ -12,7 +12,7 @@ not counted.
 """
 import torch
 
-from common import DTYPES, Case
+from common import DTYPES, Case, optional_attr
 
 N = 16
 SHAPES = [("LM", (8, 2048, 2048)), ("spatial", (16, 192, 4096)), ("temporal8", (16384, 128, 8)),
@@ -21,11 +21,7 @@ QUICK_SHAPES = [("tiny-long", (1, 16, 64)), ("tiny-video", (64, 16, 8))]
 
 
 def _peer():
-    try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as fn
-        return fn
-    except Exception:
-        return None
+    return optional_attr('mamba_ssm.ops.selective_scan_interface', 'selective_scan_fn')
 
 
 def _inputs(shape, dtype, device, grad):

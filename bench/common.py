@@ -75,3 +75,11 @@ def device_name(device):
 
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def optional_attr(module, attr):
+    """``module.attr`` when the module imports (a peer built on this machine), else None."""
+    try:
+        return getattr(__import__(module, fromlist=[attr]), attr)
+    except Exception:
+        return None
