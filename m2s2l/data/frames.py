@@ -116,11 +116,17 @@ def _cv2():
     return cv2
 
 
-def video_frame_count(path):
+def _open_video(path):
+    """(cv2, an opened VideoCapture) or ValueError naming the file."""
     cv2 = _cv2()
     cap = cv2.VideoCapture(path)
     if not cap.isOpened():
-        raise ValueError(f"cannot open video {path!r}")
+        raise ValueError(f"cannot open video {path!r} (not a video, or a codec OpenCV lacks)")
+    return cv2, cap
+
+
+def video_frame_count(path):
+    cv2, cap = _open_video(path)
     n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
     cap.release()
     return n
@@ -128,10 +134,7 @@ def video_frame_count(path):
 
 def iter_video(path):
     """Yield the frames of a video file as HxWx3 uint8 RGB arrays (OpenCV)."""
-    cv2 = _cv2()
-    cap = cv2.VideoCapture(path)
-    if not cap.isOpened():
-        raise ValueError(f"cannot open video {path!r} (not a video, or a codec OpenCV lacks)")
+    cv2, cap = _open_video(path)
     try:
         while True:
             ok, frame = cap.read()

@@ -167,6 +167,17 @@ def _groups(Bt, Ct):
     return gb or gc or 1
 
 
+def _layout(u, A, B, C):
+    """Sizes and B/C views shared by both launchers: (batch, dim, L, N, B4, b_var, sB, C4, c_var, sC, groups,
+    channels per group, chunk length)."""
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    B4, b_var, sB, gb = _bc(B, batch)
+    C4, c_var, sC, gc = _bc(C, batch)
+    G = max(gb, gc)
+    return batch, dim, L, N, B4, b_var, sB, C4, c_var, sC, G, dim // G, chunk_len(L, N)
+
+
 def _dummy(ref):
     return torch.zeros(1, device=ref.device, dtype=torch.float32)
 
@@ -178,13 +189,7 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, initi
     Returns (out (batch, dim, L) in u's dtype, last_state (batch, dim, N) float32 or None,
     chunk_states (batch, nchunks - 1, dim, N) float32 or None — the states entering chunks 1.., for the backward).
     """
-    batch, dim, L = u.shape
-    N = A.shape[1]
-    B4, b_var, sB, gb = _bc(B, batch)
-    C4, c_var, sC, gc = _bc(C, batch)
-    G = max(gb, gc)
-    cpg = dim // G
-    T_C = chunk_len(L, N)
+    batch, dim, L, N, B4, b_var, sB, C4, c_var, sC, G, cpg, T_C = _layout(u, A, B, C)
     seq = use_seq_fwd(L)
     if seq:
         BLOCK_D = _seq_block_d(cpg, N, batch * G, u.device)
@@ -226,13 +231,7 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D=None, z=None, delta_bias=None,
     dinitial_state); du/ddelta/dz in the input dtype, dB/dC in B's/C's dtype, the rest float32
     (None where the input was None).
     """
-    batch, dim, L = u.shape
-    N = A.shape[1]
-    B4, b_var, sB, gb = _bc(B, batch)
-    C4, c_var, sC, gc = _bc(C, batch)
-    G = max(gb, gc)
-    cpg = dim // G
-    T_C = chunk_len(L, N)
+    batch, dim, L, N, B4, b_var, sB, C4, c_var, sC, G, cpg, T_C = _layout(u, A, B, C)
     BLOCK_D = _block_d(cpg, L, N, 2048, "bwd_block_d", batch * G, u.device)
     nblk = triton.cdiv(cpg, BLOCK_D)
     nchunks = triton.cdiv(L, T_C)
