@@ -65,8 +65,7 @@ def case_id(c):
     return f"B{b}-D{d}-L{L}-W{w}-{act or 'id'}{'-bias' if bias else ''}{'-init' if init else ''}-{layout}-{dt}"
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
-def test_conv_matches_reference(case, device):
+def check_case(case, device):
     batch, dim, L, width, act, has_bias, has_init, layout, dt = case
     dtype = DT[dt]
     torch.manual_seed(0)
@@ -87,6 +86,51 @@ def test_conv_matches_reference(case, device):
     assert got[0].dtype == dtype and got[3].dtype == torch.float32  # out in x's dtype, dweight in weight's
     if layout == "chanlast":
         assert got[0].stride(1) == 1 and got[2].stride(1) == 1  # channel-last in -> channel-last out/dx
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
+def test_conv_matches_reference(case, device):
+    check_case(case, device)
+
+
+# Long path (unit time stride, rows of V steps, halo rebuilt in registers): small blocks force many time tiles,
+# so tile edges, the initial states (first tile), d final_states spread over two tiles and lengths that are not
+# multiples of V or of the block are all crossed; long=1 also runs it on channel-last and strided-time inputs.
+LONG_CASES = [  # case, M2S2L_CONV_CFG overrides
+    ((1, 5, 150, 4, "silu", True, True, "contig", "bf16"), dict(fwd_block_l=64, bwd_block_l=32, fwd_block_d=4)),
+    ((1, 3, 67, 9, None, True, True, "contig", "fp32"), dict(fwd_block_l=16, bwd_block_l=32)),  # V = W-1 = 8
+    ((1, 3, 41, 4, "silu", True, True, "contig", "fp32"), dict(long=1, fwd_block_l=16, bwd_block_l=4)),
+    ((2, 6, 90, 3, "silu", False, True, "chanlast", "fp16"), dict(long=1, fwd_block_l=32, bwd_block_l=32)),
+    ((2, 3, 70, 2, "silu", True, False, "sliced", "fp32"), dict(long=1, bwd_block_l=16, bwd_block_d=2)),
+    ((2, 3, 2, 5, "silu", True, True, "contig", "fp32"), dict(long=1)),  # L < width - 1: final from init
+    ((2, 4, 9, 1, None, True, True, "contig", "fp32"), dict(long=1, fwd_block_l=4, bwd_block_l=4)),
+]
+
+
+@pytest.mark.parametrize("case,cfg", LONG_CASES, ids=[case_id(c) for c, _ in LONG_CASES])
+def test_long_path_matches_reference(case, cfg, device, monkeypatch):
+    import m2s2l.triton_kernels.causal_conv1d.conv as conv
+    monkeypatch.setattr(conv, "_CFG", dict(cfg))
+    calls = []
+    for name in ("_conv_fwd_long_kernel", "_conv_bwd_long_kernel"):
+        kern = getattr(conv, name)
+        monkeypatch.setattr(conv, name, type("Spy", (), {"__getitem__": lambda self, g, _k=kern, _n=name:
+                                                         calls.append(_n) or _k[g]})())
+    check_case(case, device)
+    assert calls == ["_conv_fwd_long_kernel", "_conv_bwd_long_kernel"]  # both directions took the long path
+
+
+def test_path_choice(monkeypatch):
+    import m2s2l.triton_kernels.causal_conv1d.conv as conv
+    monkeypatch.setattr(conv, "_CFG", {})
+    assert conv._use_long(torch.empty(8, 16, 2048))  # contiguous, long: vector rows
+    assert not conv._use_long(torch.empty(16, 16, 8))  # video shape: the tile kernel
+    assert not conv._use_long(torch.empty(8, 2048, 16).transpose(1, 2))  # channel-last: the tile kernel
+    monkeypatch.setattr(conv, "_CFG", dict(long_min_len=8))
+    assert conv._use_long(torch.empty(16, 16, 8))
+    monkeypatch.setattr(conv, "_CFG", dict(fwd_block_l=48, vec=2))  # rounded to powers of two, V >= width - 1
+    bd, bq, V, warps, n, n_t, n_d = conv._long_blocks(torch.empty(2, 3, 100), 5, "fwd")
+    assert (V, bq * V, n_t, n) == (4, 64, 2, 2 * n_d * 2)
 
 
 def test_chunked_equals_whole_and_deterministic(device):
