@@ -1,0 +1,243 @@
+"""Causal conv1d launch-config sweep: ms per config on the bench shapes, checked against the default config.
+
+    python bench/tune_conv.py [--shapes long,video,video4,xlong] [--modes fwd,fwdbwd] [--budget-s 180]
+                              [--json PATH] [--quick]
+
+Setup as bench/cases_conv.py: bf16, width 4, SiLU, bias, contiguous x. Only the launchers run
+(``conv.causal_conv1d_fwd`` / ``causal_conv1d_bwd``, no custom-op/autograd dispatch). A config is a dict of
+``M2S2L_CONV_CFG`` keys (see ``conv._env_config``) applied in-process by replacing ``conv._CFG``, which is what the
+env variable does at import. Stage "fwd" sweeps the forward keys of the path the shape takes (long path:
+fwd_block_l/fwd_block_d/fwd_warps; tile path: short_fwd_tile/short_fwd_warps); stage "fwdbwd" keeps the best
+forward config and sweeps the backward keys, timing forward + backward. Each stage also runs the other path
+(long=0 on long shapes = the kernels before the long path; long=1 on short ones) for a before/after ratio from
+the same run. Every config's outputs are compared with the default config's (relative RMS, limit 1e-2), and the
+default forward with F.conv1d in float32. Peers (F.conv1d; causal-conv1d's causal_conv1d_fn when it imports) are
+timed once per shape and mode. Timing: ``triton.testing.do_bench`` median, its window sized for >= 50 calls.
+Configs run in priority order until the time budget (split evenly over the shapes) is spent; the rest are
+listed as skipped. ``--quick``: tiny shapes, two configs a stage, on CPU under TRITON_INTERPRET=1 (smoke test).
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cases_conv import WIDTH, _inputs, _oracle, _peer  # noqa: E402
+from common import device_name  # noqa: E402
+
+from m2s2l.triton_kernels.causal_conv1d import conv  # noqa: E402
+
+SHAPES = [("long", (8, 4096, 2048)), ("video", (16384, 128, 8)), ("video4", (262144, 64, 4)),
+          ("xlong", (4, 2048, 16384))]
+QUICK = [("tiny-long", (1, 2, 128)), ("tiny-video", (4, 4, 8))]  # interpreter cost ~ programs
+
+
+def cfg_str(cfg):
+    return ",".join(f"{k}={v}" for k, v in cfg.items()) or "default"
+
+
+def set_cfg(cfg):
+    conv._CFG.clear()
+    conv._CFG.update(cfg)
+
+
+def _per_thread(block_l, block_d, warps, lo, hi):
+    return lo <= block_l * block_d // (32 * warps) <= hi
+
+
+def fwd_candidates(long):
+    """Forward configs in priority order (the default first, then the other path)."""
+    if long:
+        c = [dict(fwd_block_l=bl, fwd_block_d=bd, fwd_warps=w)
+             for bl, bd, w in ((1024, 2, 4), (2048, 1, 4), (512, 4, 4), (1024, 1, 4), (2048, 2, 8), (1024, 4, 8),
+                               (512, 2, 4), (1024, 2, 2), (512, 1, 2), (2048, 1, 8), (256, 4, 2), (2048, 4, 8),
+                               (1024, 1, 2), (512, 8, 8))
+             if _per_thread(bl, bd, w, 4, 64)]
+        return [{}, dict(long=0)] + c
+    c = [dict(short_fwd_tile=t, short_fwd_warps=w) for t, w in
+         ((2048, 4), (4096, 8), (1024, 4), (4096, 4), (8192, 8), (1024, 2), (2048, 2), (512, 2))]
+    return [{}, dict(long=1)] + c
+
+
+def bwd_candidates(long):
+    if long:
+        return [dict(bwd_block_l=bl, bwd_block_d=bd, bwd_warps=w)
+                for bl, bd, w in ((512, 2, 4), (1024, 1, 4), (256, 4, 4), (1024, 2, 4), (2048, 1, 4), (512, 1, 2),
+                                  (1024, 2, 8), (2048, 2, 8), (256, 2, 2), (512, 4, 8), (256, 1, 1), (1024, 1, 2))
+                if _per_thread(bl, bd, w, 4, 32)]
+    return [dict(short_bwd_tile=t, short_bwd_warps=w) for t, w in
+            ((512, 4), (256, 2), (1024, 4), (512, 2), (256, 4), (1024, 8), (2048, 8), (128, 2))]
+
+
+def rel_rms(x, ref):
+    x, ref = x.double(), ref.double()
+    return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def make_runs(x, w, b, dout):
+    def fwd():
+        return (conv.causal_conv1d_fwd(x, w, b, None, "silu", False)[0],)
+
+    def fwdbwd():
+        out = conv.causal_conv1d_fwd(x, w, b, None, "silu", False)[0]
+        return (out,) + tuple(conv.causal_conv1d_bwd(x, w, b, None, dout, None, "silu")[:3])
+    return dict(fwd=fwd, fwdbwd=fwdbwd)
+
+
+def peer_runs(x, w, b, dout):
+    """name -> {mode: fn} for F.conv1d and causal-conv1d (autograd for fwdbwd)."""
+    out = {}
+    for name, fn in (("F.conv1d", _oracle), ("causal-conv1d", _peer())):
+        if fn is None:
+            continue
+        xs, ws, bs = (t.detach().requires_grad_() for t in (x, w, b))
+
+        def f(fn=fn):
+            with torch.no_grad():
+                return fn(x, w, b, activation="silu")
+
+        def fb(fn=fn, xs=xs, ws=ws, bs=bs):
+            return torch.autograd.grad(fn(xs, ws, bs, activation="silu"), (xs, ws, bs), dout)
+        out[name] = dict(fwd=f, fwdbwd=fb)
+    return out
+
+
+def time_ms(fn, device):
+    """Median ms: do_bench on a GPU with a window of >= ~60 calls; one timed call on CPU."""
+    if device == "cuda":
+        fn()  # compile / warm up
+        import triton.testing
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        est = (time.perf_counter() - t0) * 1e3
+        return float(triton.testing.do_bench(fn, warmup=max(5.0, 5 * est), rep=max(25.0, 60 * est),
+                                             quantiles=[0.5, 0.2, 0.8])[0])
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def sweep(name, shape, mode, cands, runs, budget_end, device):
+    rows, ref, base_ms = [], None, None
+    for i, cfg in enumerate(cands):
+        row = dict(shape=name, dims=list(shape), mode=mode, cfg=cfg_str(cfg), cfg_dict=cfg)
+        if time.time() > budget_end and i > 0:
+            row.update(status="skipped (budget)")
+            rows.append(row)
+            continue
+        set_cfg(cfg)
+        try:
+            outs = runs[mode]()
+            if ref is None:
+                ref = [o.detach().clone() for o in outs]
+            errs = [rel_rms(o, r) for o, r in zip(outs, ref)]
+            ok = max(errs) < 1e-2
+            ms = time_ms(runs[mode], device) if ok else float("nan")
+            base_ms = ms if i == 0 else base_ms
+            row.update(status="ok" if ok else "MISMATCH", ms=ms, err=max(errs),
+                       speedup=(base_ms / ms) if ok and base_ms else None)
+        except Exception as e:  # a config that does not compile or launch is reported, not fatal
+            msg = str(e).splitlines()[0][:120] if str(e) else ""
+            row.update(status=f"error: {type(e).__name__}: {msg}")
+        rows.append(row)
+        print(fmt(row), flush=True)
+    set_cfg({})
+    return rows
+
+
+def fmt(r):
+    ms = r.get("ms")
+    ms_s = f"{ms:9.4f}" if isinstance(ms, float) and ms == ms else "      -  "
+    sp = r.get("speedup")
+    sp_s = f"{sp:6.2f}x" if sp else "     - "
+    return f"{r['shape']:<10} {r['mode']:<7} {ms_s} {sp_s} {r.get('err', float('nan')):8.1e}  {r['status']:<10} {r['cfg']}"
+
+
+def best_of(rows):
+    good = [r for r in rows if r.get("status") == "ok"]
+    return min(good, key=lambda r: r["ms"]) if good else None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", default=",".join(n for n, _ in SHAPES))
+    ap.add_argument("--modes", default="fwd,fwdbwd")
+    ap.add_argument("--budget-s", type=float, default=180.0, help="wall-clock budget for the config sweeps")
+    ap.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "tune_conv.json"))
+    ap.add_argument("--quick", action="store_true", help="tiny shapes, 2 configs a stage (CPU smoke test)")
+    args = ap.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    t0 = time.time()
+    shapes = QUICK if args.quick else [s for s in SHAPES if s[0] in args.shapes.split(",")]
+    modes = args.modes.split(",")
+    print(f"# device {device_name(device)}, torch {torch.__version__}, env M2S2L_CONV_CFG="
+          f"{os.environ.get('M2S2L_CONV_CFG', '')!r} (ignored: configs are set in-process)")
+    print(f"{'shape':<10} {'mode':<7} {'ms p50':>9} {'vs def':>7} {'err':>8}  {'status':<10} config")
+    all_rows, best, peers = [], {}, {}
+    for si, (name, shape) in enumerate(shapes):
+        share = (args.budget_s - (time.time() - t0)) / (len(shapes) - si)
+        x, w, b = _inputs(shape, torch.bfloat16, device, grad=False)
+        dout = torch.randn(shape, device=device).to(torch.bfloat16)
+        set_cfg({})
+        long = conv._use_long(x)
+        out = conv.causal_conv1d_fwd(x[:2], w, b, None, "silu", False)[0]
+        ref_err = rel_rms(out.float(), _oracle(x[:2].float(), w.float(), b.float(), "silu"))
+        print(f"# {name} {shape} ({'long' if long else 'tile'} path): default forward vs F.conv1d float32 "
+              f"(2 rows): rel RMS {ref_err:.2e}" + ("" if ref_err < 1e-2 else "  <-- DEFAULT WRONG"))
+        runs = make_runs(x, w, b, dout)
+        t_shape = time.time()
+        best_fwd = {}
+        if "fwd" in modes:
+            fc = fwd_candidates(long)[: 2 if args.quick else None]
+            rows = sweep(name, shape, "fwd", fc, runs, t_shape + share * (0.4 if "fwdbwd" in modes else 0.85), device)
+            all_rows += rows
+            bst = best_of(rows)
+            if bst:
+                best[f"{name}/fwd"] = bst
+                best_fwd = bst["cfg_dict"] if "long" not in bst["cfg_dict"] else {}
+        if "fwdbwd" in modes:
+            other = dict(long=0) if long else dict(long=1)
+            bc = [{}, other, best_fwd] + [dict(best_fwd, **c) for c in bwd_candidates(long)]
+            bc = [c for i, c in enumerate(bc) if c not in bc[:i]][: 2 if args.quick else None]
+            rows = sweep(name, shape, "fwdbwd", bc, runs, t_shape + share * 0.85, device)
+            all_rows += rows
+            bst = best_of(rows)
+            if bst:
+                best[f"{name}/fwdbwd"] = bst
+        for pname, fns in peer_runs(x, w, b, dout).items():  # peers last: they may be slow (video fwdbwd)
+            for mode in modes:
+                if pname == "F.conv1d" and device == "cpu" and shape[0] * shape[1] * shape[2] > 1 << 16:
+                    continue
+                try:
+                    peers[f"{name}/{mode}/{pname}"] = time_ms(fns[mode], device)
+                except Exception as e:  # a peer that fails is reported, not fatal
+                    print(f"# {pname} {name} {mode}: {type(e).__name__}: {str(e)[:100]}")
+        del x, w, b, dout, runs
+    print("\n# best config per shape/mode vs the default config and the peers (ms, median)")
+    print(f"{'shape/mode':<16} {'default':>8} {'before':>8} {'best':>8} {'F.conv1d':>9} {'c-conv1d':>9}  best config")
+    for key, r in best.items():
+        name, mode = key.split("/")
+        rows = [x for x in all_rows if x["shape"] == name and x["mode"] == mode and x.get("status") == "ok"]
+        d = next((x["ms"] for x in rows if x["cfg"] == "default"), float("nan"))
+        other = next((x["ms"] for x in rows if x["cfg"] in ("long=0", "long=1")), float("nan"))
+        fc, cc = peers.get(f"{key}/F.conv1d", float("nan")), peers.get(f"{key}/causal-conv1d", float("nan"))
+        env = r["cfg"] if r["cfg"] != "default" else ""
+        print(f"{key:<16} {d:8.4f} {other:8.4f} {r['ms']:8.4f} {fc:9.4f} {cc:9.4f}  M2S2L_CONV_CFG=\"{env}\"")
+    print("# before = the other path (long=0 on long shapes: the tile kernels that ran before; long=1 on short ones)")
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(dict(device=device_name(device), torch=torch.__version__, width=WIDTH, rows=all_rows,
+                       peers=peers, best={k: v["cfg"] for k, v in best.items()}, wall_s=time.time() - t0), f, indent=1)
+    print(f"# wrote {args.json} ({time.time() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
