@@ -222,7 +222,7 @@ def _capture(shape, bwd):
     u = torch.empty(batch, dim, L, dtype=torch.bfloat16, **m)
     A, D, bias = torch.empty(dim, N, **m), torch.empty(dim, **m), torch.empty(dim, **m)
     Bt = torch.empty(batch, 1, N, L, dtype=torch.bfloat16, **m)
-    names = ["_bwd_kernel"] if bwd else ["_fwd_kernel", "_fwd_seq_kernel"]
+    names = ["_bwd_kernel", "_bwd_seq_kernel"] if bwd else ["_fwd_kernel", "_fwd_seq_kernel"]
     real = {n: getattr(scan, n) for n in names}
     caps = {n: _Capture() for n in names}
     try:
@@ -257,8 +257,8 @@ def aot_report(shapes, cfg, num_sms=132):
             regs, spills, smem, ptx = _aot_compile(jit, vals, meta, warps)
             per_warp = ((max(regs, 1) * 32 + 255) // 256) * 256
             blocks = min(65536 // (per_warp * warps), 64 // warps, 32, 233472 // (smem + 1024) if smem else 32)
-            progs = grid[0] * grid[1]
-            row = dict(shape=name, dims=list(shape), kernel=kname.strip("_"), T_C=meta["T_C"],
+            progs = grid[0] * (grid[1] if len(grid) > 1 else 1)
+            row = dict(shape=name, dims=list(shape), kernel=kname.strip("_"), T_C=meta.get("T_C", 1),
                        BLOCK_D=meta["BLOCK_D"], warps=warps, regs=regs, spill_bytes=spills, smem=smem,
                        warps_per_sm=blocks * warps, programs=progs, waves=round(progs / (num_sms * max(blocks, 1)), 2),
                        **{k: ptx.count(k) for k in ("bar.sync", "shfl", "ld.shared", "ex2")})

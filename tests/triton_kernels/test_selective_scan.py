@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from m2s2l.ops import selective_scan_fn
+from m2s2l.triton_kernels.selective_scan import scan
 from m2s2l.triton_kernels.selective_scan.naive import selective_scan_ref
 
 DT = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -130,6 +131,84 @@ def test_noncontiguous(bc, device):
     ins = make_inputs(2, 24, 37, 4, bc, noncontig=True, device=device)
     assert not ins["u"].is_contiguous() and not ins["delta"].is_contiguous() and not ins["z"].is_contiguous()
     check(ins, "fp32")
+
+
+# ---- short sequences: the sequential backward (persistent, scratch) and the chunked one ---------------------
+
+class _Spy:
+    """Counts launches of a Triton kernel and forwards them."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, 0
+
+    def __getitem__(self, grid):
+        self.launches += 1
+        return self.kernel[grid]
+
+
+@pytest.fixture
+def spies(monkeypatch):
+    s = {n: _Spy(getattr(scan, n)) for n in ("_fwd_kernel", "_fwd_seq_kernel", "_bwd_kernel", "_bwd_seq_kernel")}
+    for n, spy in s.items():
+        monkeypatch.setattr(scan, n, spy)
+    return s
+
+
+# (batch, dim, L, N, bc, dtype, noncontig, h0, M2S2L_SCAN_CFG overrides) — z, D, delta_bias, softplus and dlast on
+SEQ_CASES = [
+    (2, 6, 1, 4, "g2", "fp32", False, True, {}),
+    (2, 5, 2, 17, "g1", "fp32", False, True, {}),
+    (1, 4, 31, 4, "3d", "fp32", False, False, {}),
+    (1, 4, 32, 16, "g1", "fp32", False, True, {}),
+    (1, 4, 33, 4, "g1", "fp32", False, True, {}),  # past the switch: chunked both ways
+    (1, 3, 5, 64, "g1", "fp32", False, True, {}),
+    (2, 6, 6, 1, "fixed", "fp32", False, True, {}),
+    (2, 6, 6, 4, "mixed", "fp32", False, True, {}),
+    (2, 8, 7, 4, "g2", "fp32", True, True, {}),
+    (2, 8, 9, 16, "g2", "bf16", False, True, {}),
+    (2, 8, 9, 16, "g2", "fp16", False, True, {}),
+    (2, 7, 6, 4, "g1", "fp32", False, True, dict(seq_bwd_block_d=2)),  # 4 blocks a group: atomic dB/dC
+    (3, 7, 6, 4, "fixed", "fp32", False, True, dict(seq_bwd_block_d=2)),
+    (5, 4, 6, 4, "g2", "fp32", False, True, dict(seq_bwd_programs=2)),  # 2 programs, 5 rows each
+    (5, 6, 4, 4, "g1", "fp32", True, True, dict(seq_bwd_block_d=4, seq_bwd_programs=1)),
+    (2, 8, 7, 4, "g2", "fp32", True, True, dict(seq=0)),  # chunked both ways on a short sequence
+    (2, 6, 20, 17, "fixed", "fp32", False, True, dict(seq=0)),
+    (2, 8, 9, 16, "g2", "bf16", False, True, dict(seq=0)),
+    (2, 6, 5, 4, "g1", "fp32", False, True, dict(seq_bwd=0)),  # sequential forward, chunked backward
+]
+
+
+def seq_id(c):
+    b, d, L, n, bc, dt, nc, h0, cfg = c
+    extra = ",".join(f"{k}={v}" for k, v in cfg.items())
+    return f"B{b}-D{d}-L{L}-N{n}-{bc}-{dt}{'-nc' if nc else ''}{'' if h0 else '-noh0'}{'-' + extra if extra else ''}"
+
+
+@pytest.mark.parametrize("case", SEQ_CASES, ids=seq_id)
+def test_short_sequences(case, device, spies, monkeypatch):
+    b, d, L, n, bc, dt, nc, h0, cfg = case
+    monkeypatch.setattr(scan, "_CFG", dict(cfg))
+    check(make_inputs(b, d, L, n, bc, dt, h0=h0, noncontig=nc, device=device), dt)
+    seq_fwd = cfg.get("seq", 1) and L <= 32
+    seq_bwd = cfg.get("seq_bwd", seq_fwd) and seq_fwd is not False
+    assert spies["_fwd_seq_kernel"].launches == int(bool(seq_fwd))
+    assert spies["_fwd_kernel"].launches == int(not seq_fwd)
+    assert spies["_bwd_seq_kernel"].launches == int(bool(seq_bwd))
+    assert spies["_bwd_kernel"].launches == int(not seq_bwd)
+
+
+def test_seq_bwd_equals_chunked_bwd(device, monkeypatch):
+    """The two backward kernels agree to float32 rounding (persistent: 2 programs over 3 rows x 2 blocks)."""
+    ins = make_inputs(3, 8, 6, 4, "g1", device=device)
+    gen = torch.Generator().manual_seed(4)
+    dout, dlast = torch.randn(3, 8, 6, generator=gen).to(device), torch.randn(3, 8, 4, generator=gen).to(device)
+    res = []
+    for cfg in (dict(seq_bwd=0), dict(seq_bwd_block_d=4, seq_bwd_programs=3)):
+        monkeypatch.setattr(scan, "_CFG", cfg)
+        res.append(run(ins, True, "triton", dout, dlast))
+    assert rel_rms(res[0][0], res[1][0]) == 0.0
+    for k in res[0][2]:
+        assert rel_rms(res[1][2][k], res[0][2][k]) < 2e-6, k
 
 
 def test_torch_backend_matches_triton(device):
@@ -251,6 +330,23 @@ def test_gpu_bench_sizes(shape):
     assert rel_rms(out, rout) < 1e-2 and rel_rms(last, rlast) < 1e-3
     for k in rg:
         assert rel_rms(g[k], rg[k]) < 3e-2, k
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(262144, 64, 4), (16384, 128, 8)], ids=lambda s: "x".join(map(str, s)))
+def test_gpu_seq_bwd_matches_chunked(shape, monkeypatch):
+    """The sequential backward (defaults: persistent grid, scratch) equals the chunked one on training/video shapes;
+    262144 rows: > 65535 on any grid axis and int64 offsets."""
+    ins = make_inputs(*shape, 16, "g1", "bf16", h0=True, device="cuda")
+    gen = torch.Generator().manual_seed(1)
+    dout = torch.randn(*shape, generator=gen).cuda()
+    dlast = torch.randn(shape[0], shape[1], 16, generator=gen).cuda()
+    res = []
+    for cfg in (dict(seq_bwd=0), {}):
+        monkeypatch.setattr(scan, "_CFG", cfg)
+        res.append(run(ins, True, "triton", dout, dlast))
+    for k in res[0][2]:
+        assert rel_rms(res[1][2][k].float(), res[0][2][k].float()) < 1e-2, k
 
 
 @pytest.mark.gpu

@@ -24,7 +24,8 @@ import os
 import torch
 import triton
 
-from .scan_kernels import _bwd_kernel, _combine, _fwd_kernel, _fwd_seq_kernel
+from .scan_kernels import _bwd_kernel, _combine, _fwd_kernel
+from .scan_seq_kernels import _bwd_seq_kernel, _fwd_seq_kernel
 
 
 def _vectorize_interpreter_scan():
@@ -82,8 +83,9 @@ if _INTERPRET:
 def _env_config():
     """Optional overrides for tuning sweeps, e.g.
     M2S2L_SCAN_CFG="chunk=16,fwd_block_d=16,bwd_block_d=8,fwd_warps=4,bwd_warps=4" (chunk is capped by the sequence
-    length; block sizes must be powers of two); the sequential forward: seq=0|1, seq_max_len, seq_block_d,
-    seq_warps."""
+    length; block sizes must be powers of two); the sequential forward: seq=0|1 (both directions), seq_max_len,
+    seq_block_d, seq_warps; the sequential backward: seq_bwd=0|1 (overrides seq for the backward only),
+    seq_bwd_block_d, seq_bwd_warps, seq_bwd_progs_per_sm, seq_bwd_programs (total program target)."""
     cfg = {}
     for item in os.environ.get("M2S2L_SCAN_CFG", "").split(","):
         if "=" in item:
@@ -150,6 +152,41 @@ def _seq_warps(block_d, dstate):
     """2 warps for tiles up to 64 x 16 (measured on an H200 with tune_scan.py: (16384, 128, 8) 0.188 ms vs 0.340
     ms at 4 warps, (4096, 256, 16) 0.218 vs 0.323); larger tiles keep 4 (not measured)."""
     return 2 if block_d * max(2, _pow2(dstate)) <= 1024 else 4
+
+
+def use_seq_bwd(seqlen):
+    """Whether the backward runs the sequential-in-time kernel: as the forward (``use_seq_fwd``) unless
+    M2S2L_SCAN_CFG seq_bwd=0|1 says otherwise."""
+    if "seq_bwd" in _CFG:
+        return bool(_CFG["seq_bwd"])
+    return use_seq_fwd(seqlen)
+
+
+def _seq_bwd_block_d(cpg, dstate):
+    """Tiles of up to 512 state values (32 x 16 at dstate 16): one warp holds 16 a thread, so the sums over N
+    and over the channels are warp shuffles (no barrier). Not timed on a GPU yet."""
+    if "seq_bwd_block_d" in _CFG:
+        return _CFG["seq_bwd_block_d"]
+    if _INTERPRET:
+        return max(2, min(_pow2(cpg), 256))
+    return max(2, min(_pow2(cpg), max(512 // max(2, _pow2(dstate)), 1), 64))
+
+
+def _seq_bwd_warps(block_d, dstate):
+    return _CFG.get("seq_bwd_warps", max(1, min(8, block_d * max(2, _pow2(dstate)) // 512)))
+
+
+def _seq_bwd_rows(batch, n_gd, slot_bytes, warps, device):
+    """Batch-row stride of the persistent backward; programs = rows x n_gd. Target: seq_bwd_programs, else
+    seq_bwd_progs_per_sm x SMs, else 16 warps per SM with the scratch capped at 32 MiB (to stay in L2)."""
+    sms = _num_sms(device)
+    if "seq_bwd_programs" in _CFG:
+        target = _CFG["seq_bwd_programs"]
+    elif "seq_bwd_progs_per_sm" in _CFG:
+        target = _CFG["seq_bwd_progs_per_sm"] * sms
+    else:
+        target = min(max(1, 16 // warps) * sms, max(sms, (32 << 20) // max(slot_bytes, 1)))
+    return max(1, min(batch, target // n_gd))
 
 
 def _bc(X, batch):
@@ -232,10 +269,15 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D=None, z=None, delta_bias=None,
     (None where the input was None).
     """
     batch, dim, L, N, B4, b_var, sB, C4, c_var, sC, G, cpg, T_C = _layout(u, A, B, C)
-    BLOCK_D = _block_d(cpg, L, N, 2048, "bwd_block_d", batch * G, u.device)
+    seq = use_seq_bwd(L)
+    BN = max(2, _pow2(N))
+    if seq:
+        BLOCK_D = _seq_bwd_block_d(cpg, N)
+    else:
+        BLOCK_D = _block_d(cpg, L, N, 2048, "bwd_block_d", batch * G, u.device)
     nblk = triton.cdiv(cpg, BLOCK_D)
     nchunks = triton.cdiv(L, T_C)
-    if nchunks > 1 and (chunk_states is None or chunk_states.shape != (batch, nchunks - 1, dim, N)):
+    if not seq and nchunks > 1 and (chunk_states is None or chunk_states.shape != (batch, nchunks - 1, dim, N)):
         raise ValueError(f"chunk_states must have shape {(batch, nchunks - 1, dim, N)}")
     var_atomic = nblk > 1
     f32 = dict(device=u.device, dtype=torch.float32)
@@ -254,21 +296,29 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D=None, z=None, delta_bias=None,
     h0 = initial_state.contiguous() if initial_state is not None else None
     dh0 = torch.empty(batch, dim, N, **f32) if h0 is not None else None
     dl = dlast.contiguous() if dlast is not None else None
-    bpp = max(1, (batch * G * nblk) // 2048)
     dmy = _dummy(u)
     zz = z if z is not None else u
     sdB = dB4.stride() if b_var else (0, 0, 0, 0)
     sdC = dC4.stride() if c_var else (0, 0, 0, 0)
     opt = lambda t: t if t is not None else dmy  # noqa: E731
-    _bwd_kernel[(triton.cdiv(batch, bpp), G * nblk)](
-        u, delta, A.contiguous(), B4, C4, opt(D), zz, opt(delta_bias), opt(h0), opt(chunk_states), dout, opt(dl),
-        du, ddelta, dA, dB4, dC4, opt(dD), opt(dz), opt(dbias), opt(dh0),
-        L, nchunks, batch, dim, cpg, nblk, bpp, *u.stride(), *delta.stride(), *zz.stride(), *dout.stride(),
-        *sB, *sC, *sdB, *sdC,
-        N=N, BLOCK_D=BLOCK_D, T_C=T_C, BLOCK_N=max(2, _pow2(N)), B_VAR=b_var, C_VAR=c_var,
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-        HAS_H0=h0 is not None, HAS_DLAST=dl is not None, VAR_ATOMIC=var_atomic,
-        num_warps=_CFG.get("bwd_warps", 4))
+    ptrs = (u, delta, A.contiguous(), B4, C4, opt(D), zz, opt(delta_bias), opt(h0))
+    grads = (du, ddelta, dA, dB4, dC4, opt(dD), opt(dz), opt(dbias), opt(dh0))
+    strides = (*u.stride(), *delta.stride(), *zz.stride(), *dout.stride(), *sB, *sC, *sdB, *sdC)
+    meta = dict(N=N, BLOCK_D=BLOCK_D, BLOCK_N=BN, B_VAR=b_var, C_VAR=c_var, HAS_D=D is not None,
+                HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+                HAS_H0=h0 is not None, HAS_DLAST=dl is not None, VAR_ATOMIC=var_atomic)
+    if seq:
+        n_gd = G * nblk
+        warps = _seq_bwd_warps(BLOCK_D, N)
+        rows = _seq_bwd_rows(batch, n_gd, (L - 1) * BLOCK_D * BN * 4, warps, u.device)
+        scratch = torch.empty(max(1, rows * n_gd * (L - 1) * BLOCK_D * BN), **f32)
+        _bwd_seq_kernel[(rows * n_gd,)](*ptrs, dout, opt(dl), *grads, scratch, L, batch, dim, cpg, nblk, n_gd, rows,
+                                        *strides, **meta, num_warps=warps)
+    else:
+        bpp = max(1, (batch * G * nblk) // 2048)
+        _bwd_kernel[(triton.cdiv(batch, bpp), G * nblk)](
+            *ptrs, opt(chunk_states), dout, opt(dl), *grads, L, nchunks, batch, dim, cpg, nblk, bpp, *strides,
+            T_C=T_C, **meta, num_warps=_CFG.get("bwd_warps", 4))
     dB = dB4.reshape(B.shape).to(B.dtype) if b_var else dB4
     dC = dC4.reshape(C.shape).to(C.dtype) if c_var else dC4
     return du, ddelta, dA, dB, dC, dD, dz, dbias, dh0

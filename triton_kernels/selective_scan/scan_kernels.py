@@ -1,6 +1,6 @@
 """Triton kernels of the selective scan (see ``scan.py`` for the work layout, the launchers and the
-gradient formulas): the chunked forward, the sequential-in-time forward for short sequences, and the
-chunked backward. Only ``scan.py`` launches them."""
+gradient formulas): the chunked forward and the chunked backward. The sequential-in-time kernels for short
+sequences are in ``scan_seq_kernels.py``. Only ``scan.py`` launches them."""
 import triton
 import triton.language as tl
 
@@ -111,95 +111,6 @@ def _fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_p
         o_out = (i_b * dim + o_d[:, None]) * L + o_t[None, :]
         tl.store(out_ptr + o_out, b_y.to(out_ptr.dtype.element_ty), mask=m_dt)
         b_h = tl.sum(tl.where((o_tl == T_C - 1)[None, :, None], b_hs, 0.0), 1)
-    if STORE_LAST:
-        tl.store(hlast_ptr + o_dn, b_h, mask=m_dn)
-
-
-@triton.jit(do_not_specialize=["L"])
-def _fwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, hlast_ptr, hc_ptr,
-                    L, dim, cpg, nblk,
-                    su_b, su_d, su_t, sdt_b, sdt_d, sdt_t, sz_b, sz_d, sz_t,
-                    sB0, sB1, sB2, sB3, sC0, sC1, sC2, sC3,
-                    N: tl.constexpr, BLOCK_D: tl.constexpr, T_C: tl.constexpr, BLOCK_N: tl.constexpr,
-                    B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-                    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
-                    STORE_LAST: tl.constexpr, SAVE_CHUNKS: tl.constexpr):
-    """Sequential-in-time forward for short sequences: the [BLOCK_D, BLOCK_N] state stays in registers and the
-    program steps through time, loading [BLOCK_D] of u/delta/z and [BLOCK_N] of B/C per step (no scan, no
-    cross-thread traffic except the sum over N). Same outputs as ``_fwd_kernel``, including the chunk states."""
-    i_b, i_gd = tl.program_id(0).to(tl.int64), tl.program_id(1)
-    i_g, i_j = i_gd // nblk, i_gd % nblk
-    o_c = i_j * BLOCK_D + tl.arange(0, BLOCK_D)
-    m_d = o_c < cpg
-    o_d = i_g * cpg + o_c
-    o_n = tl.arange(0, BLOCK_N)
-    m_n = o_n < N
-    m_dn = m_d[:, None] & m_n[None, :]
-    b_A2 = tl.load(A_ptr + o_d[:, None] * N + o_n[None, :], mask=m_dn, other=0.0) * 1.4426950408889634
-    if HAS_D:
-        b_D = tl.load(D_ptr + o_d, mask=m_d, other=0.0)
-    if HAS_BIAS:
-        b_bias = tl.load(bias_ptr + o_d, mask=m_d, other=0.0)
-    o_dn = (i_b * dim + o_d[:, None]) * N + o_n[None, :]
-    if HAS_H0:
-        b_h = tl.load(h0_ptr + o_dn, mask=m_dn, other=0.0)
-    else:
-        b_h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
-    if B_VAR:
-        p_B = B_ptr + i_b * sB0 + i_g * sB1 + o_n * sB2
-    else:
-        b_B = tl.load(B_ptr + o_d[:, None] * sB0 + o_n[None, :] * sB1, mask=m_dn, other=0.0).to(tl.float32)
-    if C_VAR:
-        p_C = C_ptr + i_b * sC0 + i_g * sC1 + o_n * sC2
-    else:
-        b_C = tl.load(C_ptr + o_d[:, None] * sC0 + o_n[None, :] * sC1, mask=m_dn, other=0.0).to(tl.float32)
-    p_u = u_ptr + i_b * su_b + o_d * su_d
-    p_dt = dt_ptr + i_b * sdt_b + o_d * sdt_d
-    p_z = z_ptr + i_b * sz_b + o_d * sz_d
-    p_o = out_ptr + (i_b * dim + o_d) * L
-    # software prefetch: step t + 1's inputs are loaded while step t is computed
-    n_u = tl.load(p_u, mask=m_d, other=0.0)
-    n_dt = tl.load(p_dt, mask=m_d, other=0.0)
-    if HAS_Z:
-        n_z = tl.load(p_z, mask=m_d, other=0.0)
-    if B_VAR:
-        n_B = tl.load(p_B, mask=m_n, other=0.0)
-    if C_VAR:
-        n_C = tl.load(p_C, mask=m_n, other=0.0)
-    for t in range(0, L):
-        if SAVE_CHUNKS:
-            if (t > 0) & (t % T_C == 0):
-                hc_off = ((i_b * ((L + T_C - 1) // T_C - 1) + t // T_C - 1) * dim + o_d[:, None]) * N + o_n[None, :]
-                tl.store(hc_ptr + hc_off, b_h, mask=m_dn)
-        b_u, b_dt = n_u.to(tl.float32), n_dt.to(tl.float32)
-        m_dn1 = m_d & (o_c * 0 + t + 1 < L)
-        m_nn1 = m_n & (o_n * 0 + t + 1 < L)
-        n_u = tl.load(p_u + (t + 1) * su_t, mask=m_dn1, other=0.0)
-        n_dt = tl.load(p_dt + (t + 1) * sdt_t, mask=m_dn1, other=0.0)
-        if HAS_Z:
-            b_z = n_z.to(tl.float32)
-            n_z = tl.load(p_z + (t + 1) * sz_t, mask=m_dn1, other=0.0)
-        if B_VAR:
-            b_Bt = n_B.to(tl.float32)[None, :]
-            n_B = tl.load(p_B + (t + 1) * sB3, mask=m_nn1, other=0.0)
-        else:
-            b_Bt = b_B
-        if C_VAR:
-            b_Ct = n_C.to(tl.float32)[None, :]
-            n_C = tl.load(p_C + (t + 1) * sC3, mask=m_nn1, other=0.0)
-        else:
-            b_Ct = b_C
-        if HAS_BIAS:
-            b_dt += b_bias
-        if SOFTPLUS:
-            b_dt = _softplus(b_dt)
-        b_h = tl.exp2(b_dt[:, None] * b_A2) * b_h + (b_dt * b_u)[:, None] * b_Bt
-        b_y = tl.sum(b_h * b_Ct, 1)
-        if HAS_D:
-            b_y += b_D * b_u
-        if HAS_Z:
-            b_y = b_y * b_z * tl.sigmoid(b_z)
-        tl.store(p_o + t, b_y.to(out_ptr.dtype.element_ty), mask=m_d)
     if STORE_LAST:
         tl.store(hlast_ptr + o_dn, b_h, mask=m_dn)
 
