@@ -94,7 +94,7 @@ def _long_blocks(x, width, mode):
         bl_def, bd_def = (1024, 2) if mode == "fwd" else (512, 2)
     bl = _CFG.get(f"{mode}_block_l") or bl_def
     bl = _pow2(max(V, min(bl, _pow2(L))))
-    bd = _CFG.get(f"{mode}_block_d") or bd_def
+    bd = _CFG.get(f"{mode}_block_d") or max(1, bl_def * bd_def // bl)  # short sequences: more channels
     bd = _pow2(min(bd, _pow2(dim)))
     warps = _CFG.get(f"{mode}_warps") or 4
 
