@@ -1,20 +1,21 @@
 """Causal conv1d launch-config sweep: ms per config on the bench shapes, checked against the default config.
 
-    python bench/tune_conv.py [--shapes long,video,video4,xlong] [--modes fwd,fwdbwd] [--budget-s 180]
+    python bench/tune_conv.py [--shapes long,video,video4,xlong,long-cl] [--modes fwd,fwdbwd] [--budget-s 170]
                               [--json PATH] [--quick]
 
-Setup as bench/cases_conv.py: bf16, width 4, SiLU, bias, contiguous x. Only the launchers run
-(``conv.causal_conv1d_fwd`` / ``causal_conv1d_bwd``, no custom-op/autograd dispatch). A config is a dict of
-``M2S2L_CONV_CFG`` keys (see ``conv._env_config``) applied in-process by replacing ``conv._CFG``, which is what the
-env variable does at import. Stage "fwd" sweeps the forward keys of the path the shape takes (long path:
-fwd_block_l/fwd_block_d/fwd_warps; tile path: short_fwd_tile/short_fwd_warps); stage "fwdbwd" keeps the best
-forward config and sweeps the backward keys, timing forward + backward. Each stage also runs the other path
-(long=0 on long shapes = the kernels before the long path; long=1 on short ones) for a before/after ratio from
-the same run. Every config's outputs are compared with the default config's (relative RMS, limit 1e-2), and the
-default forward with F.conv1d in float32. Peers (F.conv1d; causal-conv1d's causal_conv1d_fn when it imports) are
-timed once per shape and mode. Timing: ``triton.testing.do_bench`` median, its window sized for >= 50 calls.
-Configs run in priority order until the time budget (split evenly over the shapes) is spent; the rest are
-listed as skipped. ``--quick``: tiny shapes, two configs a stage, on CPU under TRITON_INTERPRET=1 (smoke test).
+Setup as bench/cases_conv.py: bf16, width 4, SiLU, bias; contiguous x except long-cl (channel-last,
+(batch, seqlen, dim).transpose(1, 2)). Only the launchers run (``conv.causal_conv1d_fwd`` / ``causal_conv1d_bwd``,
+no custom-op/autograd dispatch). A config is a dict of ``M2S2L_CONV_CFG`` keys (see ``conv._env_config``) applied
+in-process by replacing ``conv._CFG``, which is what the env variable does at import. Stage "fwd" sweeps the
+forward keys of the path the shape takes (long path: fwd_block_l/fwd_block_d/fwd_warps; tile path:
+short_fwd_tile/short_fwd_warps, + short_block_t on channel-last); stage "fwdbwd" keeps the best forward config and
+sweeps the backward keys, timing forward + backward. Each stage also runs what ran before this change (long=0 on
+long shapes: the tile kernels; short_wt=0 on channel-last: scalar per-channel tap loads) for a before/after ratio
+from the same run. Every config's outputs are compared with the default config's (relative RMS, limit 1e-2), and
+the default forward with F.conv1d in float32. Peers (F.conv1d; causal-conv1d's causal_conv1d_fn when it imports)
+are timed once per shape and mode. Timing: ``triton.testing.do_bench`` median, its window sized for >= 50 calls.
+Configs run in priority order until the time budget (split evenly over the shapes) is spent; the rest are listed
+as skipped. ``--quick``: tiny shapes, two configs a stage, on CPU under TRITON_INTERPRET=1 (smoke test).
 """
 import argparse
 import json
@@ -34,8 +35,9 @@ from common import device_name  # noqa: E402
 from m2s2l.triton_kernels.causal_conv1d import conv  # noqa: E402
 
 SHAPES = [("long", (8, 4096, 2048)), ("video", (16384, 128, 8)), ("video4", (262144, 64, 4)),
-          ("xlong", (4, 2048, 16384))]
-QUICK = [("tiny-long", (1, 2, 128)), ("tiny-video", (4, 4, 8))]  # interpreter cost ~ programs
+          ("xlong", (4, 2048, 16384)), ("long-cl", (8, 4096, 2048))]
+QUICK = [("tiny-long", (1, 2, 128)), ("tiny-video", (4, 4, 8)), ("tiny-cl", (1, 8, 16))]  # interpreter: ~ programs
+CHANNEL_LAST = ("long-cl", "tiny-cl")  # x = (batch, seqlen, dim).transpose(1, 2), as a Mamba block makes it
 
 
 def cfg_str(cfg):
@@ -51,26 +53,33 @@ def _per_thread(block_l, block_d, warps, lo, hi):
     return lo <= block_l * block_d // (32 * warps) <= hi
 
 
-def fwd_candidates(long):
-    """Forward configs in priority order (the default first, then the other path)."""
-    if long:
+def fwd_candidates(kind):
+    """Forward configs in priority order: the default first, then what ran before (long path: long=0, the tile
+    kernels; channel-last: short_wt=0, per-channel scalar tap loads), then the sweep."""
+    if kind == "long":
         c = [dict(fwd_block_l=bl, fwd_block_d=bd, fwd_warps=w)
              for bl, bd, w in ((1024, 2, 4), (2048, 1, 4), (512, 4, 4), (1024, 1, 4), (2048, 2, 8), (1024, 4, 8),
                                (512, 2, 4), (1024, 2, 2), (512, 1, 2), (2048, 1, 8), (256, 4, 2), (2048, 4, 8),
                                (1024, 1, 2), (512, 8, 8))
              if _per_thread(bl, bd, w, 4, 64)]
         return [{}, dict(long=0)] + c
-    c = [dict(short_fwd_tile=t, short_fwd_warps=w) for t, w in
-         ((2048, 4), (4096, 8), (1024, 4), (4096, 4), (8192, 8), (1024, 2), (2048, 2), (512, 2))]
-    return [{}, dict(long=1)] + c
+    if kind == "cl":
+        return [{}, dict(short_wt=0)] + [dict(short_fwd_tile=t, short_block_t=bt, short_fwd_warps=w) for t, bt, w in
+                                         ((2048, 16, 4), (4096, 32, 8), (2048, 8, 8), (4096, 16, 8), (1024, 8, 4),
+                                          (2048, 32, 4), (8192, 32, 8), (1024, 16, 2))]
+    return [{}] + [dict(short_fwd_tile=t, short_fwd_warps=w) for t, w in
+                   ((2048, 4), (4096, 8), (1024, 4), (4096, 4), (8192, 8), (1024, 2), (2048, 2), (512, 2))]
 
 
-def bwd_candidates(long):
-    if long:
+def bwd_candidates(kind):
+    if kind == "long":
         return [dict(bwd_block_l=bl, bwd_block_d=bd, bwd_warps=w)
                 for bl, bd, w in ((512, 2, 4), (1024, 1, 4), (256, 4, 4), (1024, 2, 4), (2048, 1, 4), (512, 1, 2),
                                   (1024, 2, 8), (2048, 2, 8), (256, 2, 2), (512, 4, 8), (256, 1, 1), (1024, 1, 2))
                 if _per_thread(bl, bd, w, 4, 32)]
+    if kind == "cl":
+        return [dict(short_bwd_tile=t, short_block_t=bt, short_bwd_warps=w) for t, bt, w in
+                ((512, 16, 4), (1024, 16, 4), (512, 8, 2), (1024, 32, 8), (256, 8, 2), (2048, 16, 8))]
     return [dict(short_bwd_tile=t, short_bwd_warps=w) for t, w in
             ((512, 4), (256, 2), (1024, 4), (512, 2), (256, 4), (1024, 8), (2048, 8), (128, 2))]
 
@@ -129,7 +138,7 @@ def sweep(name, shape, mode, cands, runs, budget_end, device):
     rows, ref, base_ms = [], None, None
     for i, cfg in enumerate(cands):
         row = dict(shape=name, dims=list(shape), mode=mode, cfg=cfg_str(cfg), cfg_dict=cfg)
-        if time.time() > budget_end and i > 0:
+        if time.time() > budget_end and i > 1:  # the default and the "before" row always run
             row.update(status="skipped (budget)")
             rows.append(row)
             continue
@@ -170,7 +179,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default=",".join(n for n, _ in SHAPES))
     ap.add_argument("--modes", default="fwd,fwdbwd")
-    ap.add_argument("--budget-s", type=float, default=180.0, help="wall-clock budget for the config sweeps")
+    ap.add_argument("--budget-s", type=float, default=170.0, help="wall-clock budget for the config sweeps")
     ap.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "tune_conv.json"))
     ap.add_argument("--quick", action="store_true", help="tiny shapes, 2 configs a stage (CPU smoke test)")
     args = ap.parse_args()
@@ -184,28 +193,29 @@ def main():
     all_rows, best, peers = [], {}, {}
     for si, (name, shape) in enumerate(shapes):
         share = (args.budget_s - (time.time() - t0)) / (len(shapes) - si)
-        x, w, b = _inputs(shape, torch.bfloat16, device, grad=False)
+        x, w, b = _inputs(shape, torch.bfloat16, device, grad=False, channel_last=name in CHANNEL_LAST)
         dout = torch.randn(shape, device=device).to(torch.bfloat16)
         set_cfg({})
         long = conv._use_long(x)
+        kind = "long" if long else ("cl" if name in CHANNEL_LAST else "tile")
         out = conv.causal_conv1d_fwd(x[:2], w, b, None, "silu", False)[0]
         ref_err = rel_rms(out.float(), _oracle(x[:2].float(), w.float(), b.float(), "silu"))
-        print(f"# {name} {shape} ({'long' if long else 'tile'} path): default forward vs F.conv1d float32 "
+        print(f"# {name} {shape} ({kind} path): default forward vs F.conv1d float32 "
               f"(2 rows): rel RMS {ref_err:.2e}" + ("" if ref_err < 1e-2 else "  <-- DEFAULT WRONG"))
         runs = make_runs(x, w, b, dout)
         t_shape = time.time()
         best_fwd = {}
         if "fwd" in modes:
-            fc = fwd_candidates(long)[: 2 if args.quick else None]
+            fc = fwd_candidates(kind)[: 2 if args.quick else None]
             rows = sweep(name, shape, "fwd", fc, runs, t_shape + share * (0.4 if "fwdbwd" in modes else 0.85), device)
             all_rows += rows
             bst = best_of(rows)
             if bst:
                 best[f"{name}/fwd"] = bst
-                best_fwd = bst["cfg_dict"] if "long" not in bst["cfg_dict"] else {}
+                best_fwd = {k: v for k, v in bst["cfg_dict"].items() if k not in ("long", "short_wt")}
         if "fwdbwd" in modes:
-            other = dict(long=0) if long else dict(long=1)
-            bc = [{}, other, best_fwd] + [dict(best_fwd, **c) for c in bwd_candidates(long)]
+            before = [dict(long=0)] if kind == "long" else ([dict(short_wt=0)] if kind == "cl" else [])
+            bc = [{}] + before + [best_fwd] + [dict(best_fwd, **c) for c in bwd_candidates(kind)]
             bc = [c for i, c in enumerate(bc) if c not in bc[:i]][: 2 if args.quick else None]
             rows = sweep(name, shape, "fwdbwd", bc, runs, t_shape + share * 0.85, device)
             all_rows += rows
@@ -227,11 +237,12 @@ def main():
         name, mode = key.split("/")
         rows = [x for x in all_rows if x["shape"] == name and x["mode"] == mode and x.get("status") == "ok"]
         d = next((x["ms"] for x in rows if x["cfg"] == "default"), float("nan"))
-        other = next((x["ms"] for x in rows if x["cfg"] in ("long=0", "long=1")), float("nan"))
+        other = next((x["ms"] for x in rows if x["cfg"] in ("long=0", "short_wt=0")), float("nan"))
         fc, cc = peers.get(f"{key}/F.conv1d", float("nan")), peers.get(f"{key}/causal-conv1d", float("nan"))
         env = r["cfg"] if r["cfg"] != "default" else ""
         print(f"{key:<16} {d:8.4f} {other:8.4f} {r['ms']:8.4f} {fc:9.4f} {cc:9.4f}  M2S2L_CONV_CFG=\"{env}\"")
-    print("# before = the other path (long=0 on long shapes: the tile kernels that ran before; long=1 on short ones)")
+    print("# before = what ran before this change (long=0: the tile kernels; short_wt=0: scalar tap loads on "
+          "channel-last x); nan where the default path is unchanged")
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(dict(device=device_name(device), torch=torch.__version__, width=WIDTH, rows=all_rows,

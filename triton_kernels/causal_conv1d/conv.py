@@ -43,7 +43,8 @@ def _env_config():
     Long path: long=0|1 (force the path off/on, any layout), long_min_len (shortest seqlen on it, 64), vec (V,
     steps per thread-row; raised to width-1 if smaller), fwd_block_l / bwd_block_l (steps per program, powers
     of two), fwd_block_d / bwd_block_d (channels per program), fwd_warps / bwd_warps.
-    Tile path: short_fwd_tile / short_bwd_tile (elements per program), short_fwd_warps / short_bwd_warps."""
+    Tile path: short_fwd_tile / short_bwd_tile (elements per program), short_fwd_warps / short_bwd_warps,
+    short_block_t (longest time block), short_wt=0|1 (taps as a (width, dim) copy; default on for channel-last)."""
     cfg = {}
     for item in os.environ.get("M2S2L_CONV_CFG", "").split(","):
         if "=" in item:
@@ -109,11 +110,25 @@ def _long_blocks(x, width, mode):
     return bd, bl // V, V, warps, batch * n_d * n_t, n_t, n_d
 
 
+def _chan_last(x):
+    return x.stride(1) == 1 and x.stride(2) != 1
+
+
+def _tile_weight(x, weight):
+    """(weight, (stride channel, stride tap)) for the tile kernels. Channel-last x: a (width, dim) copy, so the
+    taps of a thread's consecutive channels are one vector load instead of a scalar load per channel and tap
+    (16 L1 wavefronts per warp each: they outweighed the x loads 30:1). Override: short_wt=0|1."""
+    if _CFG.get("short_wt", int(_chan_last(x))):
+        wt = weight.t().contiguous()
+        return wt, (wt.stride(1), wt.stride(0))
+    return weight, tuple(weight.stride())
+
+
 def _tiles(x, tile):
-    """[BLOCK_B, BLOCK_C, BLOCK_T] with about ``tile`` elements, long along the contiguous axis."""
+    """[BLOCK_B, BLOCK_C, BLOCK_T] with about ``tile`` elements, long along the contiguous axis (BLOCK_T at most
+    16 for channel-last x, else 128; override: short_block_t)."""
     batch, dim, L = x.shape
-    chan_last = x.stride(1) == 1 and x.stride(2) != 1
-    bt = min(triton.next_power_of_2(L), 16 if chan_last else 128)
+    bt = min(triton.next_power_of_2(L), _CFG.get("short_block_t", 16 if _chan_last(x) else 128))
     bc = min(triton.next_power_of_2(dim), max(1, tile // bt), 256)
     bb = min(triton.next_power_of_2(batch), max(1, tile // (bt * bc)))
     return bb, bc, bt
@@ -129,9 +144,11 @@ def causal_conv1d_fwd(x, weight, bias=None, initial_states=None, activation=None
         final = torch.empty(batch, dim, width - 1, dtype=x.dtype, device=x.device)
     flags = dict(W=width, HAS_BIAS=bias is not None, HAS_INIT=initial_states is not None,
                  STORE_FINAL=return_final_states and width > 1, SILU=activation in ("silu", "swish"))
-    args = (x, weight, bias, initial_states, out, final)
-    strides = (*x.stride(), *weight.stride(), *_strides(initial_states), *out.stride(), *_strides(final))
-    if _use_long(x):
+    long = _use_long(x)
+    wk, w_strides = (weight, tuple(weight.stride())) if long else _tile_weight(x, weight)
+    args = (x, wk, bias, initial_states, out, final)
+    strides = (*x.stride(), *w_strides, *_strides(initial_states), *out.stride(), *_strides(final))
+    if long:
         bd, bq, V, warps, n, n_t, n_d = _long_blocks(x, width, "fwd")
         _conv_fwd_long_kernel[(n,)](*args, dim, L, n_t, n_d, *strides, WPAD=_pow2(width), **flags,
                                     BLOCK_D=bd, BLOCK_Q=bq, V=V, num_warps=warps)
@@ -163,9 +180,11 @@ def causal_conv1d_bwd(x, weight, bias, initial_states, dout, dfinal_states=None,
         dfinal_states = None
     flags = dict(W=width, WPAD=_pow2(width), HAS_BIAS=bias is not None, HAS_INIT=initial_states is not None,
                  SILU=activation in ("silu", "swish"), HAS_DFINAL=dfinal_states is not None, STORE_DINIT=store_dinit)
-    strides = (*x.stride(), *weight.stride(), *_strides(initial_states), *dout.stride(), *_strides(dfinal_states),
+    long = _use_long(x)
+    wk, w_strides = (weight, tuple(weight.stride())) if long else _tile_weight(x, weight)
+    strides = (*x.stride(), *w_strides, *_strides(initial_states), *dout.stride(), *_strides(dfinal_states),
                *dx.stride(), *_strides(dinit))
-    if _use_long(x):
+    if long:
         bd, bq, V, warps, n, n_t, n_d = _long_blocks(x, width, "bwd")
         rows = batch * n_t
     else:
@@ -179,8 +198,8 @@ def causal_conv1d_bwd(x, weight, bias, initial_states, dout, dfinal_states=None,
         rows = n_bp * n_t
     dw_part = torch.empty(rows, dim, width, dtype=torch.float32, device=x.device)
     db_part = torch.empty(rows, dim, dtype=torch.float32, device=x.device) if bias is not None else None
-    args = (x, weight, bias, initial_states, dout, dfinal_states, dx, dinit, dw_part, db_part)
-    if _use_long(x):
+    args = (x, wk, bias, initial_states, dout, dfinal_states, dx, dinit, dw_part, db_part)
+    if long:
         _conv_bwd_long_kernel[(n,)](*args, dim, L, n_t, n_d, *strides, **flags,
                                     BLOCK_D=bd, BLOCK_Q=bq, V=V, num_warps=warps)
     else:
