@@ -232,7 +232,8 @@ def main():
                     print(f"# {pname} {name} {mode}: {type(e).__name__}: {str(e)[:100]}")
         del x, w, b, dout, runs
     print("\n# best config per shape/mode vs the default config and the peers (ms, median)")
-    print(f"{'shape/mode':<16} {'default':>8} {'before':>8} {'best':>8} {'F.conv1d':>9} {'c-conv1d':>9}  best config")
+    print(f"{'shape/mode':<16} {'default':>8} {'before':>8} {'best':>8} {'GB/s':>6} {'F.conv1d':>9} {'c-conv1d':>9}"
+          f" {'best/peer':>9}  best config")
     for key, r in best.items():
         name, mode = key.split("/")
         rows = [x for x in all_rows if x["shape"] == name and x["mode"] == mode and x.get("status") == "ok"]
@@ -240,7 +241,10 @@ def main():
         other = next((x["ms"] for x in rows if x["cfg"] in ("long=0", "short_wt=0")), float("nan"))
         fc, cc = peers.get(f"{key}/F.conv1d", float("nan")), peers.get(f"{key}/causal-conv1d", float("nan"))
         env = r["cfg"] if r["cfg"] != "default" else ""
-        print(f"{key:<16} {d:8.4f} {other:8.4f} {r['ms']:8.4f} {fc:9.4f} {cc:9.4f}  M2S2L_CONV_CFG=\"{env}\"")
+        io = 2 * r["dims"][0] * r["dims"][1] * r["dims"][2]  # bytes of one bf16 tensor
+        gbs = (2 if mode == "fwd" else 5) * io / (r["ms"] * 1e6)  # ideal bytes: x + out (fwd); + x, dout, dx (bwd)
+        print(f"{key:<16} {d:8.4f} {other:8.4f} {r['ms']:8.4f} {gbs:6.0f} {fc:9.4f} {cc:9.4f} {r['ms'] / cc:8.2f}x"
+              f"  M2S2L_CONV_CFG=\"{env}\"")
     print("# before = what ran before this change (long=0: the tile kernels; short_wt=0: scalar tap loads on "
           "channel-last x); nan where the default path is unchanged")
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
