@@ -18,6 +18,7 @@ Real input: any resolution / aspect / colour (resized + converted like the offli
 (a skipped frame does not enter the history, so the next T read frames form the next clip); the ``frame``
 column is the index of the frame in the source.
 """
+import collections
 import csv
 import os
 import sys
@@ -134,13 +135,15 @@ class StreamScorer:
             else:
                 res = self._run_step(frames)
                 self.state = list(res[4:])
-                out = {"score": res[0].float(), "appearance": res[1].float(), "motion": res[2].float(),
-                       "error_map": res[3].float()[:, 0]}
+                out = res[:4]
         self.prev = frames
         self.n_seen += 1
         if out is None:
             return None
-        out = {k: v.cpu().numpy().astype(np.float64 if k != "error_map" else np.float32) for k, v in out.items()}
+        # two device->host copies per frame (the three scalars stacked, the error map), not four
+        sam = torch.stack([r.float() for r in out[:3]]).cpu().numpy().astype(np.float64)
+        out = {"score": sam[0], "appearance": sam[1], "motion": sam[2],
+               "error_map": out[3][:, 0].float().cpu().numpy()}
         out.update(self._alerts(out["score"]))
         return out
 
@@ -243,7 +246,7 @@ class Overlay:
 
     def __init__(self, path, fps, height=240, strip=60, history=200):
         self.path, self.fps, self.h, self.strip, self.history = path, fps, height, strip, history
-        self.writer, self.scores, self.err_scale = None, [], 1e-6
+        self.writer, self.scores, self.err_scale = None, collections.deque(maxlen=history), 1e-6
 
     def add(self, frame, res, threshold):
         cv2 = _cv2()
@@ -255,7 +258,7 @@ class Overlay:
         self.err_scale = max(float(np.max(err)), 0.98 * self.err_scale)
         heat = cv2.applyColorMap(np.clip(err / self.err_scale * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
         heat = cv2.addWeighted(img, 0.5, cv2.resize(heat, (w, h), interpolation=cv2.INTER_LINEAR), 0.5, 0)
-        self.scores = (self.scores + [res["score"]])[-self.history:]
+        self.scores.append(res["score"])
         canvas = np.zeros((h + self.strip, 2 * w, 3), np.uint8)
         canvas[:h, :w], canvas[:h, w:] = img, heat
         s = np.asarray(self.scores)
@@ -282,20 +285,51 @@ class Overlay:
             self.writer.release()
 
 
-def plot_scores(csv_path, png_path, threshold=None):
-    """Score curve PNG from scores.csv (read back, so nothing per frame is kept in memory while streaming)."""
+class ScoreEnvelope:
+    """Bounded summary of a score curve of any length: at most ``2 * bins`` bins of ``step`` consecutive rows,
+    each keeping (first frame, min score, max score, any alert); when full, neighbouring bins merge and ``step``
+    doubles. Exact (one row per bin) up to ``2 * bins`` rows, so a 24 h stream plots in constant memory."""
+
+    def __init__(self, bins=2000):
+        self.bins, self.step, self.n = int(bins), 1, 0
+        self.rows = []   # [frame, lo, hi, alert] per bin
+
+    def add(self, frame, score, alert):
+        if self.n % self.step:
+            b = self.rows[-1]
+            b[1], b[2], b[3] = min(b[1], score), max(b[2], score), b[3] or alert
+        else:
+            if len(self.rows) == 2 * self.bins:
+                r = self.rows
+                self.rows = [[a[0], min(a[1], b[1]), max(a[2], b[2]), a[3] or b[3]] for a, b in zip(r[::2], r[1::2])]
+                self.step *= 2
+            self.rows.append([frame, score, score, alert])
+        self.n += 1
+
+    def arrays(self):
+        a = np.array(self.rows, dtype=np.float64).reshape(-1, 4)
+        return a[:, 0], a[:, 1], a[:, 2], a[:, 3].astype(bool)
+
+
+def plot_scores(csv_path, png_path, threshold=None, bins=2000):
+    """Score curve PNG from scores.csv, read back row by row into a ``ScoreEnvelope`` (memory bounded by
+    ``bins``, not by the stream length; long streams show the per-bin min-max band)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    data = np.genfromtxt(csv_path, delimiter=",", names=True, dtype=None, encoding=None)
-    data = np.atleast_1d(data)
+    env = ScoreEnvelope(bins)
+    with open(csv_path, newline="") as f:
+        for r in csv.DictReader(f):
+            env.add(int(r["frame"]), float(r["score"]), r["alert"] == "1")
+    frame, lo, hi, alert = env.arrays()
     fig, ax = plt.subplots(figsize=(10, 3))
-    if data.size:
-        ax.plot(data["frame"], data["score"], lw=1, color="tab:blue", label="raw score")
-        alert = data["alert"].astype(bool)
+    if env.n:
+        if env.step > 1:
+            ax.fill_between(frame, lo, hi, color="tab:blue", alpha=0.35, lw=0,
+                            label=f"raw score (min-max of {env.step} frames)")
+        ax.plot(frame, hi, lw=1, color="tab:blue", label="raw score" if env.step == 1 else None)
         if alert.any():
-            ax.fill_between(data["frame"], data["score"].min(), data["score"].max(), where=alert, color="tab:red",
-                            alpha=0.2, lw=0, label="alert")
+            ax.fill_between(frame, lo.min(), hi.max(), where=alert, color="tab:red", alpha=0.2, lw=0, label="alert")
     if threshold is not None:
         ax.axhline(threshold, color="tab:orange", lw=1, ls="--", label="calibrated threshold")
     ax.set_xlabel("frame")
@@ -304,6 +338,32 @@ def plot_scores(csv_path, png_path, threshold=None):
     fig.tight_layout()
     fig.savefig(png_path, dpi=90)
     plt.close(fig)
+
+
+def score_frames(scorer, frames, csv_file, overlay=None, max_frames=0, progress=None):
+    """The streaming loop of ``m2s2l score``: push every ``(index, frame)`` of ``frames`` (any iterable, e.g. a
+    ``FrameSource`` or a generator) into ``scorer`` and write one CSV row per scored frame to the open text file
+    ``csv_file`` (flushed per row; nothing per frame is kept). ``progress(i, n_read)`` is called after every
+    frame. Returns (n_read, n_scored, n_alert_frames)."""
+    w = csv.writer(csv_file)
+    w.writerow(["frame", "score", "normalised", "alert", "appearance", "motion"])
+    n_read = n_scored = n_alert_frames = 0
+    for i, frame in frames:
+        if max_frames and n_read >= max_frames:
+            break
+        n_read += 1
+        res = scorer.push(frame)
+        if res is not None:
+            n_scored += 1
+            n_alert_frames += int(res["alert"])
+            w.writerow([i, f"{res['score']:.6g}", f"{res['normalised']:.4f}", int(res["alert"]),
+                        f"{res['appearance']:.6g}", f"{res['motion']:.6g}"])
+            csv_file.flush()
+            if overlay is not None:
+                overlay.add(frame, res, scorer.threshold)
+        if progress is not None:
+            progress(i, n_read)
+    return n_read, n_scored, n_alert_frames
 
 
 def run_score(args):
@@ -322,29 +382,16 @@ def run_score(args):
     os.makedirs(args.out, exist_ok=True)
     csv_path = os.path.join(args.out, "scores.csv")
     overlay = Overlay(os.path.join(args.out, "overlay.mp4"), src.fps) if args.overlay else None
-    n_read = n_scored = n_alert_frames = 0
-    t0 = t_print = time.time()
+    t0, t_print = time.time(), [time.time()]
+
+    def progress(i, n_read):
+        if time.time() - t_print[0] > args.progress_every:
+            total = f"/{src.total}" if src.total else ""
+            print(f"score: frame {i + 1}{total}, {n_read / (time.time() - t0):.1f} frames/s, "
+                  f"{src.skipped} skipped", flush=True)
+            t_print[0] = time.time()
     with open(csv_path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["frame", "score", "normalised", "alert", "appearance", "motion"])
-        for i, frame in src:
-            if args.max_frames and n_read >= args.max_frames:
-                break
-            n_read += 1
-            res = scorer.push(frame)
-            if res is not None:
-                n_scored += 1
-                n_alert_frames += int(res["alert"])
-                w.writerow([i, f"{res['score']:.6g}", f"{res['normalised']:.4f}", int(res["alert"]),
-                            f"{res['appearance']:.6g}", f"{res['motion']:.6g}"])
-                f.flush()
-                if overlay is not None:
-                    overlay.add(frame, res, scorer.threshold)
-            if time.time() - t_print > args.progress_every:
-                total = f"/{src.total}" if src.total else ""
-                print(f"score: frame {i + 1}{total}, {n_read / (time.time() - t0):.1f} frames/s, "
-                      f"{src.skipped} skipped", flush=True)
-                t_print = time.time()
+        n_read, n_scored, n_alert_frames = score_frames(scorer, src, f, overlay, args.max_frames, progress)
     if overlay is not None:
         overlay.close()
     dt = max(time.time() - t0, 1e-9)
