@@ -2,10 +2,10 @@
 shapes of shared/peers/ANCHORS.md.
 
 Impls: "triton" (m2s2l.ops.causal_conv1d_fn, backend="triton", contiguous x), "triton-cl" (the same on a
-channel-last x, i.e. (batch, seqlen, dim).transpose(1, 2), as a Mamba block produces it), "cuda" (our
-extension, when built), "F.conv1d" (the torch oracle: F.conv1d(..., padding=width-1, groups=dim)[..., :L]
-then SiLU, in x's dtype), "causal-conv1d" (the peer's CUDA causal_conv1d_fn, when ``import causal_conv1d``
-works; the "vs peer" column compares against it).
+channel-last x, i.e. (batch, seqlen, dim).transpose(1, 2), as a Mamba block produces it), "cuda-ext"
+(our CUDA extension m2s2l._C, backend="cuda", when built), "F.conv1d" (the torch oracle:
+F.conv1d(..., padding=width-1, groups=dim)[..., :L] then SiLU, in x's dtype), "causal-conv1d" (the peer's CUDA
+causal_conv1d_fn, when ``import causal_conv1d`` works; the "vs peer" column compares against it).
 Bytes (ideal): fwd = x read + out written; fwd+bwd adds x, dout read and dx written (weights are negligible).
 """
 import torch
@@ -73,7 +73,7 @@ def cases(device, dtypes, modes, quick):
                     ins_cl = _inputs(shape, dtype, device, grad, channel_last=True)
                     impls["triton-cl"] = _runner(causal_conv1d_fn, ins_cl, dout, backend="triton")
                 if on_gpu and cuda_ext() is not None:
-                    impls["cuda"] = _runner(causal_conv1d_fn, ins, dout, backend="cuda")
+                    impls["cuda-ext"] = _runner(causal_conv1d_fn, ins, dout, backend="cuda")
                 impls["F.conv1d"] = _runner(_oracle, ins, dout)
                 if peer is not None:
                     impls["causal-conv1d"] = _runner(peer, ins, dout)

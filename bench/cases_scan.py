@@ -2,9 +2,9 @@
 delta_bias, delta_softplus=True) on the LM, spatial and temporal (video) shapes.
 
 Impls: "triton" (m2s2l.ops.selective_scan_fn, backend="triton"), "triton-kern" (the launchers alone),
-"torch" (the float32 reference loop; slow
-shapes timed with one call, fwd+bwd only where the autograd graph is small), "mamba-ssm" (its CUDA
-selective_scan_fn, when ``mamba_ssm.ops.selective_scan_interface`` imports).
+"cuda-ext" / "cuda-kern" (the same for our CUDA extension m2s2l._C, backend="cuda", when it is built),
+"torch" (the float32 reference loop; slow shapes timed with one call, fwd+bwd only where the autograd graph
+is small), "mamba-ssm" (its CUDA selective_scan_fn, when ``mamba_ssm.ops.selective_scan_interface`` imports).
 Bytes (ideal): fwd = u, delta, z, B, C read + out written; fwd+bwd adds u, delta, z, B, C, dout read and
 du, ddelta, dz, dB, dC written. Exps (ideal): one exp(delta*A) per (batch, dim, seqlen, N) forward, two for
 fwd+bwd (the backward must recompute them); the softplus/silu exponentials are per (batch, dim, seqlen) and
@@ -71,6 +71,19 @@ def _kernels(ins, dout):
     return run
 
 
+def _cuda_kernels(ins, dout):
+    """The CUDA extension's wrappers alone (m2s2l.ops._cuda): the kernels' own time, like _kernels."""
+    from m2s2l.ops import _cuda
+    a = [ins[k].detach() for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+
+    def run():
+        out, _, saved = _cuda.selective_scan_fwd(*a, None, True, dout is not None)
+        if dout is not None:
+            return _cuda.selective_scan_bwd(dout, None, *a, None, saved, True)
+        return out
+    return run
+
+
 def _ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     from m2s2l.triton_kernels.selective_scan.naive import selective_scan_ref
     return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
@@ -78,7 +91,7 @@ def _ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
 
 def cases(device, dtypes, modes, quick):
     from m2s2l.ops import selective_scan_fn
-    from m2s2l.ops._backend import interpret_mode
+    from m2s2l.ops._backend import cuda_ext, interpret_mode
     on_gpu = torch.device(device).type == "cuda"
     peer = _peer() if on_gpu else None
     out = []
@@ -95,6 +108,9 @@ def cases(device, dtypes, modes, quick):
                 if on_gpu or interpret_mode():
                     impls["triton"] = wrap(selective_scan_fn, backend="triton")
                     impls["triton-kern"] = _kernels(ins, dout)
+                if on_gpu and cuda_ext() is not None:
+                    impls["cuda-ext"] = wrap(selective_scan_fn, backend="cuda")
+                    impls["cuda-kern"] = _cuda_kernels(ins, dout)
                 big = batch * dim * L * N >= (1 << 29)
                 if not (grad and big):  # the reference's autograd graph holds every step's state
                     impls["torch"] = wrap(_ref)

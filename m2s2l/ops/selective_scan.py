@@ -66,7 +66,9 @@ def _fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
         empty = lambda: u.new_zeros(0, dtype=torch.float32)  # noqa: E731  (outputs may not alias)
         return out, empty() if last is None else last, empty() if hc is None else hc
     if backend == "cuda":
-        raise RuntimeError("selective_scan_fn: the 'cuda' backend is not available yet; use 'triton' or 'torch'")
+        from ._cuda import selective_scan_fwd as cuda_fwd
+        out, last, saved = cuda_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, save_states)
+        return out, last if return_last_state else u.new_zeros(0, dtype=torch.float32), saved
     with torch.no_grad():
         out, last = _ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, True, initial_state)
     last = last.float().contiguous() if return_last_state else u.new_zeros(0, dtype=torch.float32)
@@ -86,6 +88,8 @@ def _fwd_fake(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
         nc = -(-L // chunk_len(L, N))
         if nc > 1:
             hc = u.new_empty(batch, nc - 1, dim, N, dtype=torch.float32)
+    if backend == "cuda" and save_states:  # the state at the start of every 64-step chunk (csrc/README.md)
+        hc = u.new_empty(batch, dim, -(-L // 64), N, dtype=torch.float32)
     return u.new_empty(u.shape), last, hc
 
 
@@ -102,7 +106,10 @@ def _bwd(dout: torch.Tensor, dlast: Optional[torch.Tensor], u: torch.Tensor, del
                                    _none_if_empty(chunk_states), delta_softplus, dlast)
         return [g if g is not None else u.new_zeros(0) for g in grads]
     if backend == "cuda":
-        raise RuntimeError("selective_scan_fn: the 'cuda' backend is not available yet; use 'triton' or 'torch'")
+        from ._cuda import selective_scan_bwd as cuda_bwd
+        grads = cuda_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_states,
+                         delta_softplus)
+        return [g if g is not None else u.new_zeros(0) for g in grads]
     inputs = [t.detach().requires_grad_() for t in (u, delta, A, B, C, *opt) if t is not None]
     it = iter(inputs)
     ur, dr, Ar, Br, Cr = (next(it) for _ in range(5))
