@@ -2,12 +2,21 @@
 
     python bench/tune_scan.py [--shapes LM,spatial,temporal8,temporal16] [--modes fwd,fwdbwd]
                               [--budget-s 270] [--json PATH] [--quick]
+    python bench/tune_scan.py --shapes temporal8,temporal16,train64,train128,train256 --modes bwd --budget-s 400
     python bench/tune_scan.py --aot "" | --aot "fwd_block_d=8,chunk=8"    (no GPU: sm_90 compiler report)
 
 Setup as bench/cases_scan.py (bf16, N = 16, input-dependent B/C (batch, 1, N, L), z, D, delta_bias, softplus);
 only the launchers run (no custom-op/autograd dispatch). A config is a dict of ``M2S2L_SCAN_CFG`` keys (see
 ``scan._env_config``: chunk, fwd_block_d, fwd_warps, bwd_block_d, bwd_warps, seq, seq_max_len, seq_block_d,
-seq_warps) applied in-process by replacing ``scan._CFG`` — what the env variable would do at import.
+seq_warps, seq_bwd, seq_bwd_block_d, seq_bwd_warps, seq_bwd_progs_per_sm, seq_bwd_programs, seq_bwd_maxnreg) applied
+in-process by replacing ``scan._CFG`` — what the env variable would do at import.
+
+Stage "bwd" (seqlen <= 32; also the training shapes train64/128/256 = (262144, 64, 4), (65536, 128, 4),
+(16384, 256, 4)): the backward launcher alone after one default forward; the default forward's time (chunk states
+saved, as in training) for the bwd/fwd ratio, then the default (sequential backward), the chunked backward
+(seq_bwd=0), seq_bwd_block_d x seq_bwd_warps, then seq_bwd_progs_per_sm and seq_bwd_maxnreg around the best
+tile; every config's gradients are checked against the default's. A summary table (fwd, bwd seq, bwd chunked,
+best, ratios, best M2S2L_SCAN_CFG) is printed last.
 
 Stage "fwd" sweeps forward configs (the chunked kernel's chunk/block/warps and the sequential kernel's
 block/warps); stage "fwdbwd" keeps the best forward config's forward keys and sweeps the backward's
@@ -42,6 +51,9 @@ from m2s2l.triton_kernels.selective_scan import scan  # noqa: E402
 from m2s2l.triton_kernels.selective_scan.naive import selective_scan_ref  # noqa: E402
 
 QUICK = [("tiny-long", (1, 4, 40)), ("tiny-video", (2, 4, 8))]  # interpreter cost grows with programs x steps
+# the temporal level-0..2 scans of training (batch 16, T = 4): many length-4 sequences
+TRAIN_SHAPES = [("train64", (262144, 64, 4)), ("train128", (65536, 128, 4)), ("train256", (16384, 256, 4))]
+QUICK_BWD = [("tiny-video", (3, 8, 8)), ("tiny-train", (5, 4, 4))]
 KEYS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 GRAD_NAMES = ("du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias")
 
@@ -81,6 +93,17 @@ def bwd_candidates(L):
     return out
 
 
+def seq_bwd_candidates(stage, best=None):
+    """Sequential-backward configs: stage "a" the tile (block_d x warps) at the default program count, stage "b" the
+    program count and register cap around stage a's best."""
+    if stage == "a":
+        return [dict(seq_bwd_block_d=bd, seq_bwd_warps=w) for bd, w in
+                ((32, 1), (16, 1), (64, 2), (32, 2), (64, 4), (16, 2), (32, 4), (128, 4), (64, 1), (8, 1))]
+    best = best or {}
+    return ([dict(best, seq_bwd_progs_per_sm=p) for p in (4, 8, 16, 32, 2)]
+            + [dict(best, seq_bwd_maxnreg=r) for r in (128, 168, 96)])
+
+
 def triton_pow2(x):
     return 1 << max(int(x) - 1, 0).bit_length()
 
@@ -92,6 +115,18 @@ def rel_rms(x, ref):
 
 def make_runs(ins, dout):
     a = [ins[k] for k in KEYS]
+    saved = {}
+
+    def bwd():  # the backward alone; the forward (default config, chunk states saved) runs once
+        if not saved:
+            cfg = dict(scan._CFG)
+            set_cfg({})
+            saved["hc"] = scan.selective_scan_fwd(*a, None, True, False, True)[2]
+            set_cfg(cfg)
+        return tuple(scan.selective_scan_bwd(dout, *a, None, saved["hc"], True)[:8])
+
+    def fwd_train():  # the forward as training runs it (chunk states saved), for the bwd / fwd ratio
+        return (scan.selective_scan_fwd(*a, None, True, False, True)[0],)
 
     def fwd():
         return (scan.selective_scan_fwd(*a, None, True, False, False)[0],)
@@ -99,7 +134,7 @@ def make_runs(ins, dout):
     def fwdbwd():
         out, _, hc = scan.selective_scan_fwd(*a, None, True, False, True)
         return (out,) + tuple(scan.selective_scan_bwd(dout, *a, None, hc, True)[:8])
-    return dict(fwd=fwd, fwdbwd=fwdbwd)
+    return dict(fwd=fwd, fwdbwd=fwdbwd, bwd=bwd, fwd_train=fwd_train)
 
 
 def check_default_vs_ref(ins):
@@ -155,9 +190,42 @@ def best_of(rows):
     return min(good, key=lambda r: r["ms"]) if good else None
 
 
+def bwd_stage(name, shape, runs, end, quick, device, all_rows):
+    """Backward alone (``--modes bwd``, seqlen <= 32): the forward's time (default config, states saved) for the
+    ratio, then the default (sequential backward), the chunked backward (seq_bwd=0), the tile sweep and the
+    program-count / register-cap sweep around its best. Returns the summary row."""
+    fwd = sweep(name, shape, "fwd_train", [{}], runs, end, quick, device)
+    a = [{}, dict(seq_bwd=0)] + seq_bwd_candidates("a")
+    a = [c for i, c in enumerate(a) if c not in a[:i]][: 3 if quick else None]
+    rows_a = sweep(name, shape, "bwd", a, runs, end, quick, device)
+    best_a = best_of([r for r in rows_a if r["cfg_dict"].get("seq_bwd", 1)]) or rows_a[0]
+    b = seq_bwd_candidates("b", best_a.get("cfg_dict"))[: 1 if quick else None]
+    rows_b = sweep(name, shape, "bwd", [{}] + b, runs, end, quick, device)[1:]  # {} again: the error reference
+    all_rows.extend(fwd + rows_a + rows_b)
+    ok = lambda r: r.get("status") == "ok"  # noqa: E731
+    best = best_of([r for r in rows_a + rows_b if r["cfg_dict"].get("seq_bwd", 1)])
+    return dict(shape=name, dims=list(shape), fwd_ms=fwd[0].get("ms") if ok(fwd[0]) else None,
+                seq_ms=rows_a[0].get("ms") if ok(rows_a[0]) else None,
+                chunked_ms=rows_a[1].get("ms") if len(rows_a) > 1 and ok(rows_a[1]) else None,
+                best_ms=best["ms"] if best else None, best_cfg=best["cfg"] if best else None)
+
+
+def print_bwd_summary(summary):
+    """The last table: backward ms (default = sequential, chunked, best sequential config) and backward / forward."""
+    f = lambda x: f"{x:9.4f}" if isinstance(x, float) else "      -  "  # noqa: E731
+    r = lambda a, b: f"{a / b:6.2f}x" if isinstance(a, float) and isinstance(b, float) and b else "     - "  # noqa
+    print("\n# backward alone (launchers), ms p50; bwd/fwd = backward over the default forward (states saved)")
+    print(f"{'shape':<11} {'dims':<18} {'fwd':>9} {'bwd seq':>9} {'bwd chunk':>9} {'bwd best':>9} "
+          f"{'seq/fwd':>7} {'best/fwd':>8} {'chunk/seq':>9}  best config")
+    for s in summary:
+        print(f"{s['shape']:<11} {str(tuple(s['dims'])):<18} {f(s['fwd_ms'])} {f(s['seq_ms'])} {f(s['chunked_ms'])} "
+              f"{f(s['best_ms'])} {r(s['seq_ms'], s['fwd_ms'])} {r(s['best_ms'], s['fwd_ms']):>8} "
+              f"{r(s['chunked_ms'], s['seq_ms']):>9}  M2S2L_SCAN_CFG=\"{s['best_cfg'] or ''}\"")
+
+
 # ---- --aot: compile for sm_90 without a GPU and report registers / spills / occupancy -------------------------
 
-def _aot_compile(jit, vals, consts, num_warps):
+def _aot_compile(jit, vals, consts, num_warps, maxnreg=None):
     """(regs, spill bytes (stores + loads, -1 unknown), shared bytes, ptx) of one kernel compiled for sm_90."""
     import inspect
     import re
@@ -183,7 +251,8 @@ def _aot_compile(jit, vals, consts, num_warps):
             elif n not in dns and v % 16 == 0:
                 attrs[(i,)] = [["tt.divisibility", 16]]
     k = triton.compile(ASTSource(fn=jit, signature=sig, constexprs=cx, attrs=attrs),
-                       target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps))
+                       target=GPUTarget("cuda", 90, 32),
+                       options=dict(num_warps=num_warps, **({"maxnreg": maxnreg} if maxnreg else {})))
     bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     regs, spills = -1, -1
     with tempfile.TemporaryDirectory() as d:
@@ -254,7 +323,7 @@ def aot_report(shapes, cfg, num_sms=132):
     for name, shape in shapes:
         for bwd in (False, True):
             kname, jit, grid, vals, warps, meta = _capture(shape, bwd)
-            regs, spills, smem, ptx = _aot_compile(jit, vals, meta, warps)
+            regs, spills, smem, ptx = _aot_compile(jit, vals, meta, warps, meta.pop("maxnreg", None))
             per_warp = ((max(regs, 1) * 32 + 255) // 256) * 256
             blocks = min(65536 // (per_warp * warps), 64 // warps, 32, 233472 // (smem + 1024) if smem else 32)
             progs = grid[0] * (grid[1] if len(grid) > 1 else 1)
@@ -283,19 +352,19 @@ def main():
         cfg = {k.strip(): int(v) for k, v in (i.split("=", 1) for i in args.aot.split(",") if "=" in i)}
         if scan._INTERPRET:
             sys.exit("--aot: unset TRITON_INTERPRET (the interpreter picks other block sizes and cannot compile)")
-        shapes = [s for s in SHAPES if s[0] in args.shapes.split(",")]
+        shapes = [s for s in SHAPES + TRAIN_SHAPES if s[0] in args.shapes.split(",")]
         rows = aot_report(shapes, cfg)
         with open(args.json, "w") as f:
             json.dump(dict(aot_cfg=args.aot, rows=rows), f, indent=1)
         return
     device = "cuda" if torch.cuda.is_available() else "cpu"
     t0 = time.time()
-    shapes = QUICK if args.quick else [s for s in SHAPES if s[0] in args.shapes.split(",")]
+    shapes = QUICK if args.quick else [s for s in SHAPES + TRAIN_SHAPES if s[0] in args.shapes.split(",")]
     modes = args.modes.split(",")
     print(f"# device {device_name(device)}, torch {torch.__version__}, env M2S2L_SCAN_CFG="
           f"{os.environ.get('M2S2L_SCAN_CFG', '')!r} (ignored: configs are set in-process)")
     print(f"{'shape':<11} {'mode':<7} {'ms p50':>9} {'vs def':>7} {'err out/grad':<17} {'status':<10} config")
-    all_rows, best = [], {}
+    all_rows, best, summary = [], {}, []
     for si, (name, shape) in enumerate(shapes):
         share = (args.budget_s - (time.time() - t0)) / (len(shapes) - si)
         ins = _inputs(shape, torch.bfloat16, device, grad=False)
@@ -307,6 +376,10 @@ def main():
         L = shape[2]
         t_shape = time.time()
         best_fwd = {}
+        if "bwd" in modes and L <= 32:
+            bshare = share * (0.5 if ("fwd" in modes or "fwdbwd" in modes) else 1.0)
+            summary.append(bwd_stage(name, shape, runs, t_shape + bshare, args.quick, device, all_rows))
+            t_shape, share = time.time(), share - (time.time() - t_shape)
         if "fwd" in modes:
             fcands = fwd_candidates(L)[: 2 if args.quick else None]
             end = t_shape + share * (0.45 if "fwdbwd" in modes else 1.0)
@@ -330,9 +403,11 @@ def main():
     for k, r in best.items():
         env = r["cfg"] if r["cfg"] != "default" else ""
         print(f"{k:<20} {r['ms']:9.4f} {r.get('speedup') or 1.0:6.2f}x  M2S2L_SCAN_CFG=\"{env}\"")
+    if summary:
+        print_bwd_summary(summary)
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
-        json.dump(dict(device=device_name(device), torch=torch.__version__, rows=all_rows,
+        json.dump(dict(device=device_name(device), torch=torch.__version__, rows=all_rows, bwd_summary=summary,
                        best={k: v["cfg"] for k, v in best.items()}, wall_s=time.time() - t0), f, indent=1)
     print(f"# wrote {args.json} ({time.time() - t0:.0f} s)")
 

@@ -167,9 +167,9 @@ SEQ_CASES = [
     (2, 8, 7, 4, "g2", "fp32", True, True, {}),
     (2, 8, 9, 16, "g2", "bf16", False, True, {}),
     (2, 8, 9, 16, "g2", "fp16", False, True, {}),
-    (2, 7, 6, 4, "g1", "fp32", False, True, dict(seq_bwd_block_d=2)),  # 4 blocks a group: atomic dB/dC
-    (3, 7, 6, 4, "fixed", "fp32", False, True, dict(seq_bwd_block_d=2)),
-    (5, 4, 6, 4, "g2", "fp32", False, True, dict(seq_bwd_programs=2)),  # 2 programs, 5 rows each
+    (2, 5, 4, 4, "g1", "fp32", False, True, dict(seq_bwd_block_d=2)),  # 3 blocks a group: atomic dB/dC
+    (2, 5, 4, 4, "fixed", "fp32", False, True, dict(seq_bwd_block_d=2)),
+    (3, 4, 4, 4, "g2", "fp32", False, True, dict(seq_bwd_programs=2)),  # 2 programs, 3 rows each
     (5, 6, 4, 4, "g1", "fp32", True, True, dict(seq_bwd_block_d=4, seq_bwd_programs=1)),
     (2, 8, 7, 4, "g2", "fp32", True, True, dict(seq=0)),  # chunked both ways on a short sequence
     (2, 6, 20, 17, "fixed", "fp32", False, True, dict(seq=0)),

@@ -1,4 +1,6 @@
-"""Chunked selective scan (S6) in Triton: the launchers of the kernels in ``scan_kernels.py``.
+"""Chunked selective scan (S6) in Triton: the launchers of the kernels in ``scan_kernels.py`` and, for short
+sequences (``use_seq_fwd`` / ``use_seq_bwd``, seqlen <= 32 by default), of the sequential-in-time kernels in
+``scan_seq_kernels.py`` (state in registers; the backward is persistent with a per-program scratch of the states).
 
 Layout of the work: one program owns BLOCK_D channels of one group (a block never straddles two groups, so
 input-dependent B/C load once as a [T_C, BLOCK_N] tile shared by all its channels) and one batch row, and walks
@@ -85,7 +87,8 @@ def _env_config():
     M2S2L_SCAN_CFG="chunk=16,fwd_block_d=16,bwd_block_d=8,fwd_warps=4,bwd_warps=4" (chunk is capped by the sequence
     length; block sizes must be powers of two); the sequential forward: seq=0|1 (both directions), seq_max_len,
     seq_block_d, seq_warps; the sequential backward: seq_bwd=0|1 (overrides seq for the backward only),
-    seq_bwd_block_d, seq_bwd_warps, seq_bwd_progs_per_sm, seq_bwd_programs (total program target)."""
+    seq_bwd_block_d, seq_bwd_warps, seq_bwd_progs_per_sm, seq_bwd_programs (total program target), seq_bwd_maxnreg
+    (register cap passed to the compiler; unset = none: sm_90 AOT shows 255 registers unconstrained)."""
     cfg = {}
     for item in os.environ.get("M2S2L_SCAN_CFG", "").split(","):
         if "=" in item:
@@ -178,14 +181,15 @@ def _seq_bwd_warps(block_d, dstate):
 
 def _seq_bwd_rows(batch, n_gd, slot_bytes, warps, device):
     """Batch-row stride of the persistent backward; programs = rows x n_gd. Target: seq_bwd_programs, else
-    seq_bwd_progs_per_sm x SMs, else 16 warps per SM with the scratch capped at 32 MiB (to stay in L2)."""
+    seq_bwd_progs_per_sm x SMs, else 8 warps per SM (what fits at the 255 registers the sm_90 AOT compile shows, so
+    one wave) with the scratch capped at 32 MiB (to stay in L2)."""
     sms = _num_sms(device)
     if "seq_bwd_programs" in _CFG:
         target = _CFG["seq_bwd_programs"]
     elif "seq_bwd_progs_per_sm" in _CFG:
         target = _CFG["seq_bwd_progs_per_sm"] * sms
     else:
-        target = min(max(1, 16 // warps) * sms, max(sms, (32 << 20) // max(slot_bytes, 1)))
+        target = min(max(1, 8 // warps) * sms, max(sms, (32 << 20) // max(slot_bytes, 1)))
     return max(1, min(batch, target // n_gd))
 
 
@@ -312,8 +316,9 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D=None, z=None, delta_bias=None,
         warps = _seq_bwd_warps(BLOCK_D, N)
         rows = _seq_bwd_rows(batch, n_gd, (L - 1) * BLOCK_D * BN * 4, warps, u.device)
         scratch = torch.empty(max(1, rows * n_gd * (L - 1) * BLOCK_D * BN), **f32)
+        extra = {"maxnreg": _CFG["seq_bwd_maxnreg"]} if "seq_bwd_maxnreg" in _CFG else {}
         _bwd_seq_kernel[(rows * n_gd,)](*ptrs, dout, opt(dl), *grads, scratch, L, batch, dim, cpg, nblk, n_gd, rows,
-                                        *strides, **meta, num_warps=warps)
+                                        *strides, **meta, num_warps=warps, **extra)
     else:
         bpp = max(1, (batch * G * nblk) // 2048)
         _bwd_kernel[(triton.cdiv(batch, bpp), G * nblk)](
