@@ -7,7 +7,7 @@ Setup as bench/cases_conv.py: bf16, width 4, SiLU, bias; contiguous x except lon
 (batch, seqlen, dim).transpose(1, 2)). Only the launchers run (``conv.causal_conv1d_fwd`` / ``causal_conv1d_bwd``,
 no custom-op/autograd dispatch). A config is a dict of ``M2S2L_CONV_CFG`` keys (see ``conv._env_config``) applied
 in-process by replacing ``conv._CFG``, which is what the env variable does at import. Stage "fwd" sweeps the
-forward keys of the path the shape takes (long path: fwd_block_l/fwd_block_d/fwd_warps; tile path:
+forward keys of the path the shape takes (long path: fwd_block_l/fwd_block_d/fwd_warps, bwd_t_iters; tile path:
 short_fwd_tile/short_fwd_warps, + short_block_t on channel-last); stage "fwdbwd" keeps the best forward config and
 sweeps the backward keys, timing forward + backward. Each stage also runs what ran before this change (long=0 on
 long shapes: the tile kernels; short_wt=0 on channel-last: scalar per-channel tap loads) for a before/after ratio
@@ -73,10 +73,11 @@ def fwd_candidates(kind):
 
 def bwd_candidates(kind):
     if kind == "long":
-        return [dict(bwd_block_l=bl, bwd_block_d=bd, bwd_warps=w)
-                for bl, bd, w in ((512, 2, 4), (1024, 1, 4), (256, 4, 4), (1024, 2, 4), (2048, 1, 4), (512, 1, 2),
-                                  (1024, 2, 8), (2048, 2, 8), (256, 2, 2), (512, 4, 8), (256, 1, 1), (1024, 1, 2))
-                if _per_thread(bl, bd, w, 4, 32)]
+        c = [dict(bwd_block_l=bl, bwd_block_d=bd, bwd_warps=w)
+             for bl, bd, w in ((512, 2, 4), (1024, 1, 4), (256, 4, 4), (1024, 2, 4), (2048, 1, 4), (512, 1, 2),
+                               (1024, 2, 8), (2048, 2, 8), (256, 2, 2), (512, 4, 8), (256, 1, 1), (1024, 1, 2))
+             if _per_thread(bl, bd, w, 4, 32)]
+        return c[:2] + [dict(bwd_t_iters=1), dict(bwd_t_iters=2), dict(c[1], bwd_t_iters=1)] + c[2:]
     if kind == "cl":
         return [dict(short_bwd_tile=t, short_block_t=bt, short_bwd_warps=w) for t, bt, w in
                 ((512, 16, 4), (1024, 16, 4), (512, 8, 2), (1024, 32, 8), (256, 8, 2), (2048, 16, 8))]

@@ -95,11 +95,13 @@ def test_conv_matches_reference(case, device):
 
 # Long path (unit time stride, rows of V steps, halo rebuilt in registers): small blocks force many time tiles,
 # so tile edges, the initial states (first tile), d final_states spread over two tiles and lengths that are not
-# multiples of V or of the block are all crossed; long=1 also runs it on channel-last and strided-time inputs.
+# multiples of V or of the block are all crossed; bwd_t_iters groups tiles per backward program (with a group
+# running past the end); width V + 1 puts the last tap in its own accumulator; long=1 also runs the path on
+# channel-last and strided-time inputs.
 LONG_CASES = [  # case, M2S2L_CONV_CFG overrides
-    ((1, 3, 150, 4, "silu", True, True, "contig", "bf16"), dict(fwd_block_l=64, bwd_block_l=32, fwd_block_d=4)),
-    ((1, 2, 67, 9, None, True, True, "contig", "fp32"), dict(fwd_block_l=16, bwd_block_l=32)),  # V = W-1 = 8
-    ((1, 3, 41, 4, "silu", True, True, "contig", "fp32"), dict(long=1, fwd_block_l=16, bwd_block_l=4)),
+    ((1, 3, 150, 4, "silu", True, True, "contig", "bf16"), dict(fwd_block_l=64, bwd_block_l=32, fwd_block_d=4, bwd_t_iters=2)),
+    ((1, 2, 67, 9, None, True, True, "contig", "fp32"), dict(fwd_block_l=16, bwd_block_l=32, bwd_t_iters=1)),  # V = W-1 = 8
+    ((1, 3, 41, 4, "silu", True, True, "contig", "fp32"), dict(long=1, fwd_block_l=16, bwd_block_l=4, bwd_t_iters=3)),
     ((2, 6, 90, 3, "silu", False, True, "chanlast", "fp16"), dict(long=1, fwd_block_l=32, bwd_block_l=32)),
     ((2, 3, 70, 2, "silu", True, False, "sliced", "fp32"), dict(long=1, bwd_block_l=16, bwd_block_d=2)),
     ((2, 3, 2, 5, "silu", True, True, "contig", "fp32"), dict(long=1)),  # L < width - 1: final from init

@@ -20,7 +20,8 @@ returned in the weight's/bias's dtype, d initial_states in the initial_states' d
 Backward. g = dout * act'(pre) is recomputed from x; the gradient of the padded input is
 dxpad[s] = sum_j w[W-1-j] * g[s+j] (+ d final_states for the last W-1 inputs), written to dx for s >= 0 and
 to d initial_states for s < 0. dweight/dbias are reduced deterministically: each program writes float32
-partials (one row of a (rows, dim, width) buffer; the tile path first loops over ``b_iters`` batch blocks)
+partials (one row of a (rows, dim, width) buffer; the tile path first loops over ``b_iters`` batch blocks, the
+long path over ``t_iters`` time tiles)
 and torch sums the rows (no atomics, so results are bit-reproducible).
 
 Launch parameters can be overridden with ``M2S2L_CONV_CFG="key=int,..."`` (read at import; see
@@ -42,7 +43,8 @@ def _env_config():
 
     Long path: long=0|1 (force the path off/on, any layout), long_min_len (shortest seqlen on it, 64), vec (V,
     steps per thread-row; raised to width-1 if smaller), fwd_block_l / bwd_block_l (steps per program, powers
-    of two), fwd_block_d / bwd_block_d (channels per program), fwd_warps / bwd_warps.
+    of two), fwd_block_d / bwd_block_d (channels per program), fwd_warps / bwd_warps, bwd_t_iters (time tiles
+    per backward program).
     Tile path: short_fwd_tile / short_bwd_tile (elements per program), short_fwd_warps / short_bwd_warps,
     short_block_t (longest time block), short_wt=0|1 (taps as a (width, dim) copy; default on for channel-last)."""
     cfg = {}
@@ -124,6 +126,16 @@ def _tile_weight(x, weight):
     return weight, tuple(weight.stride())
 
 
+def _bwd_t_iters(x, n_prog, n_t):
+    """Time tiles per backward program (each program reduces its dweight/dbias partials across threads once):
+    as many as keep >= 16 programs per SM on a GPU; all of a row under the interpreter. Override: bwd_t_iters."""
+    if "bwd_t_iters" in _CFG:
+        return max(1, min(_CFG["bwd_t_iters"], n_t))
+    if _INTERPRET or x.device.type != "cuda":
+        return n_t
+    return max(1, min(n_t, n_prog // (16 * _num_sms(x.device))))
+
+
 def _tiles(x, tile):
     """[BLOCK_B, BLOCK_C, BLOCK_T] with about ``tile`` elements, long along the contiguous axis (BLOCK_T at most
     16 for channel-last x, else 128; override: short_block_t)."""
@@ -186,7 +198,9 @@ def causal_conv1d_bwd(x, weight, bias, initial_states, dout, dfinal_states=None,
                *dx.stride(), *_strides(dinit))
     if long:
         bd, bq, V, warps, n, n_t, n_d = _long_blocks(x, width, "bwd")
-        rows = batch * n_t
+        t_iters = _bwd_t_iters(x, n, n_t)
+        n_t = triton.cdiv(n_t, t_iters)  # groups of t_iters time tiles, one program each
+        n, rows = batch * n_d * n_t, batch * n_t
     else:
         # The SiLU backward recomputes pre-activations at W shifts (W*W shifted loads): smaller tiles keep
         # the per-thread pointers in registers (sm_90: W=4 -> 512-element tiles, ~237 registers, no spills).
@@ -200,7 +214,7 @@ def causal_conv1d_bwd(x, weight, bias, initial_states, dout, dfinal_states=None,
     db_part = torch.empty(rows, dim, dtype=torch.float32, device=x.device) if bias is not None else None
     args = (x, wk, bias, initial_states, dout, dfinal_states, dx, dinit, dw_part, db_part)
     if long:
-        _conv_bwd_long_kernel[(n,)](*args, dim, L, n_t, n_d, *strides, **flags,
+        _conv_bwd_long_kernel[(n,)](*args, dim, L, n_t, n_d, t_iters, *strides, **flags,
                                     BLOCK_D=bd, BLOCK_Q=bq, V=V, num_warps=warps)
     else:
         _conv_bwd_kernel[(n_bp, n_c, n_t)](*args, batch, dim, L, b_iters, n_t, *strides, **flags,

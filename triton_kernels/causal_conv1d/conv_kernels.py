@@ -228,64 +228,77 @@ def _conv_fwd_long_kernel(x_ptr, w_ptr, bias_ptr, init_ptr, out_ptr, final_ptr,
 @triton.jit
 def _conv_bwd_long_kernel(x_ptr, w_ptr, bias_ptr, init_ptr, dout_ptr, dfinal_ptr,
                           dx_ptr, dinit_ptr, dw_part_ptr, db_part_ptr,
-                          D, L, n_t, n_d, sxb, sxc, sxt, swc, swk, sib, sic, sit, sdb, sdc, sdt, sgb, sgc, sgt,
-                          sxgb, sxgc, sxgt, sigb, sigc, sigt,
+                          D, L, n_t, n_d, t_iters, sxb, sxc, sxt, swc, swk, sib, sic, sit, sdb, sdc, sdt,
+                          sgb, sgc, sgt, sxgb, sxgc, sxgt, sigb, sigc, sigt,
                           W: tl.constexpr, WPAD: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
                           SILU: tl.constexpr, HAS_DFINAL: tl.constexpr, STORE_DINIT: tl.constexpr,
                           BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr, V: tl.constexpr):
-    """g = dout * act'(pre) on the own and the next rows; dx[t] = sum_j w[W-1-j] g[t+j] (+ d final_states);
-    dweight[k] / dbias partials of this tile = sum_t g[t] x[t-W+1+k] / sum_t g[t], one row per program."""
-    i_t, i_d, i_b = _tile_ids(n_t, n_d)
+    """g = dout * act'(pre) on the own and the next rows; dx[t] = sum_j w[W-1-j] g[t+j] (+ d final_states).
+    A program walks ``t_iters`` consecutive time tiles (n_t counts groups of them) and keeps the dweight terms
+    g[t] x[t-W+1+k] summed over its tiles per thread, packed in the V columns (k < V; k = V, possible when
+    W = V + 1, apart), so the cross-thread reduction runs once per program for all taps; one float32 row of
+    partials per program."""
+    i_tp, i_d, i_b = _tile_ids(n_t, n_d)
     o_d = (i_d * BLOCK_D + tl.arange(0, BLOCK_D))[:, None, None]
     o_r = tl.arange(0, V)[None, None, :]
-    o_t = (i_t * BLOCK_Q + tl.arange(0, BLOCK_Q))[None, :, None] * V + o_r
     m3 = o_d < D
     o_d64 = o_d.to(tl.int64)
     p_x = x_ptr + i_b.to(tl.int64) * sxb + o_d64 * sxc
     p_i = init_ptr + i_b.to(tl.int64) * sib + o_d64 * sic if HAS_INIT else init_ptr
     p_d = dout_ptr + i_b.to(tl.int64) * sdb + o_d64 * sdc
     p_f = dfinal_ptr + i_b.to(tl.int64) * sgb + o_d64 * sgc if HAS_DFINAL else dfinal_ptr
+    p_dx = dx_ptr + i_b.to(tl.int64) * sxgb + o_d64 * sxgc
     p_w = w_ptr + o_d * swc
     b_bias = tl.load(bias_ptr + o_d, mask=m3, other=0.).to(tl.float32) if HAS_BIAS else 0.
-    X0 = _rows(p_x, o_t, m3, L, sxt)
-    Xm = _rows(p_x, o_t - V, m3, L, sxt)
-    if HAS_INIT:
-        if i_t == 0:
-            s = o_t - V
-            Xm += tl.load(p_i + (s + W - 1) * sit, mask=m3 & (s < 0) & (s >= 1 - W), other=0.).to(tl.float32)
-    g0 = _rows(p_d, o_t, m3, L, sdt)
-    g1 = _rows(p_d, o_t + V, m3, L, sdt)
-    if SILU:
-        X1 = _rows(p_x, o_t + V, m3, L, sxt)
-        pre = _pre(Xm, X0, X1, p_w, m3, b_bias, o_r, swk, W, V)
-        sig = tl.sigmoid(pre)
-        g0 = g0 * sig * (1. + pre * (1. - sig))
-        pre = _pre(X0, X1, X1, p_w, m3, b_bias, o_r, swk, W, V)
-        sig = tl.sigmoid(pre)
-        g1 = g1 * sig * (1. + pre * (1. - sig))
-    b_dx = tl.zeros_like(g0)
-    for j in tl.static_range(W):
-        b_dx += tl.load(p_w + (W - 1 - j) * swk, mask=m3, other=0.).to(tl.float32) * _shift(g0, g0, g1, o_r, j, V)
-    if HAS_DFINAL:
-        if (i_t * BLOCK_Q + BLOCK_Q) * V > L - (W - 1):  # tiles holding the last W-1 inputs
-            i_f = o_t - L + (W - 1)
-            b_dx += tl.load(p_f + i_f * sgt, mask=m3 & (i_f >= 0) & (o_t < L), other=0.).to(tl.float32)
-    p_dx = dx_ptr + i_b.to(tl.int64) * sxgb + o_d64 * sxgc
-    tl.store(p_dx + o_t * sxgt, b_dx.to(dx_ptr.dtype.element_ty), mask=m3 & (o_t < L))
-    # dweight / dbias partials of this tile (g0 is 0 past L)
-    o_k = tl.arange(0, WPAD)[None, :]
-    b_dw = tl.zeros([BLOCK_D, WPAD], dtype=tl.float32)
-    for k in tl.static_range(W):
-        b_k = tl.sum(tl.sum(g0 * _shift(Xm, X0, X0, o_r, k - (W - 1), V), axis=2), axis=1)
-        b_dw = tl.where(o_k == k, b_k[:, None], b_dw)
-    o_row = (i_b * n_t + i_t).to(tl.int64)
+    acc_dw = tl.zeros([BLOCK_D, BLOCK_Q, V], dtype=tl.float32)  # column k: taps k < V
+    acc_dwv = tl.zeros([BLOCK_D, BLOCK_Q], dtype=tl.float32)  # tap k = V (W = V + 1)
+    acc_db = tl.zeros([BLOCK_D, BLOCK_Q], dtype=tl.float32)
+    for it in range(t_iters):
+        i_t = i_tp * t_iters + it  # tiles past the end are fully masked
+        o_t = (i_t * BLOCK_Q + tl.arange(0, BLOCK_Q))[None, :, None] * V + o_r
+        X0 = _rows(p_x, o_t, m3, L, sxt)
+        Xm = _rows(p_x, o_t - V, m3, L, sxt)
+        if HAS_INIT:
+            if i_t == 0:
+                s = o_t - V
+                Xm += tl.load(p_i + (s + W - 1) * sit, mask=m3 & (s < 0) & (s >= 1 - W), other=0.).to(tl.float32)
+        g0 = _rows(p_d, o_t, m3, L, sdt)
+        g1 = _rows(p_d, o_t + V, m3, L, sdt)
+        if SILU:
+            X1 = _rows(p_x, o_t + V, m3, L, sxt)
+            pre = _pre(Xm, X0, X1, p_w, m3, b_bias, o_r, swk, W, V)
+            sig = tl.sigmoid(pre)
+            g0 = g0 * sig * (1. + pre * (1. - sig))
+            pre = _pre(X0, X1, X1, p_w, m3, b_bias, o_r, swk, W, V)
+            sig = tl.sigmoid(pre)
+            g1 = g1 * sig * (1. + pre * (1. - sig))
+        b_dx = tl.zeros_like(g0)
+        for j in tl.static_range(W):
+            b_w = tl.load(p_w + (W - 1 - j) * swk, mask=m3, other=0.).to(tl.float32)
+            b_dx += b_w * _shift(g0, g0, g1, o_r, j, V)
+        if HAS_DFINAL:
+            if (i_t * BLOCK_Q + BLOCK_Q) * V > L - (W - 1):  # tiles holding the last W-1 inputs
+                i_f = o_t - L + (W - 1)
+                b_dx += tl.load(p_f + i_f * sgt, mask=m3 & (i_f >= 0) & (o_t < L), other=0.).to(tl.float32)
+        tl.store(p_dx + o_t * sxgt, b_dx.to(dx_ptr.dtype.element_ty), mask=m3 & (o_t < L))
+        for k in tl.static_range(W):  # g0 is 0 past L
+            b_k = tl.sum(g0 * _shift(Xm, X0, X0, o_r, k - (W - 1), V), axis=2)
+            if k < V:
+                acc_dw = tl.where(o_r == k, acc_dw + b_k[:, :, None], acc_dw)
+            else:
+                acc_dwv += b_k
+        acc_db += tl.sum(g0, axis=2)
+    o_row = (i_b * n_t + i_tp).to(tl.int64)
     o_dd = (i_d * BLOCK_D + tl.arange(0, BLOCK_D)).to(tl.int64)[:, None]
-    tl.store(dw_part_ptr + (o_row * D + o_dd) * W + o_k, b_dw, mask=(o_dd < D) & (o_k < W))
+    o_k = tl.arange(0, V)[None, :]
+    tl.store(dw_part_ptr + (o_row * D + o_dd) * W + o_k, tl.sum(acc_dw, axis=1), mask=(o_dd < D) & (o_k < W))
+    if W > V:
+        tl.store(dw_part_ptr + (o_row * D + o_dd) * W + V, tl.sum(acc_dwv, axis=1)[:, None], mask=o_dd < D)
     if HAS_BIAS:
-        tl.store(db_part_ptr + o_row * D + o_dd, tl.sum(tl.sum(g0, axis=2), axis=1)[:, None], mask=o_dd < D)
+        tl.store(db_part_ptr + o_row * D + o_dd, tl.sum(acc_db, axis=1)[:, None], mask=o_dd < D)
     if STORE_DINIT:
-        if i_t == 0:  # d initial_states = gradient of the padded input at s = -(W-1) .. -1
-            o_s = o_k - (W - 1)
+        if i_tp == 0:  # d initial_states = gradient of the padded input at s = -(W-1) .. -1
+            o_s = tl.arange(0, WPAD)[None, :] - (W - 1)
             m2 = o_dd < D
             b_bias2 = tl.load(bias_ptr + o_dd, mask=m2, other=0.).to(tl.float32) if HAS_BIAS else 0.
             p_f2 = dfinal_ptr + i_b.to(tl.int64) * sgb + o_dd * sgc if HAS_DFINAL else dfinal_ptr
