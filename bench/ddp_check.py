@@ -46,7 +46,8 @@ def make_batch(cfg, n, seed, device):
     frames, _ = render_clip(np.random.default_rng(seed), n + T, S)       # (n + T, S, S) uint8
     x = torch.from_numpy(frames).float().div(127.5).sub(1.0)[:, None].expand(-1, C, -1, -1)
     idx = torch.arange(n)
-    return {"clip": x[idx[:, None] + torch.arange(T)].contiguous().to(device), "target": x[idx + T].contiguous().to(device)}
+    return {"clip": x[idx[:, None] + torch.arange(T)].contiguous().to(device),
+            "target": x[idx + T].contiguous().to(device)}
 
 
 def one_step(net, model, batch, lr, grad_clip):
@@ -110,7 +111,8 @@ def check(args, dist, bn, ddp=True):
             p_abs = max(p_abs, float(d[~near0].max()) if (~near0).any() else 0.0)
             p_rel = max(p_rel, float(d.max()) / max(float(p_ref[k].detach().abs().max()), 1e-30))
         ok = g_worst <= GRAD_RTOL and p_abs <= PARAM_ATOL_LR * args.lr and p_near0 <= 2.01 * args.lr
-        print(f"{'' if ddp else 'CONTROL without DDP: '}bn={bn}: world {dist.world} x batch {b} vs 1 x batch {b * dist.world}: loss {loss_ref:.6f} "
+        print(f"{'' if ddp else 'CONTROL without DDP: '}bn={bn}: world {dist.world} x batch {b} vs 1 x batch "
+              f"{b * dist.world}: loss {loss_ref:.6f} "
               f"(rank-0 half {loss_ddp:.6f}); grads max |diff|/max|g| {g_worst:.2e} (tol {GRAD_RTOL:.0e}); params "
               f"max abs diff {p_abs:.2e} (tol {PARAM_ATOL_LR} * lr = {PARAM_ATOL_LR * args.lr:.1e}), max rel "
               f"{p_rel:.2e}; {n_near0} entries with |g| <= 4 * |grad diff|: max diff {p_near0:.2e} "
