@@ -168,7 +168,8 @@ def fmt(r):
     ms_s = f"{ms:9.4f}" if isinstance(ms, float) and ms == ms else "      -  "
     sp = r.get("speedup")
     sp_s = f"{sp:6.2f}x" if sp else "     - "
-    return f"{r['shape']:<10} {r['mode']:<7} {ms_s} {sp_s} {r.get('err', float('nan')):8.1e}  {r['status']:<10} {r['cfg']}"
+    err = r.get("err", float("nan"))
+    return f"{r['shape']:<10} {r['mode']:<7} {ms_s} {sp_s} {err:8.1e}  {r['status']:<10} {r['cfg']}"
 
 
 def best_of(rows):

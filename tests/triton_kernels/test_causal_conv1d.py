@@ -99,8 +99,10 @@ def test_conv_matches_reference(case, device):
 # running past the end); width V + 1 puts the last tap in its own accumulator; long=1 also runs the path on
 # channel-last and strided-time inputs.
 LONG_CASES = [  # case, M2S2L_CONV_CFG overrides
-    ((1, 3, 150, 4, "silu", True, True, "contig", "bf16"), dict(fwd_block_l=64, bwd_block_l=32, fwd_block_d=4, bwd_t_iters=2)),
-    ((1, 2, 67, 9, None, True, True, "contig", "fp32"), dict(fwd_block_l=16, bwd_block_l=32, bwd_t_iters=1)),  # V = W-1 = 8
+    ((1, 3, 150, 4, "silu", True, True, "contig", "bf16"),
+     dict(fwd_block_l=64, bwd_block_l=32, fwd_block_d=4, bwd_t_iters=2)),
+    ((1, 2, 67, 9, None, True, True, "contig", "fp32"),
+     dict(fwd_block_l=16, bwd_block_l=32, bwd_t_iters=1)),  # V = W-1 = 8
     ((1, 3, 41, 4, "silu", True, True, "contig", "fp32"), dict(long=1, fwd_block_l=16, bwd_block_l=4, bwd_t_iters=3)),
     ((2, 6, 90, 3, "silu", False, True, "chanlast", "fp16"), dict(long=1, fwd_block_l=32, bwd_block_l=32)),
     ((2, 3, 70, 2, "silu", True, False, "sliced", "fp32"), dict(long=1, bwd_block_l=16, bwd_block_d=2)),
