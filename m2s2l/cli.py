@@ -60,6 +60,9 @@ def add_train_args(p):
     p.add_argument("--calib-quantile", type=float, default=0.995, help="alert threshold quantile of normal scores")
     p.add_argument("--calib-max", type=int, default=4000, help="max training samples scored for calibration")
     p.add_argument("--find-unused", action="store_true", help="DDP find_unused_parameters=True")
+    p.add_argument("--no-sync-bn", dest="sync_bn", action="store_false",
+                   help="under DDP on CUDA, keep per-rank BatchNorm statistics (default: SyncBatchNorm, so N ranks "
+                        "x batch B take the same step as 1 GPU x batch N*B)")
     p.add_argument("--gpus", type=int, default=0, help="launch N DDP workers via torch.distributed.run")
     _device_args(p)
 

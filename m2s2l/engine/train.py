@@ -7,6 +7,8 @@
   number of ranks; global batch ``b`` of size ``batch_size * world`` is ``perm[b*G:(b+1)*G]`` and rank r takes
   its r-th slice, so N ranks take exactly the step 1 rank takes with the N-times batch, and a resume with a
   different N continues from the same sample position.
+* DDP on CUDA converts BatchNorm to SyncBatchNorm (``--no-sync-bn`` to keep per-rank statistics), so N ranks take
+  the step one process takes with the N-times batch (bench/ddp_check.py checks it on 2 GPUs).
 * Optimiser: AdamW; LR = linear warmup over ``warmup_epochs`` then cosine to ``min_lr_ratio * lr``, a function of
   the fractional epoch, so it survives resumes with any N. bf16 autocast on CUDA (``--no-amp`` to disable).
 * Checkpoints (rank 0, atomic): ``last.pt`` after every epoch and when a stop condition (``--max-minutes``,
@@ -180,6 +182,10 @@ def train(args):
     sched = {"kind": "warmup_cosine", "base_lr": args.lr, "warmup_epochs": args.warmup_epochs,
              "min_lr_ratio": args.min_lr_ratio, "epochs": args.epochs}
 
+    if dist.enabled and device.type == "cuda" and getattr(args, "sync_bn", True):
+        # BatchNorm statistics over the global batch, so N ranks take the step one process takes with the N-times
+        # batch (plain DDP normalises each rank's slice separately). Same parameters; checkpoints stay plain BN.
+        torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     net = _LossModule(model)
     if dist.enabled:
         net = torch.nn.parallel.DistributedDataParallel(

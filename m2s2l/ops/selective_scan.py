@@ -8,6 +8,7 @@ dtype rules (anything else raises TypeError): u, delta, z and input-dependent B/
 float32/float16/bfloat16; A, D, delta_bias, initial_state and fixed (dim, dstate) B/C are float32. All
 recurrence math and accumulation is float32; out has u's dtype, last_state is float32.
 """
+import os
 import weakref
 from typing import Optional
 
@@ -34,9 +35,13 @@ _FINITE_SEEN = {}
 
 
 def _check_finite_A(A):
-    """Raise unless A is finite. The check syncs a GPU, so a tensor already seen at the same version (a parameter
-    between optimizer steps) is not re-checked; skipped while torch.compile traces."""
+    """Raise unless A is finite. On CPU always; on an accelerator only with M2S2L_CHECK_FINITE=1, because the check
+    synchronises the device (a Mamba block recomputes A = -exp(A_log) every call, so a per-call check stalled every
+    training step and every streamed frame). A tensor already seen at the same version is not re-checked; skipped
+    while torch.compile traces."""
     if torch.compiler.is_compiling():
+        return
+    if A.device.type != "cpu" and os.environ.get("M2S2L_CHECK_FINITE", "0") != "1":
         return
     state = (A._version, A.data_ptr())
     seen = _FINITE_SEEN.get(id(A))
@@ -50,8 +55,9 @@ def _check_finite_A(A):
 
 
 def _ref(*args, **kw):
-    from m2s2l.triton_kernels.selective_scan.naive import selective_scan_ref
-    return selective_scan_ref(*args, **kw)
+    """The "torch" backend: the fast plain-PyTorch scan (same contract as ``naive.selective_scan_ref``)."""
+    from m2s2l.triton_kernels.selective_scan.torch_scan import selective_scan_torch
+    return selective_scan_torch(*args, **kw)
 
 
 @torch.library.custom_op("m2s2l::selective_scan_fwd", mutates_args=())
