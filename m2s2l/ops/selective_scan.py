@@ -76,7 +76,8 @@ def _fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
         out, last, saved = cuda_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, save_states)
         return out, last if return_last_state else u.new_zeros(0, dtype=torch.float32), saved
     with torch.no_grad():
-        out, last = _ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, True, initial_state)
+        res = _ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state)
+    out, last = res if return_last_state else (res, None)
     last = last.float().contiguous() if return_last_state else u.new_zeros(0, dtype=torch.float32)
     return out.contiguous(), last, u.new_zeros(0, dtype=torch.float32)
 
