@@ -25,7 +25,10 @@ ConvParams make_params(const at::Tensor& x, const at::Tensor& weight, const OptT
   TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16,
               "causal_conv1d: x must be float32, float16 or bfloat16, got ", dt);
   const int64_t batch = x.size(0), dim = x.size(1), L = x.size(2);
-  TORCH_CHECK(L < (int64_t(1) << 31), "causal_conv1d: seqlen too large");
+  // int32 fields in ConvParams; a 1-D grid of batch * dim * ceil(L / kConvTile) / kConvThreads blocks < 2^31
+  TORCH_CHECK(L < (int64_t(1) << 31) && batch < (int64_t(1) << 31) && dim < (int64_t(1) << 31) &&
+                  batch * dim * ((L + kConvTile - 1) / kConvTile) < (int64_t(1) << 37),
+              "causal_conv1d: shape (batch, dim, seqlen) = ", x.sizes(), " too large for the CUDA backend");
   check_same(weight, "weight", x);
   TORCH_CHECK(weight.dim() == 2 && weight.size(0) == dim, "causal_conv1d: weight must be (dim, width) with dim = ",
               dim, ", got ", weight.sizes());

@@ -51,8 +51,9 @@ void set_bc(const at::Tensor& X, const char* name, const at::Tensor& u, int64_t 
   } else {
     p.C = X.data_ptr(); p.C_var = var; p.C_sb = sb; p.C_sg = sg; p.C_sn = sn; p.C_sl = sl;
   }
-  if (is_B) { p.B_groups = (int)G; p.B_dpg = (int)(dim / G); }
-  else { p.C_groups = (int)G; p.C_dpg = (int)(dim / G); }
+  const int dpg = G > 0 ? (int)(dim / G) : 1;  // dim = 0 (an empty launch) must not divide by zero on the host
+  if (is_B) { p.B_groups = (int)G; p.B_dpg = dpg; }
+  else { p.C_groups = (int)G; p.C_dpg = dpg; }
 }
 
 // Shared setup of forward and backward parameters.
@@ -65,7 +66,11 @@ SSParams make_params(const at::Tensor& u, const at::Tensor& delta, const at::Ten
   TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16,
               "selective_scan: u must be float32, float16 or bfloat16, got ", dt);
   const int64_t batch = u.size(0), dim = u.size(1), L = u.size(2);
-  TORCH_CHECK(L < (int64_t(1) << 31) && batch * dim < (int64_t(1) << 40), "selective_scan: shape too large");
+  // int32 fields in SSParams; a 1-D grid of batch * dim * 32 / kThreads blocks must stay below 2^31
+  TORCH_CHECK(L < (int64_t(1) << 31) && batch < (int64_t(1) << 31) && dim < (int64_t(1) << 31) &&
+                  batch * dim < (int64_t(1) << 33),
+              "selective_scan: shape (batch, dim, seqlen) = ", u.sizes(), " too large for the CUDA backend ",
+              "(batch * dim must be < 2^33, seqlen < 2^31)");
   check_cuda(delta, "delta", u);
   TORCH_CHECK(delta.sizes() == u.sizes() && delta.scalar_type() == dt,
               "selective_scan: delta must match u in shape and dtype: (batch, dim, seqlen) ", u.sizes(), " ", dt,
