@@ -4,9 +4,10 @@
 # Stages, each with a header, everything on stdout:
 #   1 environment   2 build (setup.py build_ext --inplace, MAX_JOBS=nproc, timed)   3 import under faulthandler
 #   4 smoke: one op call per process (csrc/tools/smoke.py, CUDA_LAUNCH_BLOCKING=1), so one crash hides nothing
-#   5 pytest tests/test_cuda_ext.py -x -v   6 the public-function (backend="cuda") tests without -x (only when 5
-#   failed) and the Triton suites' cases with "cuda" in their id   7 compute-sanitizer memcheck of the smallest
-#   failing case, when something failed and the tool exists.
+#   5 pytest tests/test_cuda_ext.py -x -v; 5b the first scan tests in the plain environment of the first GPU run
+#   6 the public-function (backend="cuda") tests without -x (only when 5 failed) and the Triton suites' cases
+#   with "cuda" in their id   7 compute-sanitizer memcheck of the smallest failing case, when something failed
+#   and the tool exists.
 # Stages share a time budget (BUDGET seconds, default 570) so that the SUMMARY is always printed; full logs are
 # written to $LOG_DIR/m2s2l_cuda/ (pass LOG_DIR=$OUT on the device machine to get them back).
 # Exit code = the number of failed stages and smoke cases (0 = all good).
@@ -109,6 +110,14 @@ if ((rc != 0)); then
   fi
   [[ -z $FIRST_FAIL && -n $node ]] && FIRST_FAIL="pytest $node"
 fi
+
+hdr "5b the first GPU run's invocation: plain pytest env (conftest then sets TRITON_INTERPRET=1), first scan tests"
+env -u M2S2L_TEST_GPU -u TRITON_INTERPRET timeout "$(tmo 90 60)" python -X faulthandler -m pytest \
+  tests/test_cuda_ext.py -x -v -p no:cacheprovider -o addopts="" -rfE -k "B2-D5-L1-N1 or B2-D24-L7-N4" \
+  > "$LOG/pytest_plainenv.log" 2>&1
+rc5b=$?
+grep -E "FAILED|ERROR|Fatal|^E |passed|failed" "$LOG/pytest_plainenv.log" | tail -15
+((rc5b != 0)) && fail "plain-env pytest (TRITON_INTERPRET=1 from conftest): $(describe_rc $rc5b)"
 
 hdr "6 public functions with backend=cuda (no -x; only when 5 failed) and the Triton suites' cuda cases"
 if [[ -n $(grep -l "FAILED\|Fatal" "$LOG/pytest_ext.log" 2>/dev/null) || $rc != 0 ]]; then
