@@ -1,4 +1,5 @@
-"""Shared benchmark plumbing: the Case record, timing, the copy-bandwidth floor.
+"""Shared benchmark plumbing: the Case record, timing, the copy-bandwidth floor, and the launch-config sweep
+harness of ``tune_scan.py`` / ``tune_conv.py`` (``sweep``, ``fmt_row``, ``best_of``).
 
 A ``Case`` is one (op, shape, dtype, mode) with one zero-argument callable per implementation. Timing on a GPU
 uses ``triton.testing.do_bench`` quantiles [0.5, 0.2, 0.8] (ms); implementations listed in ``Case.once`` (slow
@@ -83,3 +84,69 @@ def optional_attr(module, attr):
         return getattr(__import__(module, fromlist=[attr]), attr)
     except Exception:
         return None
+
+
+# ---- launch-config sweeps (tune_scan.py, tune_conv.py) --------------------------------------------------------
+
+SWEEP_HEADER = f"{'shape':<11} {'mode':<7} {'ms p50':>9} {'vs def':>7} {'err out/grad':<17} {'status':<10} config"
+
+
+def cfg_str(cfg):
+    """A launch config {key: int} in the env-variable syntax "key=v,..." ("default" when empty)."""
+    return ",".join(f"{k}={v}" for k, v in cfg.items()) or "default"
+
+
+def rel_rms(x, ref):
+    x, ref = x.double(), ref.double()
+    return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def fmt_row(r):
+    """One sweep row as a line under ``SWEEP_HEADER``."""
+    ms = r.get("ms")
+    ms_s = f"{ms:9.4f}" if isinstance(ms, float) and ms == ms else "      -  "
+    sp = r.get("speedup")
+    sp_s = f"{sp:6.2f}x" if sp else "     - "
+    err = f"{r.get('err_out', float('nan')):.1e}/{r.get('err_grad', float('nan')):.1e}"
+    return f"{r['shape']:<11} {r['mode']:<7} {ms_s} {sp_s} {err:<17} {r['status']:<10} {r['cfg']}"
+
+
+def best_of(rows):
+    """The fastest row with status "ok", or None."""
+    good = [r for r in rows if r.get("status") == "ok"]
+    return min(good, key=lambda r: r["ms"]) if good else None
+
+
+def sweep(name, shape, mode, cands, run, set_cfg, timer, budget_end, always=1, limits=(1e-2, 1e-2)):
+    """Run ``run()`` (returns a tuple: the output, then gradients; None entries are skipped) under each config of
+    ``cands`` (applied with ``set_cfg``), the first being the reference and the speed-up baseline, and time it with
+    ``timer(run)`` -> ms. A config passes when its output's relative RMS against the first config's is below
+    ``limits[0]`` and every gradient's below ``limits[1]`` (else MISMATCH, not timed). Once ``time.time()`` passes
+    ``budget_end``, configs after the first ``always`` are listed as skipped. A config that does not compile or
+    launch is reported, not fatal. Prints each row that ran (``fmt_row``), restores ``set_cfg({})`` and returns
+    the rows (shape, dims, mode, cfg, cfg_dict, status, ms, err_out, err_grad, speedup)."""
+    rows, ref, base_ms = [], None, None
+    for i, cfg in enumerate(cands):
+        row = dict(shape=name, dims=list(shape), mode=mode, cfg=cfg_str(cfg), cfg_dict=cfg)
+        if time.time() > budget_end and i >= always:
+            row.update(status="skipped (budget)")
+            rows.append(row)
+            continue
+        set_cfg(cfg)
+        try:
+            outs = run()
+            if ref is None:
+                ref = [o.detach().clone() if o is not None else None for o in outs]
+            errs = [rel_rms(o, r) for o, r in zip(outs, ref) if o is not None and r is not None]
+            err_f, err_g = errs[0], max(errs[1:], default=0.0)
+            ok = err_f < limits[0] and err_g < limits[1]
+            ms = timer(run) if ok else float("nan")
+            base_ms = ms if i == 0 else base_ms
+            row.update(status="ok" if ok else "MISMATCH", ms=ms, err_out=err_f, err_grad=err_g,
+                       speedup=(base_ms / ms) if ok and base_ms else None)
+        except Exception as e:  # a config that does not compile or launch is reported, not fatal
+            row.update(status=f"error: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}")
+        rows.append(row)
+        print(fmt_row(row), flush=True)
+    set_cfg({})
+    return rows

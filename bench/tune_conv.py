@@ -30,7 +30,8 @@ if not torch.cuda.is_available():
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cases_conv import WIDTH, _inputs, _oracle, _peer  # noqa: E402
-from common import device_name  # noqa: E402
+from common import SWEEP_HEADER, best_of, device_name, rel_rms  # noqa: E402
+from common import sweep as common_sweep  # noqa: E402
 
 from m2s2l.triton_kernels.causal_conv1d import conv  # noqa: E402
 
@@ -38,10 +39,6 @@ SHAPES = [("long", (8, 4096, 2048)), ("video", (16384, 128, 8)), ("video4", (262
           ("xlong", (4, 2048, 16384)), ("long-cl", (8, 4096, 2048))]
 QUICK = [("tiny-long", (1, 2, 128)), ("tiny-video", (4, 4, 8)), ("tiny-cl", (1, 8, 16))]  # interpreter: ~ programs
 CHANNEL_LAST = ("long-cl", "tiny-cl")  # x = (batch, seqlen, dim).transpose(1, 2), as a Mamba block makes it
-
-
-def cfg_str(cfg):
-    return ",".join(f"{k}={v}" for k, v in cfg.items()) or "default"
 
 
 def set_cfg(cfg):
@@ -83,11 +80,6 @@ def bwd_candidates(kind):
                 ((512, 16, 4), (1024, 16, 4), (512, 8, 2), (1024, 32, 8), (256, 8, 2), (2048, 16, 8))]
     return [dict(short_bwd_tile=t, short_bwd_warps=w) for t, w in
             ((512, 4), (256, 2), (1024, 4), (512, 2), (256, 4), (1024, 8), (2048, 8), (128, 2))]
-
-
-def rel_rms(x, ref):
-    x, ref = x.double(), ref.double()
-    return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
 def make_runs(x, w, b, dout):
@@ -136,45 +128,10 @@ def time_ms(fn, device):
 
 
 def sweep(name, shape, mode, cands, runs, budget_end, device):
-    rows, ref, base_ms = [], None, None
-    for i, cfg in enumerate(cands):
-        row = dict(shape=name, dims=list(shape), mode=mode, cfg=cfg_str(cfg), cfg_dict=cfg)
-        if time.time() > budget_end and i > 1:  # the default and the "before" row always run
-            row.update(status="skipped (budget)")
-            rows.append(row)
-            continue
-        set_cfg(cfg)
-        try:
-            outs = runs[mode]()
-            if ref is None:
-                ref = [o.detach().clone() for o in outs]
-            errs = [rel_rms(o, r) for o, r in zip(outs, ref)]
-            ok = max(errs) < 1e-2
-            ms = time_ms(runs[mode], device) if ok else float("nan")
-            base_ms = ms if i == 0 else base_ms
-            row.update(status="ok" if ok else "MISMATCH", ms=ms, err=max(errs),
-                       speedup=(base_ms / ms) if ok and base_ms else None)
-        except Exception as e:  # a config that does not compile or launch is reported, not fatal
-            msg = str(e).splitlines()[0][:120] if str(e) else ""
-            row.update(status=f"error: {type(e).__name__}: {msg}")
-        rows.append(row)
-        print(fmt(row), flush=True)
-    set_cfg({})
-    return rows
-
-
-def fmt(r):
-    ms = r.get("ms")
-    ms_s = f"{ms:9.4f}" if isinstance(ms, float) and ms == ms else "      -  "
-    sp = r.get("speedup")
-    sp_s = f"{sp:6.2f}x" if sp else "     - "
-    err = r.get("err", float("nan"))
-    return f"{r['shape']:<10} {r['mode']:<7} {ms_s} {sp_s} {err:8.1e}  {r['status']:<10} {r['cfg']}"
-
-
-def best_of(rows):
-    good = [r for r in rows if r.get("status") == "ok"]
-    return min(good, key=lambda r: r["ms"]) if good else None
+    """``common.sweep`` of ``runs[mode]`` (limit: relative RMS 1e-2 on every tensor); the first two configs (the
+    default and the "before" row) always run."""
+    return common_sweep(name, shape, mode, cands, runs[mode], set_cfg, lambda fn: time_ms(fn, device), budget_end,
+                        always=2)
 
 
 def main():
@@ -191,7 +148,7 @@ def main():
     modes = args.modes.split(",")
     print(f"# device {device_name(device)}, torch {torch.__version__}, env M2S2L_CONV_CFG="
           f"{os.environ.get('M2S2L_CONV_CFG', '')!r} (ignored: configs are set in-process)")
-    print(f"{'shape':<10} {'mode':<7} {'ms p50':>9} {'vs def':>7} {'err':>8}  {'status':<10} config")
+    print(SWEEP_HEADER)
     all_rows, best, peers = [], {}, {}
     for si, (name, shape) in enumerate(shapes):
         share = (args.budget_s - (time.time() - t0)) / (len(shapes) - si)

@@ -45,7 +45,8 @@ if not torch.cuda.is_available() and "--aot" not in sys.argv:
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cases_scan import SHAPES, _inputs  # noqa: E402
-from common import device_name, time_ms  # noqa: E402
+from common import SWEEP_HEADER, best_of, device_name, rel_rms, time_ms  # noqa: E402
+from common import sweep as common_sweep  # noqa: E402
 
 from m2s2l.triton_kernels.selective_scan import scan  # noqa: E402
 from m2s2l.triton_kernels.selective_scan.naive import selective_scan_ref  # noqa: E402
@@ -56,10 +57,6 @@ TRAIN_SHAPES = [("train64", (262144, 64, 4)), ("train128", (65536, 128, 4)), ("t
 QUICK_BWD = [("tiny-video", (3, 8, 8)), ("tiny-train", (5, 4, 4))]
 KEYS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 GRAD_NAMES = ("du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias")
-
-
-def cfg_str(cfg):
-    return ",".join(f"{k}={v}" for k, v in cfg.items()) or "default"
 
 
 def set_cfg(cfg):
@@ -108,11 +105,6 @@ def triton_pow2(x):
     return 1 << max(int(x) - 1, 0).bit_length()
 
 
-def rel_rms(x, ref):
-    x, ref = x.double(), ref.double()
-    return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-
-
 def make_runs(ins, dout):
     a = [ins[k] for k in KEYS]
     saved = {}
@@ -148,59 +140,24 @@ def check_default_vs_ref(ins):
     return rel_rms(out.float(), ref)
 
 
-def sweep(name, shape, mode, cands, runs, budget_end, quick, device):
-    rows, ref, base_ms = [], None, None
-    for i, cfg in enumerate(cands):
-        row = dict(shape=name, dims=list(shape), mode=mode, cfg=cfg_str(cfg), cfg_dict=cfg)
-        if time.time() > budget_end and i > 0:
-            row.update(status="skipped (budget)")
-            rows.append(row)
-            continue
-        set_cfg(cfg)
-        try:
-            outs = runs[mode]()
-            if ref is None:
-                ref = [o.detach().clone() if o is not None else None for o in outs]
-            errs = [rel_rms(o, r) for o, r in zip(outs, ref) if o is not None and r is not None]
-            err_f, err_g = errs[0], max(errs[1:], default=0.0)
-            ok = err_f < 1e-2 and err_g < 3e-2
-            ms = time_ms(runs[mode], device, once=device == "cpu", quick=True)[0] if ok else float("nan")
-            base_ms = ms if i == 0 else base_ms
-            row.update(status="ok" if ok else "MISMATCH", ms=ms, err_out=err_f, err_grad=err_g,
-                       speedup=(base_ms / ms) if ok and base_ms else None)
-        except Exception as e:  # a config that does not compile or launch is reported, not fatal
-            row.update(status=f"error: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}")
-        rows.append(row)
-        print(fmt(row), flush=True)
-    set_cfg({})
-    return rows
-
-
-def fmt(r):
-    ms = r.get("ms")
-    ms_s = f"{ms:9.4f}" if isinstance(ms, float) and ms == ms else "      -  "
-    sp = r.get("speedup")
-    sp_s = f"{sp:6.2f}x" if sp else "     - "
-    err = f"{r.get('err_out', float('nan')):.1e}/{r.get('err_grad', float('nan')):.1e}"
-    return f"{r['shape']:<11} {r['mode']:<7} {ms_s} {sp_s} {err:<17} {r['status']:<10} {r['cfg']}"
-
-
-def best_of(rows):
-    good = [r for r in rows if r.get("status") == "ok"]
-    return min(good, key=lambda r: r["ms"]) if good else None
+def sweep(name, shape, mode, cands, runs, budget_end, device):
+    """``common.sweep`` of ``runs[mode]`` (limits: relative RMS 1e-2 output, 3e-2 gradients)."""
+    def timer(fn):
+        return time_ms(fn, device, once=device == "cpu", quick=True)[0]
+    return common_sweep(name, shape, mode, cands, runs[mode], set_cfg, timer, budget_end, limits=(1e-2, 3e-2))
 
 
 def bwd_stage(name, shape, runs, end, quick, device, all_rows):
     """Backward alone (``--modes bwd``, seqlen <= 32): the forward's time (default config, states saved) for the
     ratio, then the default (sequential backward), the chunked backward (seq_bwd=0), the tile sweep and the
     program-count / register-cap sweep around its best. Returns the summary row."""
-    fwd = sweep(name, shape, "fwd_train", [{}], runs, end, quick, device)
+    fwd = sweep(name, shape, "fwd_train", [{}], runs, end, device)
     a = [{}, dict(seq_bwd=0)] + seq_bwd_candidates("a")
     a = [c for i, c in enumerate(a) if c not in a[:i]][: 3 if quick else None]
-    rows_a = sweep(name, shape, "bwd", a, runs, end, quick, device)
+    rows_a = sweep(name, shape, "bwd", a, runs, end, device)
     best_a = best_of([r for r in rows_a if r["cfg_dict"].get("seq_bwd", 1)]) or rows_a[0]
     b = seq_bwd_candidates("b", best_a.get("cfg_dict"))[: 1 if quick else None]
-    rows_b = sweep(name, shape, "bwd", [{}] + b, runs, end, quick, device)[1:]  # {} again: the error reference
+    rows_b = sweep(name, shape, "bwd", [{}] + b, runs, end, device)[1:]  # {} again: the error reference
     all_rows.extend(fwd + rows_a + rows_b)
     ok = lambda r: r.get("status") == "ok"  # noqa: E731
     best = best_of([r for r in rows_a + rows_b if r["cfg_dict"].get("seq_bwd", 1)])
@@ -363,7 +320,7 @@ def main():
     modes = args.modes.split(",")
     print(f"# device {device_name(device)}, torch {torch.__version__}, env M2S2L_SCAN_CFG="
           f"{os.environ.get('M2S2L_SCAN_CFG', '')!r} (ignored: configs are set in-process)")
-    print(f"{'shape':<11} {'mode':<7} {'ms p50':>9} {'vs def':>7} {'err out/grad':<17} {'status':<10} config")
+    print(SWEEP_HEADER)
     all_rows, best, summary = [], {}, []
     for si, (name, shape) in enumerate(shapes):
         share = (args.budget_s - (time.time() - t0)) / (len(shapes) - si)
@@ -383,7 +340,7 @@ def main():
         if "fwd" in modes:
             fcands = fwd_candidates(L)[: 2 if args.quick else None]
             end = t_shape + share * (0.45 if "fwdbwd" in modes else 1.0)
-            rows = sweep(name, shape, "fwd", fcands, runs, end, args.quick, device)
+            rows = sweep(name, shape, "fwd", fcands, runs, end, device)
             all_rows += rows
             b = best_of(rows)
             if b:
@@ -393,7 +350,7 @@ def main():
             before = dict(fwd_block_d=16, bwd_block_d=8) if L > 32 else dict(seq=0)  # launchers at 27867ee
             bc = [{}, before, best_fwd] + [dict(best_fwd, **c) for c in bwd_candidates(L)]
             bc = [c for i, c in enumerate(bc) if c not in bc[:i]][: 2 if args.quick else None]
-            rows = sweep(name, shape, "fwdbwd", bc, runs, t_shape + share, args.quick, device)
+            rows = sweep(name, shape, "fwdbwd", bc, runs, t_shape + share, device)
             all_rows += rows
             b = best_of(rows)
             if b:

@@ -33,6 +33,7 @@ import os
 import torch
 import triton
 
+from .._config import env_int_config
 from .conv_kernels import _conv_bwd_kernel, _conv_bwd_long_kernel, _conv_fwd_kernel, _conv_fwd_long_kernel
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -47,12 +48,7 @@ def _env_config():
     per backward program).
     Tile path: short_fwd_tile / short_bwd_tile (elements per program), short_fwd_warps / short_bwd_warps,
     short_block_t (longest time block), short_wt=0|1 (taps as a (width, dim) copy; default on for channel-last)."""
-    cfg = {}
-    for item in os.environ.get("M2S2L_CONV_CFG", "").split(","):
-        if "=" in item:
-            k, v = item.split("=", 1)
-            cfg[k.strip()] = int(v)
-    return cfg
+    return env_int_config("M2S2L_CONV_CFG")
 
 
 _CFG = _env_config()

@@ -26,6 +26,7 @@ import os
 import torch
 import triton
 
+from .._config import env_int_config
 from .scan_kernels import _bwd_kernel, _combine, _fwd_kernel
 from .scan_seq_kernels import _bwd_seq_kernel, _fwd_seq_kernel
 
@@ -89,12 +90,7 @@ def _env_config():
     seq_block_d, seq_warps; the sequential backward: seq_bwd=0|1 (overrides seq for the backward only),
     seq_bwd_block_d, seq_bwd_warps, seq_bwd_progs_per_sm, seq_bwd_programs (total program target), seq_bwd_maxnreg
     (register cap passed to the compiler; unset = none: sm_90 AOT shows 255 registers unconstrained)."""
-    cfg = {}
-    for item in os.environ.get("M2S2L_SCAN_CFG", "").split(","):
-        if "=" in item:
-            k, v = item.split("=", 1)
-            cfg[k.strip()] = int(v)
-    return cfg
+    return env_int_config("M2S2L_SCAN_CFG")
 
 
 _CFG = _env_config()

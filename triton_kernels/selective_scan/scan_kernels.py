@@ -4,17 +4,13 @@ sequences are in ``scan_seq_kernels.py``. Only ``scan.py`` launches them."""
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634
+from .scan_common import (_channel_offsets, _channel_params, _delta, _flush_grads, _load_fixed_bc, _load_state,
+                          _row_ptrs, _softplus, _store_or_add, _zero_grads)
 
 
 @triton.jit
 def _combine(a1, b1, a2, b2):
     return a1 * a2, a2 * b1 + b2
-
-
-@triton.jit
-def _softplus(x):
-    return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(x)), x)
 
 
 @triton.jit
@@ -25,9 +21,7 @@ def _load_bc(ptr, base_bg, offs_d, offs_n, offs_t, mask_d, mask_n, mask_t, s0, s
         x = tl.load(p, mask=mask_t[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
         return x[None, :, :]
     else:
-        p = ptr + offs_d[:, None] * s0 + offs_n[None, :] * s1
-        x = tl.load(p, mask=mask_d[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
-        return x[:, None, :]
+        return _load_fixed_bc(ptr, offs_d, offs_n, mask_d[:, None] & mask_n[None, :], s0, s1)[:, None, :]
 
 
 @triton.jit(do_not_specialize=["L", "nchunks"])
@@ -41,30 +35,15 @@ def _fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_p
                 STORE_LAST: tl.constexpr, SAVE_CHUNKS: tl.constexpr):
     # batch on grid axis 0 (up to 2**31 - 1 programs; axes 1 and 2 stop at 65535)
     i_b, i_gd = tl.program_id(0).to(tl.int64), tl.program_id(1)
-    i_g, i_j = i_gd // nblk, i_gd % nblk
-    o_c = i_j * BLOCK_D + tl.arange(0, BLOCK_D)
-    m_d = o_c < cpg
-    o_d = i_g * cpg + o_c
-    o_n = tl.arange(0, BLOCK_N)
-    m_n = o_n < N
+    i_g, o_c, m_d, o_d, o_n, m_n = _channel_offsets(i_gd, nblk, cpg, N, BLOCK_D, BLOCK_N)
     o_tl = tl.arange(0, T_C)
     m_dn = m_d[:, None] & m_n[None, :]
-    # A in log2 units so that exp(delta * A) = exp2(delta * A2)
-    b_A2 = tl.load(A_ptr + o_d[:, None] * N + o_n[None, :], mask=m_dn, other=0.0) * 1.4426950408889634
-    if HAS_D:
-        b_D = tl.load(D_ptr + o_d, mask=m_d, other=0.0)
-    if HAS_BIAS:
-        b_bias = tl.load(bias_ptr + o_d, mask=m_d, other=0.0)
+    b_A, b_A2, b_D, b_bias = _channel_params(A_ptr, D_ptr, bias_ptr, o_d, o_n, m_d, m_dn, N, BLOCK_D, HAS_D, HAS_BIAS)
     o_dn = (i_b * dim + o_d[:, None]) * N + o_n[None, :]
-    if HAS_H0:
-        b_h = tl.load(h0_ptr + o_dn, mask=m_dn, other=0.0)
-    else:
-        b_h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    b_h = _load_state(h0_ptr, o_dn, m_dn, HAS_H0, BLOCK_D, BLOCK_N)
     bB_base = i_b * sB0 + i_g * sB1
     bC_base = i_b * sC0 + i_g * sC1
-    p_u = u_ptr + i_b * su_b + o_d[:, None] * su_d
-    p_dt = dt_ptr + i_b * sdt_b + o_d[:, None] * sdt_d
-    p_z = z_ptr + i_b * sz_b + o_d[:, None] * sz_d
+    p_u, p_dt, p_z = _row_ptrs(u_ptr, dt_ptr, z_ptr, i_b, o_d[:, None], su_b, su_d, sdt_b, sdt_d, sz_b, sz_d)
     # software prefetch: the tiles of chunk c + 1 are loaded while chunk c is computed
     m_t = o_tl < L
     m_dt = m_d[:, None] & m_t[None, :]
@@ -94,10 +73,7 @@ def _fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_p
             n_z = tl.load(p_z + o_tn[None, :] * sz_t, mask=m_dtn, other=0.0)
         n_B = _load_bc(B_ptr, bB_base, o_d, o_n, o_tn, m_d, m_n, m_tn, sB0, sB1, sB2, sB3, B_VAR)
         n_C = _load_bc(C_ptr, bC_base, o_d, o_n, o_tn, m_d, m_n, m_tn, sC0, sC1, sC2, sC3, C_VAR)
-        if HAS_BIAS:
-            b_dt += b_bias[:, None]
-        if SOFTPLUS:
-            b_dt = _softplus(b_dt)
+        b_dtr, b_dt = _delta(b_dt, b_bias[:, None], HAS_BIAS, SOFTPLUS)
         b_dt = tl.where(m_dt, b_dt, 0.0)  # padded steps: a = 1, b = 0 (state passes through)
         b_a = tl.exp2(b_dt[:, :, None] * b_A2[:, None, :])
         b_x = (b_dt * b_u)[:, :, None] * b_B
@@ -156,38 +132,20 @@ def _bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_p
                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
                 HAS_DLAST: tl.constexpr, VAR_ATOMIC: tl.constexpr):
     i_bp, i_gd = tl.program_id(0), tl.program_id(1)
-    i_g, i_j = i_gd // nblk, i_gd % nblk
-    o_c = i_j * BLOCK_D + tl.arange(0, BLOCK_D)
-    m_d = o_c < cpg
-    o_d = i_g * cpg + o_c
-    o_n = tl.arange(0, BLOCK_N)
-    m_n = o_n < N
+    i_g, o_c, m_d, o_d, o_n, m_n = _channel_offsets(i_gd, nblk, cpg, N, BLOCK_D, BLOCK_N)
     o_tl = tl.arange(0, T_C)
     m_dn = m_d[:, None] & m_n[None, :]
-    b_Anat = tl.load(A_ptr + o_d[:, None] * N + o_n[None, :], mask=m_dn, other=0.0)
-    b_A2 = b_Anat * 1.4426950408889634
-    if HAS_D:
-        b_D = tl.load(D_ptr + o_d, mask=m_d, other=0.0)
-    if HAS_BIAS:
-        b_bias = tl.load(bias_ptr + o_d, mask=m_d, other=0.0)
-    acc_dA = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
-    acc_dB = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
-    acc_dC = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
-    acc_dD = tl.zeros([BLOCK_D], dtype=tl.float32)
-    acc_db = tl.zeros([BLOCK_D], dtype=tl.float32)
+    b_Anat, b_A2, b_D, b_bias = _channel_params(A_ptr, D_ptr, bias_ptr, o_d, o_n, m_d, m_dn, N, BLOCK_D, HAS_D,
+                                                HAS_BIAS)
+    acc_dA, acc_dB, acc_dC, acc_dD, acc_db = _zero_grads(BLOCK_D, BLOCK_N)
     nb = tl.minimum(B_PER_PROG, batch - i_bp * B_PER_PROG)
     for ib in range(0, nb):
         i_b = (i_bp * B_PER_PROG + ib).to(tl.int64)
         o_dn = (i_b * dim + o_d[:, None]) * N + o_n[None, :]
-        if HAS_DLAST:
-            b_carry = tl.load(dlast_ptr + o_dn, mask=m_dn, other=0.0)
-        else:
-            b_carry = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+        b_carry = _load_state(dlast_ptr, o_dn, m_dn, HAS_DLAST, BLOCK_D, BLOCK_N)
         bB_base = i_b * sB0 + i_g * sB1
         bC_base = i_b * sC0 + i_g * sC1
-        p_u = u_ptr + i_b * su_b + o_d[:, None] * su_d
-        p_dt = dt_ptr + i_b * sdt_b + o_d[:, None] * sdt_d
-        p_z = z_ptr + i_b * sz_b + o_d[:, None] * sz_d
+        p_u, p_dt, p_z = _row_ptrs(u_ptr, dt_ptr, z_ptr, i_b, o_d[:, None], su_b, su_d, sdt_b, sdt_d, sz_b, sz_d)
         p_do = dout_ptr + i_b * so_b + o_d[:, None] * so_d
         # software prefetch: the tiles of chunk c - 1 are loaded while chunk c is computed
         n_u, n_dtr, n_dtr1, n_z, n_do, n_B, n_C, n_h0 = _bwd_tiles(
@@ -207,7 +165,7 @@ def _bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_p
             m_dt = m_d[:, None] & m_t[None, :]
             m_t1 = o_t + 1 < L
             m_dt1 = m_d[:, None] & m_t1[None, :]
-            if HAS_BIAS:
+            if HAS_BIAS:  # not _delta twice: this order gives the compiler the same schedule as before
                 b_dtr += b_bias[:, None]
                 b_dtr1 += b_bias[:, None]
             if SOFTPLUS:
@@ -261,39 +219,21 @@ def _bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_p
             if B_VAR:
                 b_dB = tl.sum(b_dh * b_dtu[:, :, None], 0)
                 p_dB = dB_ptr + i_b * sdB0 + i_g * sdB1 + o_n[None, :] * sdB2 + o_t[:, None] * sdB3
-                m_tn = m_t[:, None] & m_n[None, :]
-                if VAR_ATOMIC:
-                    tl.atomic_add(p_dB, b_dB, mask=m_tn)
-                else:
-                    tl.store(p_dB, b_dB, mask=m_tn)
+                _store_or_add(p_dB, b_dB, m_t[:, None] & m_n[None, :], VAR_ATOMIC)
             else:
                 acc_dB += tl.sum(b_dh * b_dtu[:, :, None], 1)
             if C_VAR:
                 b_dC = tl.sum(b_dy[:, :, None] * b_hs, 0)
                 p_dC = dC_ptr + i_b * sdC0 + i_g * sdC1 + o_n[None, :] * sdC2 + o_t[:, None] * sdC3
-                m_tn = m_t[:, None] & m_n[None, :]
-                if VAR_ATOMIC:
-                    tl.atomic_add(p_dC, b_dC, mask=m_tn)
-                else:
-                    tl.store(p_dC, b_dC, mask=m_tn)
+                _store_or_add(p_dC, b_dC, m_t[:, None] & m_n[None, :], VAR_ATOMIC)
             else:
                 acc_dC += tl.sum(b_dy[:, :, None] * b_hs, 1)
         if HAS_H0:
             # d h_{-1} = a_0 * dh_0, with b_carry = dh_0 after the last (first-in-time) chunk
             b_dt0 = tl.load(dt_ptr + i_b * sdt_b + o_d * sdt_d, mask=m_d, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                b_dt0 += b_bias
-            if SOFTPLUS:
-                b_dt0 = _softplus(b_dt0)
+            b_dt0r, b_dt0 = _delta(b_dt0, b_bias, HAS_BIAS, SOFTPLUS)
             b_a0 = tl.exp2(b_dt0[:, None] * b_A2)
             tl.store(dh0_ptr + o_dn, b_a0 * b_carry, mask=m_dn)
     o_dn0 = o_d[:, None] * N + o_n[None, :]
-    tl.atomic_add(dA_ptr + o_dn0, acc_dA, mask=m_dn)
-    if not B_VAR:
-        tl.atomic_add(dB_ptr + o_dn0, acc_dB, mask=m_dn)
-    if not C_VAR:
-        tl.atomic_add(dC_ptr + o_dn0, acc_dC, mask=m_dn)
-    if HAS_D:
-        tl.atomic_add(dD_ptr + o_d, acc_dD, mask=m_d)
-    if HAS_BIAS:
-        tl.atomic_add(dbias_ptr + o_d, acc_db, mask=m_d)
+    _flush_grads(dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, acc_dA, acc_dB, acc_dC, acc_dD, acc_db, o_d, o_dn0, m_d,
+                 m_dn, B_VAR, C_VAR, HAS_D, HAS_BIAS)

@@ -1,0 +1,122 @@
+"""Triton helpers shared by the chunked kernels (``scan_kernels.py``) and the sequential-in-time kernels
+(``scan_seq_kernels.py``) of the selective scan: the channel-block prologue (offsets, masks, A, D, delta_bias),
+per-row pointers, state tiles, fixed/input-dependent B and C, and the backward's gradient accumulators.
+
+``@triton.jit`` helpers are inlined into the kernels that call them, so they cost nothing at run time. A helper
+returns every value it may produce; where a ``tl.constexpr`` flag turns a value off it returns zeros, which the
+kernel never reads and the compiler drops.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _softplus(x):
+    return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(x)), x)
+
+
+@triton.jit
+def _delta(dtr, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """(delta + delta_bias, softplus of that) when the flags say so: (raw, effective) delta, float32."""
+    if HAS_BIAS:
+        dtr += bias
+    if SOFTPLUS:
+        dt = _softplus(dtr)
+    else:
+        dt = dtr
+    return dtr, dt
+
+
+@triton.jit
+def _channel_offsets(i_gd, nblk, cpg, N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The channels of (group, channel block) ``i_gd`` (a block never straddles two groups): (i_g, o_c, m_d, o_d,
+    o_n, m_n) = the group, the channel offsets within the group and in the tensor [BLOCK_D], their mask, the state
+    offsets [BLOCK_N] and their mask."""
+    i_g, i_j = i_gd // nblk, i_gd % nblk
+    o_c = i_j * BLOCK_D + tl.arange(0, BLOCK_D)
+    m_d = o_c < cpg
+    o_d = i_g * cpg + o_c
+    o_n = tl.arange(0, BLOCK_N)
+    m_n = o_n < N
+    return i_g, o_c, m_d, o_d, o_n, m_n
+
+
+@triton.jit
+def _channel_params(A_ptr, D_ptr, bias_ptr, o_d, o_n, m_d, m_dn, N: tl.constexpr, BLOCK_D: tl.constexpr,
+                    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """(b_A, b_A2, b_D, b_bias): A [BLOCK_D, BLOCK_N] float32 and A in log2 units (exp(delta * A) =
+    exp2(delta * A2)); D and delta_bias [BLOCK_D] (zeros when HAS_D / HAS_BIAS is off)."""
+    b_A = tl.load(A_ptr + o_d[:, None] * N + o_n[None, :], mask=m_dn, other=0.0)
+    b_A2 = b_A * 1.4426950408889634
+    if HAS_D:
+        b_D = tl.load(D_ptr + o_d, mask=m_d, other=0.0)
+    else:
+        b_D = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_BIAS:
+        b_bias = tl.load(bias_ptr + o_d, mask=m_d, other=0.0)
+    else:
+        b_bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    return b_A, b_A2, b_D, b_bias
+
+
+@triton.jit
+def _row_ptrs(u_ptr, dt_ptr, z_ptr, i_b, o_d, su_b, su_d, sdt_b, sdt_d, sz_b, sz_d):
+    """Pointers to time step 0 of u, delta and z for batch row ``i_b`` and channel offsets ``o_d`` (any shape)."""
+    return u_ptr + i_b * su_b + o_d * su_d, dt_ptr + i_b * sdt_b + o_d * sdt_d, z_ptr + i_b * sz_b + o_d * sz_d
+
+
+@triton.jit
+def _load_state(ptr, offs, mask, HAS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """A [BLOCK_D, BLOCK_N] float32 state tile (h0, d last_state) at ``ptr + offs``, or zeros when HAS is off."""
+    if HAS:
+        return tl.load(ptr + offs, mask=mask, other=0.0)
+    else:
+        return tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+
+
+@triton.jit
+def _load_fixed_bc(ptr, o_d, o_n, m_dn, s0, s1):
+    """Fixed (dim, N) B or C as a [BLOCK_D, BLOCK_N] float32 tile."""
+    return tl.load(ptr + o_d[:, None] * s0 + o_n[None, :] * s1, mask=m_dn, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _var_bc_ptrs(ptr, i_b, i_g, o_n, s0, s1, s2):
+    """[BLOCK_N] pointers to time step 0 of input-dependent (batch, groups, N, L) B or C, row i_b, group i_g."""
+    return ptr + i_b * s0 + i_g * s1 + o_n * s2
+
+
+@triton.jit
+def _store_or_add(p, x, mask, ATOMIC: tl.constexpr):
+    """Store ``x``, or add it atomically where other programs write the same elements."""
+    if ATOMIC:
+        tl.atomic_add(p, x, mask=mask)
+    else:
+        tl.store(p, x, mask=mask)
+
+
+@triton.jit
+def _zero_grads(BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The backward's per-program accumulators (dA, fixed dB, fixed dC, dD, d delta_bias), float32 zeros."""
+    acc_dA = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    acc_dB = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    acc_dC = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    acc_dD = tl.zeros([BLOCK_D], dtype=tl.float32)
+    acc_db = tl.zeros([BLOCK_D], dtype=tl.float32)
+    return acc_dA, acc_dB, acc_dC, acc_dD, acc_db
+
+
+@triton.jit
+def _flush_grads(dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, acc_dA, acc_dB, acc_dC, acc_dD, acc_db, o_d, o_dn0, m_d,
+                 m_dn, B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Add the program's accumulators into the zeroed (dim, N) / (dim,) float32 gradient buffers (``o_dn0``: the
+    [BLOCK_D, BLOCK_N] offsets o_d * N + o_n)."""
+    tl.atomic_add(dA_ptr + o_dn0, acc_dA, mask=m_dn)
+    if not B_VAR:
+        tl.atomic_add(dB_ptr + o_dn0, acc_dB, mask=m_dn)
+    if not C_VAR:
+        tl.atomic_add(dC_ptr + o_dn0, acc_dC, mask=m_dn)
+    if HAS_D:
+        tl.atomic_add(dD_ptr + o_d, acc_dD, mask=m_d)
+    if HAS_BIAS:
+        tl.atomic_add(dbias_ptr + o_d, acc_db, mask=m_d)
