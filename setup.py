@@ -50,7 +50,9 @@ def _cuda_extension():
             raise RuntimeError("M2S2L_BUILD_CUDA=1 but torch has no CUDA or nvcc was not found "
                                f"(torch.version.cuda={torch.version.cuda}, CUDA_HOME={CUDA_HOME})")
         return [], {}
-    sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True) + glob.glob("csrc/**/*.cu", recursive=True))
+    # csrc/tools/ holds diagnostics (e.g. a CPU emulation driver), not extension sources
+    sources = sorted(f for f in glob.glob("csrc/**/*.cpp", recursive=True) + glob.glob("csrc/**/*.cu", recursive=True)
+                     if not f.replace(os.sep, "/").startswith("csrc/tools/"))
     if not sources:
         return [], {}
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and torch.cuda.is_available():
