@@ -211,6 +211,20 @@ def test_seq_bwd_equals_chunked_bwd(device, monkeypatch):
         assert rel_rms(res[1][2][k], res[0][2][k]) < 2e-6, k
 
 
+def test_seq_bwd_gpu_tile_rule(monkeypatch):
+    """The GPU launch rule (not the interpreter's): a whole group per program up to 2048 state values (no dB/dC
+    atomics), else 32 x 16 tiles on one warp -- the H200 sweep's winners (scan._seq_bwd_block_d docstring)."""
+    monkeypatch.setattr(scan, "_INTERPRET", False)
+    monkeypatch.setattr(scan, "_CFG", {})
+    picks = {(cpg, n): scan._seq_bwd_block_d(cpg, n) for cpg, n in [(64, 16), (128, 16), (100, 16), (256, 16),
+                                                                      (512, 16), (32, 64), (64, 64), (3, 1)]}
+    assert picks == {(64, 16): 64, (128, 16): 128, (100, 16): 128, (256, 16): 32, (512, 16): 32, (32, 64): 32,
+                     (64, 64): 8, (3, 1): 4}
+    assert [scan._seq_bwd_warps(b, 16) for b in (32, 64, 128)] == [1, 2, 4]
+    monkeypatch.setattr(scan, "_CFG", {"seq_bwd_block_d": 16})
+    assert scan._seq_bwd_block_d(128, 16) == 16
+
+
 def test_torch_backend_matches_triton(device):
     ins = make_inputs(2, 6, 21, 4, "g2", device=device)
     gen = torch.Generator().manual_seed(2)

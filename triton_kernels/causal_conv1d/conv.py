@@ -89,13 +89,14 @@ def _long_blocks(x, width, mode):
     V = _pow2(V)
     if _INTERPRET:  # CPU tests: numpy cost is per op, not per element, so take big tiles
         bl_def, bd_def = 256, 16
-    else:  # fwd: 16 elements per thread (4 warps); bwd: 8 (it holds ~6 tiles of them)
-        bl_def, bd_def = (1024, 2) if mode == "fwd" else (512, 2)
+    else:  # fwd: 1024 x 2 tiles on 2 warps; bwd: 1024 x 1 on 4 warps (H200 sweep, bench/tune_conv.py: long fwd
+        # 0.0756 ms vs 0.0820 at 4 warps; fwd+bwd 0.2446 vs 0.2468 with 512 x 2; xlong fwd+bwd 0.430 vs 0.463)
+        bl_def, bd_def = (1024, 2) if mode == "fwd" else (1024, 1)
     bl = _CFG.get(f"{mode}_block_l") or bl_def
     bl = _pow2(max(V, min(bl, _pow2(L))))
     bd = _CFG.get(f"{mode}_block_d") or max(1, bl_def * bd_def // bl)  # short sequences: more channels
     bd = _pow2(min(bd, _pow2(dim)))
-    warps = _CFG.get(f"{mode}_warps") or 4
+    warps = _CFG.get(f"{mode}_warps") or (2 if mode == "fwd" else 4)
 
     def n_prog():
         return batch * triton.cdiv(dim, bd) * triton.cdiv(L, bl)
@@ -161,10 +162,12 @@ def causal_conv1d_fwd(x, weight, bias=None, initial_states=None, activation=None
         _conv_fwd_long_kernel[(n,)](*args, dim, L, n_t, n_d, *strides, WPAD=_pow2(width), **flags,
                                     BLOCK_D=bd, BLOCK_Q=bq, V=V, num_warps=warps)
         return out, final
-    bb, bc, bt = _tiles(x, _CFG.get("short_fwd_tile", 2048))
+    short = L < _CFG.get("long_min_len", 64)  # video regime: smaller tiles (H200 sweep: (262144, 64, 4) 0.163 ms
+    # at 512 elements / 2 warps vs 0.408 at 2048 / 8; (16384, 128, 8) 0.057 vs 0.064)
+    bb, bc, bt = _tiles(x, _CFG.get("short_fwd_tile", 512 if short else 2048))
     grid = (triton.cdiv(batch, bb), triton.cdiv(dim, bc), triton.cdiv(L, bt))
-    _conv_fwd_kernel[grid](*args, batch, dim, L, *strides, **flags,
-                           BLOCK_B=bb, BLOCK_C=bc, BLOCK_T=bt, num_warps=_CFG.get("short_fwd_warps", 8))
+    _conv_fwd_kernel[grid](*args, batch, dim, L, *strides, **flags, BLOCK_B=bb, BLOCK_C=bc, BLOCK_T=bt,
+                           num_warps=_CFG.get("short_fwd_warps", 2 if short else 8))
     return out, final
 
 
@@ -200,7 +203,9 @@ def causal_conv1d_bwd(x, weight, bias, initial_states, dout, dfinal_states=None,
     else:
         # The SiLU backward recomputes pre-activations at W shifts (W*W shifted loads): smaller tiles keep
         # the per-thread pointers in registers (sm_90: W=4 -> 512-element tiles, ~237 registers, no spills).
-        bb, bc, bt = _tiles(x, _CFG.get("short_bwd_tile", max(128, 2048 // width)))
+        # Short sequences: half that (H200 sweep, W=4: 256-element tiles, fwd+bwd (262144, 64, 4) 1.02 ms vs 1.28).
+        tile = max(128, (1024 if L < _CFG.get("long_min_len", 64) else 2048) // width)
+        bb, bc, bt = _tiles(x, _CFG.get("short_bwd_tile", tile))
         n_b, n_c, n_t = triton.cdiv(batch, bb), triton.cdiv(dim, bc), triton.cdiv(L, bt)
         # Loop over batch blocks inside a program (fewer dweight partial rows) down to the target program count.
         b_iters = max(1, min(n_b, (n_b * n_c * n_t) // _target_programs(x.device)))

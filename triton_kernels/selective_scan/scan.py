@@ -162,13 +162,19 @@ def use_seq_bwd(seqlen):
 
 
 def _seq_bwd_block_d(cpg, dstate):
-    """Tiles of up to 512 state values (32 x 16 at dstate 16): one warp holds 16 a thread, so the sums over N
-    and over the channels are warp shuffles (no barrier). Not timed on a GPU yet."""
+    """A whole group's channels when that tile has at most 2048 state values (128 x 16 at dstate 16): dB/dC then
+    need no atomics. Else tiles of 512 values (32 x 16), one warp. H200 sweep (bench/tune_scan.py --modes bwd,
+    bf16): (16384, 128, 8) 1.12 ms at 128 x 16 vs 1.46 at 32 x 16; (262144, 64, 4) 4.46 vs 5.93; (65536, 128, 4)
+    2.27 vs 2.90; where the group is wider than 128 channels 32 x 16 was best ((16384, 256, 4) 1.46 vs 1.65 at
+    128; (4096, 256, 16) 1.56 vs 1.73)."""
     if "seq_bwd_block_d" in _CFG:
         return _CFG["seq_bwd_block_d"]
     if _INTERPRET:
         return max(2, min(_pow2(cpg), 256))
-    return max(2, min(_pow2(cpg), max(512 // max(2, _pow2(dstate)), 1), 64))
+    n2 = max(2, _pow2(dstate))
+    if _pow2(cpg) * n2 <= 2048:
+        return max(2, _pow2(cpg))
+    return max(2, min(_pow2(cpg), max(512 // n2, 1), 64))
 
 
 def _seq_bwd_warps(block_d, dstate):
