@@ -2,7 +2,7 @@
 
     m2s2l train --data DIR --config m2s2l_paper --out RUN [--epochs 60 --batch-size 16 --lr 2e-4 ...]
     torchrun --nproc_per_node=N -m m2s2l train ...       (or: m2s2l train --gpus N ...)  DDP, global batch = B*N
-    m2s2l eval --data DIR --ckpt RUN/model.pt --out EVAL [--smooth SIGMA] [--labels FILE]
+    m2s2l eval --data DIR --ckpt RUN/model.pt --out EVAL [--smooth SIGMA] [--labels FILE] [--score VARIANT]
     m2s2l demo [--out DIR] [--quick]
 
 Extra subcommands: a module ``m2s2l.engine.<name>`` defining ``add_parser(subparsers)`` (which registers its
@@ -68,6 +68,7 @@ def add_train_args(p):
 
 
 def add_eval_args(p):
+    from m2s2l.models.scoring import SCORE_VARIANTS
     p.add_argument("--data", required=True, help="dataset root (with testing/) or a folder of clips")
     p.add_argument("--ckpt", required=True, help="checkpoint (model.pt, last.pt, best.pt)")
     p.add_argument("--out", required=True, help="output folder: scores.csv, metrics.json, score_curves.png")
@@ -76,6 +77,9 @@ def add_eval_args(p):
     p.add_argument("--split", default=None, help="split folder to score (default: testing if present)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--score", default="default", choices=list(SCORE_VARIANTS),
+                   help="score formula (m2s2l/models/scoring.py SCORE_VARIANTS; chosen on validation clips with "
+                        "pseudo-anomalies by bench/select_score.py); default: the model's own score")
     _device_args(p)
 
 

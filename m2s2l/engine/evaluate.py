@@ -44,11 +44,33 @@ def autocast_ctx(device, amp):
 
 
 @torch.no_grad()
-def score_indices(model, store, idx, clip_len, batch_size=128, device=None, amp=True, dist=None, progress=False):
+def score_variants(model, batch, names=None):
+    """Raw scores of named formulas (``m2s2l.models.scoring.SCORE_VARIANTS``) from ONE forward pass:
+    batch {"clip" (B, T, C, H, W), "target" (B, C, H, W)[, "flow"]} -> ``{name: (B,) float32}``; "default" is
+    exactly ``model.score(batch)["score"]``. Needs a model whose ``forward`` returns {"appearance", "motion"}."""
+    from m2s2l.models.scoring import SCORE_VARIANTS, score_variants as _variants, variant_terms
+    names = list(SCORE_VARIANTS) if names is None else list(names)
+    for n in names:
+        variant_terms(n)  # unknown names fail before the forward pass
+    pred = model.forward(batch["clip"])
+    if not isinstance(pred, dict) or "appearance" not in pred or "motion" not in pred:
+        raise TypeError(f"score variants need model.forward to return {{'appearance', 'motion'}}, "
+                        f"{type(model).__name__} returns {type(pred).__name__}")
+    out = {"default": model.score(batch, predictions=pred)["score"]}  # also validates the batch
+    rest = [n for n in names if n != "default"]
+    if rest:
+        out.update(_variants(model.config, pred, batch["target"], model.motion_target(batch), rest))
+    return {n: out[n] for n in names}
+
+
+@torch.no_grad()
+def score_indices(model, store, idx, clip_len, batch_size=128, device=None, amp=True, dist=None, progress=False,
+                  variant="default"):
     """Raw scores (float64 numpy, aligned with ``idx``) for the samples whose target frames are ``idx``.
 
     Under DDP each rank scores ``idx[rank::world]`` and the results are all-gathered in order.
-    ``progress``: print a line every 30 s (long CPU runs)."""
+    ``progress``: print a line every 30 s (long CPU runs). ``variant``: a name of
+    ``m2s2l.models.scoring.SCORE_VARIANTS`` ("default" = ``model.score``)."""
     import time
     dist = dist or DistInfo(device=torch.device(device or store.device))
     device = torch.device(device) if device is not None else dist.device
@@ -59,7 +81,10 @@ def score_indices(model, store, idx, clip_len, batch_size=128, device=None, amp=
     for i in range(0, len(local), batch_size):
         batch = store.batch(local[i:i + batch_size], clip_len, device)
         with autocast_ctx(device, amp):
-            s = model.score(batch)["score"]
+            if variant == "default":
+                s = model.score(batch)["score"]
+            else:
+                s = score_variants(model, batch, [variant])[variant]
         out.append(s.float().reshape(-1))
         if progress and time.time() - t_print > 30:
             print(f"scoring: {i + len(s)}/{len(local)} samples", flush=True)
@@ -216,8 +241,9 @@ def run_eval(args):
     if labels is not None:
         store.attach_labels(labels)
     t0 = time.time()
+    variant = getattr(args, "score", "default")
     raw = score_clips(model, store, cfg.clip_len, batch_size=args.batch_size, device=dist.device, amp=args.amp,
-                      dist=dist, progress=dist.main)
+                      dist=dist, progress=dist.main, variant=variant)
     dt = time.time() - t0
     metrics = None
     if dist.main:
@@ -225,11 +251,12 @@ def run_eval(args):
         metrics.update(checkpoint=os.path.abspath(args.ckpt), model=ckpt["model"], labels=source,
                        data=os.path.abspath(args.data), split=split, clip_len=cfg.clip_len,
                        scoring_frames_per_s=round(metrics["n_frames"] / max(dt, 1e-9), 1), device=str(dist.device),
-                       world_size=dist.world, calibration=ckpt.get("calibration"))
+                       world_size=dist.world, calibration=ckpt.get("calibration"), score_variant=variant)
         write_outputs(args.out, raw, norm, labels, metrics, cfg.clip_len, plot=not args.no_plot)
         if metrics["micro_auc"] is not None:
             print(f"eval: micro AUC {metrics['micro_auc']:.4f}, macro AUC {metrics['macro_auc']:.4f} "
-                  f"({metrics['n_frames']} frames, {metrics['n_clips']} clips, smoothing sigma {args.smooth}) "
+                  f"({metrics['n_frames']} frames, {metrics['n_clips']} clips, smoothing sigma {args.smooth}, "
+                  f"score {variant}) "
                   f"-> {args.out}")
         else:
             print(f"eval: no labels found; wrote raw scores for {metrics['n_frames']} frames -> {args.out}")

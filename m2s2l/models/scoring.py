@@ -52,3 +52,58 @@ def score(cfg, pred, target, motion_target):
     motion = patch_max_db(mot_err, cfg.score_patch)
     total = cfg.score_w_appearance * appearance + cfg.score_w_motion * motion
     return {"score": total, "appearance": appearance, "motion": motion, "error_map": app_err + mot_err}
+
+
+# ---- named score variants (chosen on validation clips with pseudo-anomalies: bench/select_score.py) ----------
+# Each variant is a sum of weighted terms; a term is (kind, size): kind "app"/"mot" = squared appearance / motion
+# error; size 0 = frame-level (-PSNR for "app"), size p = patch-max over p x p windows (stride p // 2) in dB.
+# "default" is ``score`` itself (cfg's weights and score_patch). Order = simplest first (ties in selection).
+SCORE_VARIANTS = {
+    "app_psnr": ((1.0, "app", 0),),
+    "app_patch16": ((1.0, "app", 16),),
+    "app_patch32": ((1.0, "app", 32),),
+    "mot_patch16": ((1.0, "mot", 16),),
+    "mot_patch32": ((1.0, "mot", 32),),
+    "default": None,
+    "app_patch16+mot_patch16": ((0.5, "app", 16), (0.5, "mot", 16)),
+    "app_psnr+mot_patch32": ((0.5, "app", 0), (0.5, "mot", 32)),
+    "app_patch32+mot_patch32": ((0.5, "app", 32), (0.5, "mot", 32)),
+}
+
+
+def variant_terms(name):
+    """Number of terms of variant ``name`` (the default has two: appearance and motion)."""
+    if name not in SCORE_VARIANTS:
+        raise ValueError(f"score variant must be one of {list(SCORE_VARIANTS)}, got {name!r}")
+    return 2 if SCORE_VARIANTS[name] is None else len(SCORE_VARIANTS[name])
+
+
+def score_variants(cfg, pred, target, motion_target, names=None):
+    """Raw per-frame scores of several formulas from ONE prediction: ``{name: (B,) float32}``.
+
+    pred {"appearance" (B, C, H, W), "motion" (B, Cm, H, W)}, target (B, C, H, W), motion_target (B, Cm, H, W)
+    as in :func:`score`; ``names`` (default: all of ``SCORE_VARIANTS``). A patch larger than the frame is clamped
+    to the frame size. "default" equals ``score(cfg, pred, target, motion_target)["score"]``."""
+    names = list(SCORE_VARIANTS) if names is None else list(names)
+    for n in names:
+        variant_terms(n)
+    pairs = {"app": (pred["appearance"], target), "mot": (pred["motion"], motion_target)}
+    cache = {}
+
+    def term(kind, size):
+        if (kind, size) not in cache:
+            p, t = pairs[kind]
+            if size == 0:
+                cache[kind, size] = neg_psnr(p, t)
+            else:
+                err = (p.float() - t.float()).pow(2).mean(1, keepdim=True)                    # (B, 1, H, W)
+                cache[kind, size] = patch_max_db(err, min(size, *err.shape[-2:]))
+        return cache[kind, size]
+
+    out = {}
+    for n in names:
+        if SCORE_VARIANTS[n] is None:
+            out[n] = score(cfg, pred, target, motion_target)["score"]
+        else:
+            out[n] = sum(w * term(kind, size) for w, kind, size in SCORE_VARIANTS[n])
+    return out
