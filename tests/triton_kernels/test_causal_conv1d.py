@@ -124,6 +124,16 @@ def test_long_path_matches_reference(case, cfg, device, monkeypatch):
     assert calls == ["_conv_fwd_long_kernel", "_conv_bwd_long_kernel"]  # both directions took the long path
 
 
+def test_tile_blocks_are_powers_of_two(monkeypatch):
+    """Triton's arange needs power-of-two blocks; tile budgets such as 1024 // width are not (width 3: 341)."""
+    import m2s2l.triton_kernels.causal_conv1d.conv as conv
+    monkeypatch.setattr(conv, "_CFG", {})
+    for shape in [(5, 48, 7), (262144, 64, 4), (3, 100, 300), (1, 1, 1)]:
+        for tile in [max(128, 1024 // w) for w in range(1, 14)] + [2048, 341, 100]:
+            blocks = conv._tiles(torch.empty(shape), tile)
+            assert all(b >= 1 and b & (b - 1) == 0 for b in blocks), (shape, tile, blocks)
+
+
 def test_path_choice(monkeypatch):
     import m2s2l.triton_kernels.causal_conv1d.conv as conv
     monkeypatch.setattr(conv, "_CFG", {})

@@ -138,8 +138,10 @@ def _tiles(x, tile):
     16 for channel-last x, else 128; override: short_block_t)."""
     batch, dim, L = x.shape
     bt = min(triton.next_power_of_2(L), _CFG.get("short_block_t", 16 if _chan_last(x) else 128))
-    bc = min(triton.next_power_of_2(dim), max(1, tile // bt), 256)
-    bb = min(triton.next_power_of_2(batch), max(1, tile // (bt * bc)))
+    def floor2(v):  # block sizes must be powers of two; ``tile`` need not be (e.g. 1024 // width)
+        return 1 << (max(1, int(v)).bit_length() - 1)
+    bc = min(triton.next_power_of_2(dim), floor2(tile // bt), 256)
+    bb = min(triton.next_power_of_2(batch), floor2(tile // (bt * bc)))
     return bb, bc, bt
 
 
