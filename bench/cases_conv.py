@@ -11,7 +11,7 @@ Bytes (ideal): fwd = x read + out written; fwd+bwd adds x, dout read and dx writ
 import torch
 import torch.nn.functional as F
 
-from common import DTYPES, Case, optional_attr
+from common import DTYPES, Case, case_grid, optional_attr
 
 WIDTH = 4
 SHAPES = [("long", (8, 4096, 2048)), ("video", (16384, 128, 8))]
@@ -59,26 +59,23 @@ def cases(device, dtypes, modes, quick):
     on_gpu = torch.device(device).type == "cuda"
     peer = _peer() if on_gpu else None
     out = []
-    for name, shape in (QUICK_SHAPES if quick or not on_gpu else SHAPES):
+    for name, shape, dt, mode, grad in case_grid(SHAPES, QUICK_SHAPES, dtypes, modes, on_gpu, quick):
         batch, dim, L = shape
-        for dt in dtypes:
-            dtype = DTYPES[dt]
-            for mode in modes:
-                grad = mode == "fwdbwd"
-                ins = _inputs(shape, dtype, device, grad)
-                dout = torch.randn_like(ins[0]) if grad else None
-                impls = {}
-                if on_gpu or interpret_mode():
-                    impls["triton"] = _runner(causal_conv1d_fn, ins, dout, backend="triton")
-                    ins_cl = _inputs(shape, dtype, device, grad, channel_last=True)
-                    impls["triton-cl"] = _runner(causal_conv1d_fn, ins_cl, dout, backend="triton")
-                if on_gpu and cuda_ext() is not None:
-                    impls["cuda-ext"] = _runner(causal_conv1d_fn, ins, dout, backend="cuda")
-                impls["F.conv1d"] = _runner(_oracle, ins, dout)
-                if peer is not None:
-                    impls["causal-conv1d"] = _runner(peer, ins, dout)
-                io = batch * dim * L * dtype.itemsize
-                nbytes = 2 * io if not grad else 5 * io
-                out.append(Case("conv", name, f"({batch}, {dim}, {L}) W={WIDTH}", dt, mode, impls, nbytes,
-                                peer="causal-conv1d" if peer is not None else None))
+        dtype = DTYPES[dt]
+        ins = _inputs(shape, dtype, device, grad)
+        dout = torch.randn_like(ins[0]) if grad else None
+        impls = {}
+        if on_gpu or interpret_mode():
+            impls["triton"] = _runner(causal_conv1d_fn, ins, dout, backend="triton")
+            ins_cl = _inputs(shape, dtype, device, grad, channel_last=True)
+            impls["triton-cl"] = _runner(causal_conv1d_fn, ins_cl, dout, backend="triton")
+        if on_gpu and cuda_ext() is not None:
+            impls["cuda-ext"] = _runner(causal_conv1d_fn, ins, dout, backend="cuda")
+        impls["F.conv1d"] = _runner(_oracle, ins, dout)
+        if peer is not None:
+            impls["causal-conv1d"] = _runner(peer, ins, dout)
+        io = batch * dim * L * dtype.itemsize
+        nbytes = 2 * io if not grad else 5 * io
+        out.append(Case("conv", name, f"({batch}, {dim}, {L}) W={WIDTH}", dt, mode, impls, nbytes,
+                        peer="causal-conv1d" if peer is not None else None))
     return out

@@ -12,7 +12,7 @@ not counted.
 """
 import torch
 
-from common import DTYPES, Case, optional_attr
+from common import DTYPES, Case, case_grid, optional_attr
 
 N = 16
 SHAPES = [("LM", (8, 2048, 2048)), ("spatial", (16, 192, 4096)), ("temporal8", (16384, 128, 8)),
@@ -95,32 +95,29 @@ def cases(device, dtypes, modes, quick):
     on_gpu = torch.device(device).type == "cuda"
     peer = _peer() if on_gpu else None
     out = []
-    for name, shape in (QUICK_SHAPES if quick or not on_gpu else SHAPES):
+    for name, shape, dt, mode, grad in case_grid(SHAPES, QUICK_SHAPES, dtypes, modes, on_gpu, quick):
         batch, dim, L = shape
-        for dt in dtypes:
-            esz = DTYPES[dt].itemsize
-            for mode in modes:
-                grad = mode == "fwdbwd"
-                ins = _inputs(shape, DTYPES[dt], device, grad)
-                dout = torch.randn_like(ins["u"]) if grad else None
-                wrap = (lambda f, **kw: _fwdbwd(f, ins, dout, **kw)) if grad else (lambda f, **kw: _fwd(f, ins, **kw))
-                impls = {}
-                if on_gpu or interpret_mode():
-                    impls["triton"] = wrap(selective_scan_fn, backend="triton")
-                    impls["triton-kern"] = _kernels(ins, dout)
-                if on_gpu and cuda_ext() is not None:
-                    impls["cuda-ext"] = wrap(selective_scan_fn, backend="cuda")
-                    impls["cuda-kern"] = _cuda_kernels(ins, dout)
-                big = batch * dim * L * N >= (1 << 29)
-                if not (grad and big):  # the reference's autograd graph holds every step's state
-                    impls["torch"] = wrap(_ref)
-                if peer is not None:
-                    impls["mamba-ssm"] = wrap(peer)
-                io = batch * dim * L * esz
-                bc = 2 * batch * N * L * esz
-                nbytes = 4 * io + bc if not grad else (4 * io + bc) + (4 * io + bc) + (3 * io + bc)
-                exps = batch * dim * L * N * (2 if grad else 1)
-                out.append(Case("scan", name, f"({batch}, {dim}, {L}) N={N}", dt, mode, impls, nbytes, exps,
-                                peer="mamba-ssm" if peer is not None else None,
-                                once={"torch"} if big or L > 64 else set()))
+        esz = DTYPES[dt].itemsize
+        ins = _inputs(shape, DTYPES[dt], device, grad)
+        dout = torch.randn_like(ins["u"]) if grad else None
+        wrap = (lambda f, **kw: _fwdbwd(f, ins, dout, **kw)) if grad else (lambda f, **kw: _fwd(f, ins, **kw))
+        impls = {}
+        if on_gpu or interpret_mode():
+            impls["triton"] = wrap(selective_scan_fn, backend="triton")
+            impls["triton-kern"] = _kernels(ins, dout)
+        if on_gpu and cuda_ext() is not None:
+            impls["cuda-ext"] = wrap(selective_scan_fn, backend="cuda")
+            impls["cuda-kern"] = _cuda_kernels(ins, dout)
+        big = batch * dim * L * N >= (1 << 29)
+        if not (grad and big):  # the reference's autograd graph holds every step's state
+            impls["torch"] = wrap(_ref)
+        if peer is not None:
+            impls["mamba-ssm"] = wrap(peer)
+        io = batch * dim * L * esz
+        bc = 2 * batch * N * L * esz
+        nbytes = 4 * io + bc if not grad else (4 * io + bc) + (4 * io + bc) + (3 * io + bc)
+        exps = batch * dim * L * N * (2 if grad else 1)
+        out.append(Case("scan", name, f"({batch}, {dim}, {L}) N={N}", dt, mode, impls, nbytes, exps,
+                        peer="mamba-ssm" if peer is not None else None,
+                        once={"torch"} if big or L > 64 else set()))
     return out

@@ -91,6 +91,15 @@ def optional_attr(module, attr):
 SWEEP_HEADER = f"{'shape':<11} {'mode':<7} {'ms p50':>9} {'vs def':>7} {'err out/grad':<17} {'status':<10} config"
 
 
+def case_grid(shapes, quick_shapes, dtypes, modes, on_gpu, quick):
+    """(name, shape, dtype key, mode, grad) for every bench case of an op: the quick shapes on CPU or with --quick;
+    grad = the mode is "fwdbwd"."""
+    for name, shape in (quick_shapes if quick or not on_gpu else shapes):
+        for dt in dtypes:
+            for mode in modes:
+                yield name, shape, dt, mode, mode == "fwdbwd"
+
+
 def cfg_str(cfg):
     """A launch config {key: int} in the env-variable syntax "key=v,..." ("default" when empty)."""
     return ",".join(f"{k}={v}" for k, v in cfg.items()) or "default"
