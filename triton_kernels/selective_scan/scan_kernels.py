@@ -24,6 +24,25 @@ def _load_bc(ptr, base_bg, offs_d, offs_n, offs_t, mask_d, mask_n, mask_t, s0, s
         return _load_fixed_bc(ptr, offs_d, offs_n, mask_d[:, None] & mask_n[None, :], s0, s1)[:, None, :]
 
 
+@triton.jit
+def _fwd_tiles(o_t, p_u, p_dt, p_z, B_ptr, C_ptr, bB_base, bC_base, o_d, o_n, m_d, m_n, L, su_t, sdt_t, sz_t,
+               sB0, sB1, sB2, sB3, sC0, sC1, sC2, sC3, B_VAR: tl.constexpr, C_VAR: tl.constexpr,
+               HAS_Z: tl.constexpr):
+    """The forward's inputs at time offsets ``o_t`` (masked past L): u, delta, z (raw dtypes; a scalar 0 without
+    z, so no tile is carried for it), B, C (float32). Loaded one chunk ahead of the compute (software prefetch)."""
+    m_t = o_t < L
+    m_dt = m_d[:, None] & m_t[None, :]
+    u = tl.load(p_u + o_t[None, :] * su_t, mask=m_dt, other=0.0)
+    dt = tl.load(p_dt + o_t[None, :] * sdt_t, mask=m_dt, other=0.0)
+    if HAS_Z:
+        z = tl.load(p_z + o_t[None, :] * sz_t, mask=m_dt, other=0.0)
+    else:
+        z = 0.0
+    b_B = _load_bc(B_ptr, bB_base, o_d, o_n, o_t, m_d, m_n, m_t, sB0, sB1, sB2, sB3, B_VAR)
+    b_C = _load_bc(C_ptr, bC_base, o_d, o_n, o_t, m_d, m_n, m_t, sC0, sC1, sC2, sC3, C_VAR)
+    return u, dt, z, b_B, b_C
+
+
 @triton.jit(do_not_specialize=["L", "nchunks"])
 def _fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, hlast_ptr, hc_ptr,
                 L, nchunks, dim, cpg, nblk,
@@ -45,14 +64,9 @@ def _fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_p
     bC_base = i_b * sC0 + i_g * sC1
     p_u, p_dt, p_z = _row_ptrs(u_ptr, dt_ptr, z_ptr, i_b, o_d[:, None], su_b, su_d, sdt_b, sdt_d, sz_b, sz_d)
     # software prefetch: the tiles of chunk c + 1 are loaded while chunk c is computed
-    m_t = o_tl < L
-    m_dt = m_d[:, None] & m_t[None, :]
-    n_u = tl.load(p_u + o_tl[None, :] * su_t, mask=m_dt, other=0.0)
-    n_dt = tl.load(p_dt + o_tl[None, :] * sdt_t, mask=m_dt, other=0.0)
-    if HAS_Z:
-        n_z = tl.load(p_z + o_tl[None, :] * sz_t, mask=m_dt, other=0.0)
-    n_B = _load_bc(B_ptr, bB_base, o_d, o_n, o_tl, m_d, m_n, m_t, sB0, sB1, sB2, sB3, B_VAR)
-    n_C = _load_bc(C_ptr, bC_base, o_d, o_n, o_tl, m_d, m_n, m_t, sC0, sC1, sC2, sC3, C_VAR)
+    n_u, n_dt, n_z, n_B, n_C = _fwd_tiles(o_tl, p_u, p_dt, p_z, B_ptr, C_ptr, bB_base, bC_base, o_d, o_n, m_d, m_n,
+                                          L, su_t, sdt_t, sz_t, sB0, sB1, sB2, sB3, sC0, sC1, sC2, sC3,
+                                          B_VAR, C_VAR, HAS_Z)
     for c in range(0, nchunks):
         if SAVE_CHUNKS:
             if c > 0:
@@ -64,15 +78,9 @@ def _fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_p
         b_u, b_dt, b_B, b_C = n_u.to(tl.float32), n_dt.to(tl.float32), n_B, n_C
         if HAS_Z:
             b_z = n_z.to(tl.float32)
-        o_tn = o_t + T_C
-        m_tn = o_tn < L
-        m_dtn = m_d[:, None] & m_tn[None, :]
-        n_u = tl.load(p_u + o_tn[None, :] * su_t, mask=m_dtn, other=0.0)
-        n_dt = tl.load(p_dt + o_tn[None, :] * sdt_t, mask=m_dtn, other=0.0)
-        if HAS_Z:
-            n_z = tl.load(p_z + o_tn[None, :] * sz_t, mask=m_dtn, other=0.0)
-        n_B = _load_bc(B_ptr, bB_base, o_d, o_n, o_tn, m_d, m_n, m_tn, sB0, sB1, sB2, sB3, B_VAR)
-        n_C = _load_bc(C_ptr, bC_base, o_d, o_n, o_tn, m_d, m_n, m_tn, sC0, sC1, sC2, sC3, C_VAR)
+        n_u, n_dt, n_z, n_B, n_C = _fwd_tiles(o_t + T_C, p_u, p_dt, p_z, B_ptr, C_ptr, bB_base, bC_base, o_d, o_n,
+                                              m_d, m_n, L, su_t, sdt_t, sz_t, sB0, sB1, sB2, sB3, sC0, sC1, sC2,
+                                              sC3, B_VAR, C_VAR, HAS_Z)
         b_dtr, b_dt = _delta(b_dt, b_bias[:, None], HAS_BIAS, SOFTPLUS)
         b_dt = tl.where(m_dt, b_dt, 0.0)  # padded steps: a = 1, b = 0 (state passes through)
         b_a = tl.exp2(b_dt[:, :, None] * b_A2[:, None, :])
