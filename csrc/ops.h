@@ -2,7 +2,29 @@
 #pragma once
 #include <torch/extension.h>
 #include <optional>
+#include <sstream>
+#include <stdexcept>
 #include <vector>
+
+// Argument checks of the extension. Not TORCH_CHECK: on the GPU machine (torch 2.11+cu130, g++ 13.3) every
+// c10::Error thrown from code compiled into an extension -- ours or a minimal load_inline one -- killed the
+// process with SIGSEGV, while a std::runtime_error thrown from the same place reached Python as RuntimeError
+// (csrc/tools/probe_throw_inline.py). So the message is formatted here and thrown as std::runtime_error, which
+// pybind11 turns into RuntimeError without going through torch's exception translator.
+namespace m2s2l {
+namespace detail {
+template <typename... Args>
+[[noreturn]] void check_fail(const Args&... args) {
+  std::ostringstream ss;
+  (ss << ... << args);
+  throw std::runtime_error(ss.str());
+}
+}  // namespace detail
+}  // namespace m2s2l
+#define M2S2L_CHECK(cond, ...)                                    \
+  do {                                                            \
+    if (!(cond)) ::m2s2l::detail::check_fail(__VA_ARGS__);        \
+  } while (0)
 
 namespace m2s2l {
 using OptT = std::optional<at::Tensor>;

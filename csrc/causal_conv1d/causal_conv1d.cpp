@@ -13,27 +13,27 @@ namespace {
 constexpr int kMaxWidth = 16;
 
 void check_same(const at::Tensor& t, const char* name, const at::Tensor& x) {
-  TORCH_CHECK(t.is_cuda() && t.device() == x.device(), "causal_conv1d: ", name, " must be a CUDA tensor on ",
+  M2S2L_CHECK(t.is_cuda() && t.device() == x.device(), "causal_conv1d: ", name, " must be a CUDA tensor on ",
               x.device(), ", got ", t.device());
 }
 
 ConvParams make_params(const at::Tensor& x, const at::Tensor& weight, const OptT& bias, const OptT& init,
                        bool silu, std::vector<at::Tensor>& keep) {
-  TORCH_CHECK(x.is_cuda(), "causal_conv1d: x must be a CUDA tensor");
-  TORCH_CHECK(x.dim() == 3, "causal_conv1d: x must be (batch, dim, seqlen), got ", x.sizes());
+  M2S2L_CHECK(x.is_cuda(), "causal_conv1d: x must be a CUDA tensor");
+  M2S2L_CHECK(x.dim() == 3, "causal_conv1d: x must be (batch, dim, seqlen), got ", x.sizes());
   const auto dt = x.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16,
+  M2S2L_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16,
               "causal_conv1d: x must be float32, float16 or bfloat16, got ", dt);
   const int64_t batch = x.size(0), dim = x.size(1), L = x.size(2);
   // int32 fields in ConvParams; a 1-D grid of batch * dim * ceil(L / kConvTile) / kConvThreads blocks < 2^31
-  TORCH_CHECK(L < (int64_t(1) << 31) && batch < (int64_t(1) << 31) && dim < (int64_t(1) << 31) &&
+  M2S2L_CHECK(L < (int64_t(1) << 31) && batch < (int64_t(1) << 31) && dim < (int64_t(1) << 31) &&
                   batch * dim * ((L + kConvTile - 1) / kConvTile) < (int64_t(1) << 37),
               "causal_conv1d: shape (batch, dim, seqlen) = ", x.sizes(), " too large for the CUDA backend");
   check_same(weight, "weight", x);
-  TORCH_CHECK(weight.dim() == 2 && weight.size(0) == dim, "causal_conv1d: weight must be (dim, width) with dim = ",
+  M2S2L_CHECK(weight.dim() == 2 && weight.size(0) == dim, "causal_conv1d: weight must be (dim, width) with dim = ",
               dim, ", got ", weight.sizes());
   const int64_t W = weight.size(1);
-  TORCH_CHECK(W >= 1 && W <= kMaxWidth, "causal_conv1d: the CUDA backend supports width 1..", kMaxWidth,
+  M2S2L_CHECK(W >= 1 && W <= kMaxWidth, "causal_conv1d: the CUDA backend supports width 1..", kMaxWidth,
               ", got ", W);
   keep.push_back(weight.to(at::kFloat).contiguous());
   ConvParams p{};
@@ -42,14 +42,14 @@ ConvParams make_params(const at::Tensor& x, const at::Tensor& weight, const OptT
   p.weight = keep.back().data_ptr<float>();
   if (bias) {
     check_same(*bias, "bias", x);
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == dim, "causal_conv1d: bias must be (dim,) = (", dim,
+    M2S2L_CHECK(bias->dim() == 1 && bias->size(0) == dim, "causal_conv1d: bias must be (dim,) = (", dim,
                 ",), got ", bias->sizes());
     keep.push_back(bias->to(at::kFloat).contiguous());
     p.bias = keep.back().data_ptr<float>();
   }
   if (init && W > 1) {
     check_same(*init, "initial_states", x);
-    TORCH_CHECK(init->sizes() == at::IntArrayRef({batch, dim, W - 1}),
+    M2S2L_CHECK(init->sizes() == at::IntArrayRef({batch, dim, W - 1}),
                 "causal_conv1d: initial_states must be (batch, dim, width - 1) = (", batch, ", ", dim, ", ", W - 1,
                 "), got ", init->sizes());
     keep.push_back(init->to(dt).contiguous());
@@ -73,7 +73,7 @@ void run(bool fwd, const ConvParams& p, at::ScalarType dt) {
   auto s = c10::cuda::getCurrentCUDAStream().stream();
   cudaError_t e = dt == at::kFloat ? launch<float>(fwd, p, s)
                   : dt == at::kHalf ? launch<__half>(fwd, p, s) : launch<__nv_bfloat16>(fwd, p, s);
-  TORCH_CHECK(e == cudaSuccess, "causal_conv1d ", fwd ? "forward" : "backward", " kernel launch failed: ",
+  M2S2L_CHECK(e == cudaSuccess, "causal_conv1d ", fwd ? "forward" : "backward", " kernel launch failed: ",
               cudaGetErrorString(e));
 }
 
@@ -104,12 +104,12 @@ std::vector<at::Tensor> causal_conv1d_bwd(const at::Tensor& x, const at::Tensor&
   std::vector<at::Tensor> keep;
   ConvParams p = make_params(x, weight, bias, initial_states, silu, keep);
   check_same(dout, "dout", x);
-  TORCH_CHECK(dout.sizes() == x.sizes() && dout.scalar_type() == x.scalar_type(),
+  M2S2L_CHECK(dout.sizes() == x.sizes() && dout.scalar_type() == x.scalar_type(),
               "causal_conv1d: dout must match x in shape and dtype, got ", dout.sizes(), " ", dout.scalar_type());
   p.dout = dout.data_ptr(); p.do_sb = dout.stride(0); p.do_sd = dout.stride(1); p.do_sl = dout.stride(2);
   if (dfinal_states && p.W > 1) {
     check_same(*dfinal_states, "dfinal_states", x);
-    TORCH_CHECK(dfinal_states->sizes() == at::IntArrayRef({p.batch, p.dim, p.W - 1}),
+    M2S2L_CHECK(dfinal_states->sizes() == at::IntArrayRef({p.batch, p.dim, p.W - 1}),
                 "causal_conv1d: dfinal_states must be (batch, dim, width - 1), got ", dfinal_states->sizes());
     keep.push_back(dfinal_states->to(x.scalar_type()).contiguous());
     p.dfinal = keep.back().data_ptr();

@@ -11,16 +11,16 @@ namespace m2s2l {
 namespace {
 
 void check_cuda(const at::Tensor& t, const char* name, const at::Tensor& ref) {
-  TORCH_CHECK(t.is_cuda(), "selective_scan: ", name, " must be a CUDA tensor");
-  TORCH_CHECK(t.device() == ref.device(), "selective_scan: ", name, " is on ", t.device(), " but u is on ",
+  M2S2L_CHECK(t.is_cuda(), "selective_scan: ", name, " must be a CUDA tensor");
+  M2S2L_CHECK(t.device() == ref.device(), "selective_scan: ", name, " is on ", t.device(), " but u is on ",
               ref.device());
 }
 
 // Small float32 side inputs (A, D, delta_bias, states) are made contiguous float32 here.
 at::Tensor f32_input(const at::Tensor& t, const char* name, at::IntArrayRef shape, const at::Tensor& u) {
   check_cuda(t, name, u);
-  TORCH_CHECK(t.scalar_type() == at::kFloat, "selective_scan: ", name, " must be float32, got ", t.scalar_type());
-  TORCH_CHECK(t.sizes() == shape, "selective_scan: ", name, " must have shape ", shape, ", got ", t.sizes());
+  M2S2L_CHECK(t.scalar_type() == at::kFloat, "selective_scan: ", name, " must be float32, got ", t.scalar_type());
+  M2S2L_CHECK(t.sizes() == shape, "selective_scan: ", name, " must have shape ", shape, ", got ", t.sizes());
   return t.contiguous();
 }
 
@@ -30,18 +30,18 @@ void set_bc(const at::Tensor& X, const char* name, const at::Tensor& u, int64_t 
   int64_t G, sb, sg, sn, sl;
   bool var;
   if (X.dim() == 2) {
-    TORCH_CHECK(X.size(0) == dim && X.size(1) == N, "selective_scan: fixed ", name, " must be (dim, dstate) = (",
+    M2S2L_CHECK(X.size(0) == dim && X.size(1) == N, "selective_scan: fixed ", name, " must be (dim, dstate) = (",
                 dim, ", ", N, "), got ", X.sizes());
     var = false; G = dim; sb = 0; sg = X.stride(0); sn = X.stride(1); sl = 0;
   } else if (X.dim() == 3) {
-    TORCH_CHECK(X.size(0) == batch && X.size(1) == N && X.size(2) == L, "selective_scan: ", name,
+    M2S2L_CHECK(X.size(0) == batch && X.size(1) == N && X.size(2) == L, "selective_scan: ", name,
                 " must be (batch, dstate, seqlen) = (", batch, ", ", N, ", ", L, "), got ", X.sizes());
     var = true; G = 1; sb = X.stride(0); sg = 0; sn = X.stride(1); sl = X.stride(2);
   } else {
-    TORCH_CHECK(X.dim() == 4, "selective_scan: ", name, " must be (dim, dstate), (batch, dstate, seqlen) or ",
+    M2S2L_CHECK(X.dim() == 4, "selective_scan: ", name, " must be (dim, dstate), (batch, dstate, seqlen) or ",
                 "(batch, groups, dstate, seqlen), got ", X.dim(), " dims");
     G = X.size(1);
-    TORCH_CHECK(X.size(0) == batch && G >= 1 && dim % G == 0 && X.size(2) == N && X.size(3) == L,
+    M2S2L_CHECK(X.size(0) == batch && G >= 1 && dim % G == 0 && X.size(2) == N && X.size(3) == L,
                 "selective_scan: ", name, " must be (batch, groups, dstate, seqlen) = (", batch,
                 ", groups dividing ", dim, ", ", N, ", ", L, "), got ", X.sizes());
     var = true; sb = X.stride(0); sg = X.stride(1); sn = X.stride(2); sl = X.stride(3);
@@ -60,24 +60,24 @@ void set_bc(const at::Tensor& X, const char* name, const at::Tensor& u, int64_t 
 SSParams make_params(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                      const at::Tensor& C, const OptT& D, const OptT& z, const OptT& delta_bias,
                      bool delta_softplus, std::vector<at::Tensor>& keep) {
-  TORCH_CHECK(u.is_cuda(), "selective_scan: u must be a CUDA tensor");
-  TORCH_CHECK(u.dim() == 3, "selective_scan: u must be (batch, dim, seqlen), got ", u.sizes());
+  M2S2L_CHECK(u.is_cuda(), "selective_scan: u must be a CUDA tensor");
+  M2S2L_CHECK(u.dim() == 3, "selective_scan: u must be (batch, dim, seqlen), got ", u.sizes());
   const auto dt = u.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16,
+  M2S2L_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16,
               "selective_scan: u must be float32, float16 or bfloat16, got ", dt);
   const int64_t batch = u.size(0), dim = u.size(1), L = u.size(2);
   // int32 fields in SSParams; a 1-D grid of batch * dim * 32 / kThreads blocks must stay below 2^31
-  TORCH_CHECK(L < (int64_t(1) << 31) && batch < (int64_t(1) << 31) && dim < (int64_t(1) << 31) &&
+  M2S2L_CHECK(L < (int64_t(1) << 31) && batch < (int64_t(1) << 31) && dim < (int64_t(1) << 31) &&
                   batch * dim < (int64_t(1) << 33),
               "selective_scan: shape (batch, dim, seqlen) = ", u.sizes(), " too large for the CUDA backend ",
               "(batch * dim must be < 2^33, seqlen < 2^31)");
   check_cuda(delta, "delta", u);
-  TORCH_CHECK(delta.sizes() == u.sizes() && delta.scalar_type() == dt,
+  M2S2L_CHECK(delta.sizes() == u.sizes() && delta.scalar_type() == dt,
               "selective_scan: delta must match u in shape and dtype: (batch, dim, seqlen) ", u.sizes(), " ", dt,
               ", got ", delta.sizes(), " ", delta.scalar_type());
-  TORCH_CHECK(A.dim() == 2 && A.size(0) == dim, "selective_scan: A must be (dim, dstate), got ", A.sizes());
+  M2S2L_CHECK(A.dim() == 2 && A.size(0) == dim, "selective_scan: A must be (dim, dstate), got ", A.sizes());
   const int64_t N = A.size(1);
-  TORCH_CHECK(N >= 1 && N <= 256, "selective_scan: dstate must be in 1..256, got ", N);
+  M2S2L_CHECK(N >= 1 && N <= 256, "selective_scan: dstate must be in 1..256, got ", N);
   keep.push_back(f32_input(A, "A", {dim, N}, u));
   SSParams p{};
   p.batch = (int)batch; p.dim = (int)dim; p.L = (int)L; p.N = (int)N;
@@ -86,7 +86,7 @@ SSParams make_params(const at::Tensor& u, const at::Tensor& delta, const at::Ten
   p.u = u.data_ptr(); p.u_sb = u.stride(0); p.u_sd = u.stride(1); p.u_sl = u.stride(2);
   p.delta = delta.data_ptr(); p.dl_sb = delta.stride(0); p.dl_sd = delta.stride(1); p.dl_sl = delta.stride(2);
   p.A = keep.back().data_ptr<float>();
-  TORCH_CHECK(B.scalar_type() == C.scalar_type() && (B.scalar_type() == dt || B.scalar_type() == at::kFloat),
+  M2S2L_CHECK(B.scalar_type() == C.scalar_type() && (B.scalar_type() == dt || B.scalar_type() == at::kFloat),
               "selective_scan: B and C must share one dtype, either u's (", dt, ") or float32; got ",
               B.scalar_type(), " and ", C.scalar_type());
   set_bc(B, "B", u, N, p, true);
@@ -98,7 +98,7 @@ SSParams make_params(const at::Tensor& u, const at::Tensor& delta, const at::Ten
   }
   if (z) {
     check_cuda(*z, "z", u);
-    TORCH_CHECK(z->sizes() == u.sizes() && z->scalar_type() == dt,
+    M2S2L_CHECK(z->sizes() == u.sizes() && z->scalar_type() == dt,
                 "selective_scan: z must match u in shape and dtype, got ", z->sizes(), " ", z->scalar_type());
     p.z = z->data_ptr(); p.z_sb = z->stride(0); p.z_sd = z->stride(1); p.z_sl = z->stride(2);
   }
@@ -133,7 +133,7 @@ void run(bool fwd, const SSParams& p, at::ScalarType dt, at::ScalarType wt) {
   if (dt == at::kFloat) e = launch<float, float>(fwd, p, s);
   else if (dt == at::kHalf) e = wf ? launch<__half, float>(fwd, p, s) : launch<__half, __half>(fwd, p, s);
   else e = wf ? launch<__nv_bfloat16, float>(fwd, p, s) : launch<__nv_bfloat16, __nv_bfloat16>(fwd, p, s);
-  TORCH_CHECK(e == cudaSuccess, "selective_scan ", fwd ? "forward" : "backward", " kernel launch failed: ",
+  M2S2L_CHECK(e == cudaSuccess, "selective_scan ", fwd ? "forward" : "backward", " kernel launch failed: ",
               cudaGetErrorString(e));
 }
 
@@ -169,7 +169,7 @@ std::vector<at::Tensor> selective_scan_bwd(const at::Tensor& dout, const OptT& d
   SSParams p = make_params(u, delta, A, B, C, D, z, delta_bias, delta_softplus, keep);
   const auto f32 = u.options().dtype(at::kFloat);
   check_cuda(dout, "dout", u);
-  TORCH_CHECK(dout.sizes() == u.sizes() && dout.scalar_type() == u.scalar_type(),
+  M2S2L_CHECK(dout.sizes() == u.sizes() && dout.scalar_type() == u.scalar_type(),
               "selective_scan: dout must match u in shape and dtype, got ", dout.sizes(), " ", dout.scalar_type());
   p.dout = dout.data_ptr(); p.do_sb = dout.stride(0); p.do_sd = dout.stride(1); p.do_sl = dout.stride(2);
   keep.push_back(f32_input(saved_states, "saved_states", {p.batch, p.dim, p.nchunks, p.N}, u));
