@@ -2,22 +2,36 @@
 #pragma once
 #include <torch/extension.h>
 #include <optional>
-#include <sstream>
 #include <stdexcept>
+#include <string>
+#include <type_traits>
 #include <vector>
 
-// Argument checks of the extension. Not TORCH_CHECK: on the GPU machine (torch 2.11+cu130, g++ 13.3) every
-// c10::Error thrown from code compiled into an extension -- ours or a minimal load_inline one -- killed the
-// process with SIGSEGV, while a std::runtime_error thrown from the same place reached Python as RuntimeError
-// (csrc/tools/probe_throw_inline.py). So the message is formatted here and thrown as std::runtime_error, which
-// pybind11 turns into RuntimeError without going through torch's exception translator.
+// Argument checks of the extension. Neither TORCH_CHECK nor any std::ostringstream: on the GPU machine (torch
+// 2.11+cu130, g++ 13.3, pybind11 3.1) a minimal load_inline extension (csrc/tools/probe_throw_inline.py) died with
+// SIGSEGV whenever its error message was formatted with an ostringstream (c10::str inside TORCH_CHECK, or by hand)
+// before the throw, while a std::runtime_error with a literal message reached Python as RuntimeError. So messages
+// are built by string concatenation here (to_str) and thrown as std::runtime_error.
 namespace m2s2l {
 namespace detail {
+inline std::string to_str(const char* s) { return s; }
+inline std::string to_str(const std::string& s) { return s; }
+inline std::string to_str(bool v) { return v ? "true" : "false"; }
+inline std::string to_str(c10::ScalarType t) { return c10::toString(t); }
+inline std::string to_str(const c10::Device& d) { return d.str(); }
+inline std::string to_str(c10::IntArrayRef a) {
+  std::string s = "[";
+  for (size_t i = 0; i < a.size(); ++i) s += (i ? ", " : "") + std::to_string(a[i]);
+  return s + "]";
+}
+template <typename T, typename = std::enable_if_t<std::is_arithmetic_v<T>>>
+std::string to_str(T v) { return std::to_string(v); }
+
 template <typename... Args>
 [[noreturn]] void check_fail(const Args&... args) {
-  std::ostringstream ss;
-  (ss << ... << args);
-  throw std::runtime_error(ss.str());
+  std::string msg;
+  ((msg += to_str(args)), ...);
+  throw std::runtime_error(msg);
 }
 }  // namespace detail
 }  // namespace m2s2l
