@@ -94,7 +94,7 @@ setup(
         "video": ["opencv-python-headless"],
         "onnx": ["onnx", "onnxruntime"],
         "flops": ["fvcore"],
-        "test": ["pytest", "pytest-timeout", "opencv-python-headless", "onnx", "onnxruntime", "fvcore"],
+        "test": ["pytest", "pytest-timeout", "opencv-python-headless", "onnx", "onnxruntime", "fvcore", "ninja"],
     },
     entry_points={"console_scripts": ["m2s2l=m2s2l.cli:main"]},
     ext_modules=ext_modules,

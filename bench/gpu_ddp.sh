@@ -29,10 +29,10 @@ RUN="python3 -m torch.distributed.run --standalone --nproc_per_node=2"
 echo "== (1) one step on 2 GPUs x batch $B == one step on 1 GPU x batch $((2 * B)) (fp32) =="
 CHECK="bench/ddp_check.py --config m2s2l_paper --set in_channels=1 --batch $B --bn both"
 CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout 200 $RUN $CHECK --backend triton --control > "$OUT/check.txt" 2>&1
-echo "rc=$? ($SECONDS s)"; grep -E "^bn=|^  |DDP CHECK|control|CONTROL|Error|error:" "$OUT/check.txt" | tail -20
+echo "rc=$? ($SECONDS s)"; grep -E "^bn=|^  (worst|noise|nondet)|DDP CHECK|control|CONTROL|Error|error:" "$OUT/check.txt" | tail -24
 echo "== (1b) the same with --backend torch (no kernel atomics) =="
 CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout 200 $RUN $CHECK --backend torch > "$OUT/check_torch.txt" 2>&1
-echo "rc=$? ($SECONDS s)"; grep -E "^bn=|^  |DDP CHECK|Error|error:" "$OUT/check_torch.txt" | tail -16
+echo "rc=$? ($SECONDS s)"; grep -E "^bn=|^  (worst|noise|nondet)|DDP CHECK|Error|error:" "$OUT/check_torch.txt" | tail -20
 
 for i in $(seq 1 30); do [ -f "$OUT/data/done" ] && break; sleep 2; done
 MIN=$(python3 -c "print(round(($BENCH_S + 25) / 60, 2))")   # --max-minutes counts data loading + compile too

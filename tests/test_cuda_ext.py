@@ -5,6 +5,7 @@ skipped when the extension is not built unless M2S2L_REQUIRE_CUDA_EXT=1 (set by 
 which makes that a failure; the dispatch tests at the end run on CPU too."""
 import math
 import os
+import shutil
 
 import pytest
 import torch
@@ -375,3 +376,31 @@ def test_backend_cuda_without_extension(monkeypatch):
     with pytest.raises(RuntimeError, match="not built"):
         _cuda.causal_conv1d_fwd(torch.randn(1, 2, 3), torch.randn(2, 4))
     assert resolve_backend("auto", torch.device("cpu")) in ("torch", "triton")
+
+
+def _can_build_host_extension():
+    from torch.utils.cpp_extension import is_ninja_available
+    return bool(shutil.which("c++") or shutil.which("g++")) and is_ninja_available()
+
+
+@pytest.mark.skipif(not _can_build_host_extension(), reason="needs a C++ compiler and ninja (test extra)")
+def test_extension_check_macro_formats_and_raises(tmp_path):
+    """The extension's M2S2L_CHECK (csrc/ops.h) compiled on the host (no CUDA): the message is built from strings,
+    integers, shapes, dtypes and devices without std::ostringstream (which crashed extensions on the H200 box) and
+    reaches Python as RuntimeError."""
+    from torch.utils.cpp_extension import load_inline
+    src = r'''
+#include "ops.h"
+at::Tensor check3d(const at::Tensor& t, int64_t w) {
+  M2S2L_CHECK(t.dim() == 3, "probe: t must be (batch, dim, seqlen) with width ", w, " <= ", 8, ", got ",
+              t.sizes(), " ", t.scalar_type(), " on ", t.device(), " ", std::string("end"), " ", true);
+  return t;
+}'''
+    csrc = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+    mod = load_inline("m2s2l_check_macro", cpp_sources=src, functions=["check3d"], build_directory=str(tmp_path),
+                      extra_include_paths=[csrc], extra_cflags=["-O0"])
+    ok = torch.zeros(1, 2, 3)
+    assert mod.check3d(ok, 4) is not None
+    with pytest.raises(RuntimeError) as e:
+        mod.check3d(torch.zeros(2, 5, dtype=torch.float16), 4)
+    assert str(e.value) == "probe: t must be (batch, dim, seqlen) with width 4 <= 8, got [2, 5] Half on cpu end true"

@@ -224,14 +224,20 @@ def test_eval_deterministic(cls, device):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("cls", [Mamba, BiMamba])
-def test_backward_deterministic_gpu(cls):
-    """Two identical fwd+bwd runs give bit-identical outputs and gradients (no racing atomics)."""
+def test_backward_repeatable_gpu(cls):
+    """Two identical fwd+bwd runs: bit-identical outputs; gradients equal up to float32 summation order.
+
+    The scan backward adds dA, dD, d(delta_bias) -- and dB/dC where a group spans several channel blocks -- with
+    float32 atomics (triton_kernels/selective_scan/scan.py), as mamba-ssm does, so bitwise-equal gradients are not
+    the contract (the first GPU run of a bitwise version of this test failed on an H200 for x's gradient, which
+    flows through dB/dC). A real race (a lost or doubled update) is far outside this tolerance."""
     block = _block(cls, 64, backend="triton").cuda()
     x = torch.randn(64, 40, 64, device="cuda")
     (o1, g1), (o2, g2) = _loss_grads(block, x), _loss_grads(block, x)
     assert torch.equal(o1, o2)
     for name in g1:
-        assert torch.equal(g1[name], g2[name]), name
+        scale = g1[name].abs().max().item()
+        torch.testing.assert_close(g1[name], g2[name], rtol=1e-5, atol=1e-6 * scale, msg=name)
 
 
 @pytest.mark.parametrize("cls,backend", [(Mamba, "auto"), (BiMamba, "torch")])
