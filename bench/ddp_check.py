@@ -100,6 +100,11 @@ def one_step(net, model, batch, lr, grad_clip):
     return loss.item(), grads, nondet
 
 
+def _rank_slice(batch, rank, b):
+    """Rank ``rank``'s ``b`` samples of the global batch."""
+    return {k: v[rank * b:(rank + 1) * b] for k, v in batch.items()}
+
+
 def _freeze_bn(model):
     for m in model.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
@@ -210,7 +215,7 @@ def check(args, dist, bn, control=False):
     b = args.batch
     n = b * dist.world
     full = make_batch(model.config, n, args.seed, dist.device)
-    local = {k: v[dist.rank * b:(dist.rank + 1) * b] for k, v in full.items()}
+    local = _rank_slice(full, dist.rank, b)
     net = _LossModule(model)
     if dist.enabled:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -229,14 +234,12 @@ def check(args, dist, bn, control=False):
     loss_or, g_or, (_, b_or, _), nd_or = reference(init, rev, args, bn, perturb=True)
     if set(g_ref) != set(g_ddp):
         raise AssertionError("the DDP and reference steps gave gradients to different parameters")
-    noise_re = {k: _amax(g_re[k] - g) for k, g in g_ref.items()}
-    noise_or = {k: _amax(g_or[k] - g) for k, g in g_ref.items()}
-    noise_sp, g_sp = {}, None
+    refs, nd_sp = [g_re, g_or], set()
+    g_sp = None
     if bn == "frozen" and dist.world > 1:   # the same arithmetic as the ranks, in one process (exact math)
-        slices = [{k: v[r * b:(r + 1) * b] for k, v in full.items()} for r in range(dist.world)]
-        _, g_sp, _, _ = reference(init, slices, args, bn)
-        noise_sp = {k: _amax(g_sp[k] - g) for k, g in g_ref.items()}
-    noise = {k: max(noise_re[k], noise_or[k], noise_sp.get(k, 0.0)) for k in g_ref}
+        _, g_sp, _, nd_sp = reference(init, [_rank_slice(full, r, b) for r in range(dist.world)], args, bn)
+        refs.append(g_sp)
+    noise = {k: max(_amax(g[k] - r) for g in refs) for k, r in g_ref.items()}
     grad = compare(g_ddp, g_ref, noise, GRAD_RTOL)
     g_ok = all(r <= 1.0 for r, *_ in grad.values())
 
@@ -275,7 +278,7 @@ def check(args, dist, bn, control=False):
               flush=True)
     if bufs and not b_ok:
         print(f"  worst BN buffers: {_fmt(bufs)}", flush=True)
-    nd = sorted(nd_ddp | nd_ref | nd_re | nd_or)
+    nd = sorted(nd_ddp | nd_ref | nd_re | nd_or | nd_sp)
     print(f"  nondeterministic ops reported by torch: {', '.join(nd) if nd else 'none'}", flush=True)
     caught = True
     if control:

@@ -18,8 +18,6 @@ if [ "${1:-}" = "--unpack" ]; then
 fi
 SRC=$(realpath "${1:-../shared/datasets/ped2}"); MAX=$(( ${2:-30} * 1024 * 1024 ))
 OUTD=$PWD/_carry; mkdir -p "$OUTD"; rm -f "$OUTD"/ped2_*.tar
-STAGE=$(mktemp -d); trap 'rm -rf "$STAGE"' EXIT
-ln -s "$SRC/training" "$STAGE/training_src"; ln -s "$SRC/testing" "$STAGE/testing_src"
 pack() {  # pack SPLIT NAME DEST_PREFIX: clips of $SRC/SPLIT/frames into parts of at most MAX bytes
   local split=$1 name=$2 prefix=$3 part=1 size=0 files=()
   for clip in "$SRC/$split/frames"/*/; do

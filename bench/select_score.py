@@ -72,7 +72,7 @@ def inject(frames_by_clip, seed, clip_len):
 @torch.no_grad()
 def score_all(model, store, clip_len, batch_size=8, progress=True):
     """``{variant: {clip: (n,) float64 raw, NaN for the first clip_len frames}}`` from one forward per sample."""
-    from m2s2l.engine.evaluate import score_variants
+    from m2s2l.engine.evaluate import score_variants, split_by_clip
     idx = store.target_indices(clip_len)
     parts, t0, t_print = {}, time.time(), time.time()
     for i in range(0, len(idx), batch_size):
@@ -82,29 +82,19 @@ def score_all(model, store, clip_len, batch_size=8, progress=True):
             done = min(i + batch_size, len(idx))
             print(f"scoring: {done}/{len(idx)} samples, {(time.time() - t0) / done:.2f} s/sample", flush=True)
             t_print = time.time()
-    out = {}
-    for k, chunks in parts.items():
-        raw, pos, out[k] = np.concatenate(chunks), 0, {}
-        for name, n in zip(store.names, store.lengths):
-            s = np.full(n, np.nan)
-            m = max(0, n - clip_len)
-            s[clip_len:] = raw[pos:pos + m]
-            pos += m
-            out[k][name] = s
-    return out
+    return {k: split_by_clip(store, np.concatenate(chunks), clip_len) for k, chunks in parts.items()}
 
 
 def kind_auc(norm, labels, kinds, kind, clip_len):
     """Micro AUC of normalised scores over normal frames + frames of event ``kind`` (other events left out)."""
-    from sklearn.metrics import roc_auc_score
+    from m2s2l.engine.evaluate import frame_auc
     ys, ss = [], []
     for name, s in norm.items():
         y, k = labels[name][clip_len:], kinds[name][clip_len:]
         keep = (y == 0) | (k == kind)
         ys.append(y[keep])
         ss.append(s[keep])
-    y, s = np.concatenate(ys), np.concatenate(ss)
-    return float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else None
+    return frame_auc(np.concatenate(ys), np.concatenate(ss))
 
 
 def select(results):

@@ -97,8 +97,13 @@ def score_indices(model, store, idx, clip_len, batch_size=128, device=None, amp=
 
 def score_clips(model, store, clip_len, **kw):
     """``{clip: (n,) float64 raw scores}``, NaN for the first ``clip_len`` frames (no full history)."""
-    idx = store.target_indices(clip_len)
-    raw = score_indices(model, store, idx, clip_len, **kw)
+    return split_by_clip(store, score_indices(model, store, store.target_indices(clip_len), clip_len, **kw),
+                         clip_len)
+
+
+def split_by_clip(store, raw, clip_len):
+    """Scores of ``store.target_indices(clip_len)`` (clip after clip) -> ``{clip: (n,) float64}``, NaN for the
+    first ``clip_len`` frames of each clip."""
     out, pos = {}, 0
     for name, n in zip(store.names, store.lengths):
         s = np.full(n, np.nan)
@@ -115,7 +120,8 @@ def minmax(s):
     return np.zeros_like(s) if hi - lo <= 0 else (s - lo) / (hi - lo)
 
 
-def _auc(y, s):
+def frame_auc(y, s):
+    """ROC AUC of labels y vs scores s; None when y has a single class."""
     from sklearn.metrics import roc_auc_score
     return float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else None
 
@@ -137,7 +143,7 @@ def protocol_metrics(raw_by_clip, labels_by_clip, clip_len, smooth_sigma=0.0):
         entry = {"n_frames": int(s.size)}
         if labels_by_clip is not None:
             y = np.asarray(labels_by_clip[name]).astype(np.int64)[clip_len:]
-            entry.update(n_anomalous=int(y.sum()), auc=_auc(y, norm[name]))
+            entry.update(n_anomalous=int(y.sum()), auc=frame_auc(y, norm[name]))
             ys.append(y)
             ss.append(norm[name])
         per_clip[name] = entry
@@ -148,7 +154,7 @@ def protocol_metrics(raw_by_clip, labels_by_clip, clip_len, smooth_sigma=0.0):
                "normalisation": "per-video min-max", "per_clip": per_clip, "micro_auc": None, "macro_auc": None}
     if ys:
         y, s = np.concatenate(ys), np.concatenate(ss)
-        metrics["micro_auc"] = _auc(y, s)
+        metrics["micro_auc"] = frame_auc(y, s)
         aucs = [e["auc"] for e in per_clip.values() if e.get("auc") is not None]
         metrics["macro_auc"] = float(np.mean(aucs)) if aucs else None
         metrics["n_clips_in_macro"] = len(aucs)

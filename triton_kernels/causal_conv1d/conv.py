@@ -76,10 +76,15 @@ def _strides(t, n=3):
     return tuple(t.stride()) if t is not None else (0,) * n
 
 
+def _short_seq(L):
+    """Below ``long_min_len`` (64) steps: the video regime (short-path tiles sized for it, never the long path)."""
+    return L < _CFG.get("long_min_len", 64)
+
+
 def _use_long(x):
     if "long" in _CFG:
         return bool(_CFG["long"])
-    return (x.stride(2) == 1 or x.shape[2] == 1) and x.shape[2] >= _CFG.get("long_min_len", 64)
+    return (x.stride(2) == 1 or x.shape[2] == 1) and not _short_seq(x.shape[2])
 
 
 def _long_blocks(x, width, mode):
@@ -164,7 +169,7 @@ def causal_conv1d_fwd(x, weight, bias=None, initial_states=None, activation=None
         _conv_fwd_long_kernel[(n,)](*args, dim, L, n_t, n_d, *strides, WPAD=_pow2(width), **flags,
                                     BLOCK_D=bd, BLOCK_Q=bq, V=V, num_warps=warps)
         return out, final
-    short = L < _CFG.get("long_min_len", 64)  # video regime: smaller tiles (H200 sweep: (262144, 64, 4) 0.163 ms
+    short = _short_seq(L)  # video regime: smaller tiles (H200 sweep: (262144, 64, 4) 0.163 ms
     # at 512 elements / 2 warps vs 0.408 at 2048 / 8; (16384, 128, 8) 0.057 vs 0.064)
     bb, bc, bt = _tiles(x, _CFG.get("short_fwd_tile", 512 if short else 2048))
     grid = (triton.cdiv(batch, bb), triton.cdiv(dim, bc), triton.cdiv(L, bt))
@@ -206,7 +211,7 @@ def causal_conv1d_bwd(x, weight, bias, initial_states, dout, dfinal_states=None,
         # The SiLU backward recomputes pre-activations at W shifts (W*W shifted loads): smaller tiles keep
         # the per-thread pointers in registers (sm_90: W=4 -> 512-element tiles, ~237 registers, no spills).
         # Short sequences: half that (H200 sweep, W=4: 256-element tiles, fwd+bwd (262144, 64, 4) 1.02 ms vs 1.28).
-        tile = max(128, (1024 if L < _CFG.get("long_min_len", 64) else 2048) // width)
+        tile = max(128, (1024 if _short_seq(L) else 2048) // width)
         bb, bc, bt = _tiles(x, _CFG.get("short_bwd_tile", tile))
         n_b, n_c, n_t = triton.cdiv(batch, bb), triton.cdiv(dim, bc), triton.cdiv(L, bt)
         # Loop over batch blocks inside a program (fewer dweight partial rows) down to the target program count.
