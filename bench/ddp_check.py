@@ -69,11 +69,23 @@ PARAM_ATOL_LR = 0.05
 CONTROL_MARGIN = 10.0
 
 
-def make_batch(cfg, n, seed, device):
+def _allow_float64():
+    """--dtype float64: let the public ops take float64 on the torch backend. Their references compute in float64
+    for float64 inputs (``torch_scan``, ``causal_conv1d.naive``); the public argument checks accept float32 /
+    float16 / bfloat16 only (what the kernels take), so this diagnostic widens them in this process."""
+    import m2s2l.ops.causal_conv1d as cc
+    import m2s2l.ops.selective_scan as ss
+    import m2s2l.ops.steps as st
+    for m in (cc, ss, st):
+        m.FLOAT_DTYPES = (*m.FLOAT_DTYPES, torch.float64)
+    ss._F32 = (torch.float32, torch.float64)
+
+
+def make_batch(cfg, n, seed, device, dtype=torch.float32):
     """n (clip, target) samples cut from one synthetic clip of n + T frames: clip i = frames i..i+T-1."""
     T, C, S = cfg.clip_len, cfg.in_channels, cfg.image_size
     frames, _ = render_clip(np.random.default_rng(seed), n + T, S)       # (n + T, S, S) uint8
-    x = torch.from_numpy(frames).float().div(127.5).sub(1.0)[:, None].expand(-1, C, -1, -1)
+    x = torch.from_numpy(frames).to(dtype).div(127.5).sub(1.0)[:, None].expand(-1, C, -1, -1)
     idx = torch.arange(n)
     return {"clip": x[idx[:, None] + torch.arange(T)].contiguous().to(device),
             "target": x[idx + T].contiguous().to(device)}
@@ -126,14 +138,15 @@ def _state(model):
 
 def reference(init, batch, args, bn, perturb=False):
     """The single-process step on a fresh copy of ``init`` with the whole batch (or a list of slices, accumulated):
-    (loss, grads, state, nondet). ``perturb``: every weight times 1 +- 2**-23 (random signs, seeded), ~1 ulp."""
+    (loss, grads, state, nondet). ``perturb``: every weight times 1 +- 1 ulp (2**-23 in float32, 2**-52 in float64;
+    random signs, seeded)."""
     m = copy.deepcopy(init)
     if perturb:
         gen = torch.Generator().manual_seed(1)
         with torch.no_grad():
             for q in m.parameters():
                 sign = torch.randint(0, 2, q.shape, generator=gen).to(device=q.device, dtype=q.dtype) * 2 - 1
-                q.mul_(1 + sign * 2.0 ** -23)
+                q.mul_(1 + sign * torch.finfo(q.dtype).eps / 2)
     if bn == "frozen":
         _freeze_bn(m)
     loss, g, nondet = one_step(_LossModule(m), m, batch, args.lr, args.grad_clip)
@@ -206,7 +219,7 @@ def check(args, dist, bn, control=False):
     torch.manual_seed(args.seed)
     model = create_model(args.config, **parse_overrides(args.set))
     apply_backend(model, args.backend, dist.device)
-    model.to(dist.device).train()
+    model.to(device=dist.device, dtype=args.dtype).train()
     init = copy.deepcopy(model)
     if bn == "sync":
         model = _sync_bn(model, dist.device)
@@ -214,7 +227,7 @@ def check(args, dist, bn, control=False):
         _freeze_bn(model)
     b = args.batch
     n = b * dist.world
-    full = make_batch(model.config, n, args.seed, dist.device)
+    full = make_batch(model.config, n, args.seed, dist.device, args.dtype)
     local = _rank_slice(full, dist.rank, b)
     net = _LossModule(model)
     if dist.enabled:
@@ -262,7 +275,8 @@ def check(args, dist, bn, control=False):
     ok = g_ok and b_ok and p_ok
     worst_ratio = max(r for r, *_ in grad.values())
     worst_rel = max(d / max(s, 1e-30) for _, d, s, _, _ in grad.values())
-    print(f"bn={bn} backend={args.backend}: world {dist.world} x batch {b} vs 1 x batch {n}: loss ref {loss_ref:.6f}"
+    print(f"bn={bn} backend={args.backend} {str(args.dtype)[6:]}: world {dist.world} x batch {b} vs 1 x batch {n}: "
+          f"loss ref {loss_ref:.6f}"
           f" (rerun {loss_re:.6f}, perturbed {loss_or:.6f}; DDP rank-0 half {loss_ddp:.6f}); grads: worst "
           f"|diff|/tol {worst_ratio:.2f} (tol = max({GRAD_RTOL:.0e} * max|g|, {NOISE_K} * noise); worst "
           f"|diff|/max|g| {worst_rel:.2e}); BN buffers {'equal within tol' if b_ok else 'DIFFER'} ({len(bufs)} "
@@ -305,9 +319,19 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                   help="float64 (with --backend torch: the Triton/CUDA kernels take float32 at most) shrinks "
+                   "rounding by ~1e9, so a difference that is rounding amplified by ReLU/L1 kinks or BatchNorm "
+                   "statistics vanishes while a real error (missed all-reduce, wrong BN statistics) stays")
     p.add_argument("--control", action="store_true", help="also run the step without DDP's all-reduce, which the "
                    "check must flag (proves it can fail)")
     args = p.parse_args(argv)
+    args.dtype = getattr(torch, args.dtype)
+    if args.dtype == torch.float64:
+        if args.backend not in ("torch", "auto"):
+            p.error("--dtype float64 needs --backend torch (the kernels compute in float32)")
+        args.backend = "torch"
+        _allow_float64()
     dist = init_distributed(args.device)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False

@@ -7,7 +7,9 @@
 #     8 * noise), noise = the reference vs its own rerun and vs a copy with the batch reversed and the weights
 #     moved by ~1 ulp (the check's docstring);
 #     prints the verdicts, the worst tensors by name, the noise, the negative control. Then (1b) the same with
-#     --backend torch (plain-PyTorch scan/conv1d: no kernel atomics; only upsampling backward is nondeterministic).
+#     --backend torch (plain-PyTorch scan/conv1d: no kernel atomics; only upsampling backward is nondeterministic),
+#     and (1c) the torch backend in float64 (rounding ~1e9 smaller: separates amplified rounding from a real error).
+#     CHECK_ONLY=1 stops after (1c).
 # (2) throughput: `m2s2l train` of m2s2l_paper (in_channels=1, bf16 autocast, per-GPU batch 16) on synthetic
 #     frames for ~$BENCH_S s on 1 GPU, then on 2 GPUs (torchrun); frames/s = median of the metrics.jsonl records
 #     after the first two (compile, warm-up); prints the table for docs/BENCHMARKS.md.
@@ -33,6 +35,12 @@ echo "rc=$? ($SECONDS s)"; grep -E "^bn=|^  (worst|noise|nondet)|DDP CHECK|contr
 echo "== (1b) the same with --backend torch (no kernel atomics) =="
 CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout 200 $RUN $CHECK --backend torch > "$OUT/check_torch.txt" 2>&1
 echo "rc=$? ($SECONDS s)"; grep -E "^bn=|^  (worst|noise|nondet)|DDP CHECK|Error|error:" "$OUT/check_torch.txt" | tail -20
+echo "== (1c) the same in float64 (torch backend): rounding shrinks ~1e9, a real error would not =="
+CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout 200 $RUN $CHECK --backend torch --dtype float64 --control \
+  > "$OUT/check_f64.txt" 2>&1
+echo "rc=$? ($SECONDS s)"; grep -E "^bn=|^  (worst|noise|nondet)|DDP CHECK|control|CONTROL|Error|error:" \
+  "$OUT/check_f64.txt" | tail -24
+[ "${CHECK_ONLY:-0}" = 1 ] && exit 0
 
 for i in $(seq 1 30); do [ -f "$OUT/data/done" ] && break; sleep 2; done
 MIN=$(python3 -c "print(round(($BENCH_S + 25) / 60, 2))")   # --max-minutes counts data loading + compile too
