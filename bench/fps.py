@@ -59,11 +59,13 @@ def clip_mode(model, device, amp):
     return fn
 
 
-def stream_mode(model, device, batch, amp, compile_=False, graphs=False, pure=False):
+def stream_mode(model, device, batch, amp, compile_=False, graphs=False, pure=False, channels_last=False):
     c = model.config
     step = StreamStep(model).eval()
     g = torch.Generator().manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     frame = (torch.rand(batch, c.in_channels, c.image_size, c.image_size, generator=g) * 2 - 1).to(device)
+    frame = frame.contiguous(memory_format=fmt)
     prev = frame.clone()
     dtype = torch.bfloat16 if amp else torch.float32
     state = [torch.randn(batch, c.clip_len, *s, generator=g).to(device, dtype) for s in model.feature_shapes()]
@@ -104,6 +106,22 @@ def stream_mode(model, device, batch, amp, compile_=False, graphs=False, pure=Fa
     return fn
 
 
+def profile(fn, device, n, label, top=12):
+    """Run ``fn`` n times under torch.profiler and print the ``top`` kernels by total device (CUDA) or CPU time."""
+    from torch.profiler import ProfilerActivity
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.profiler.profile(activities=acts) as prof:
+        for _ in range(n):
+            fn()
+        sync(device)
+    key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    try:
+        table = prof.key_averages().table(sort_by=key, row_limit=top, max_name_column_width=60)
+    except Exception:   # older/newer profilers name the column device_time_total
+        table = prof.key_averages().table(sort_by="device_time_total", row_limit=top, max_name_column_width=60)
+    print(f"## profile, {label}, {n} calls\n{table}", flush=True)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -119,6 +137,10 @@ def main(argv=None):
     p.add_argument("--pure-torch", action="store_true", help="run the Mamba ops as their plain-PyTorch references "
                    "(not the m2s2l:: custom ops), so --compile can fuse the scan loop (see m2s2l.engine.export)")
     p.add_argument("--backend", default="auto", help="auto (torch on CPU) | triton | cuda | torch")
+    p.add_argument("--channels-last", action="store_true", help="model weights and frames in channels_last "
+                   "(NHWC convolutions)")
+    p.add_argument("--profile", type=int, default=0, metavar="N", help="after timing, profile N calls of each mode "
+                   "and print its 12 most expensive kernels (CUDA: device time)")
     p.add_argument("--json", default=None, help="write the results here")
     a = p.parse_args(argv)
     if a.threads:
@@ -129,20 +151,28 @@ def main(argv=None):
         k, v = s.split("=", 1)
         kw[k] = int(v) if v.lstrip("-").isdigit() else v
     model = create_model(a.preset, **kw).to(device).eval()
+    if a.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     apply_backend(model, a.backend, device)
     amp = a.amp and device.type == "cuda"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     res = {"preset": a.preset, "device": name, "amp": amp, "compile": a.compile, "cuda_graphs": a.cuda_graphs,
+           "channels_last": a.channels_last,
            "backend": a.backend, "pure_torch": a.pure_torch, "image_size": model.config.image_size, "clip_len": model.config.clip_len,
            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None, "modes": {}}
     todo = {"clip": lambda: (clip_mode(model, device, amp), 1),
-            "stream": lambda: (stream_mode(model, device, 1, amp, a.compile, a.cuda_graphs, a.pure_torch), 1),
-            "batched": lambda: (stream_mode(model, device, a.streams, amp, a.compile, a.cuda_graphs, a.pure_torch), a.streams)}
-    print(f"# {a.preset} on {name}, amp={amp}, compile={a.compile}, cuda_graphs={a.cuda_graphs}", flush=True)
+            "stream": lambda: (stream_mode(model, device, 1, amp, a.compile, a.cuda_graphs, a.pure_torch,
+                                              a.channels_last), 1),
+            "batched": lambda: (stream_mode(model, device, a.streams, amp, a.compile, a.cuda_graphs, a.pure_torch,
+                                               a.channels_last), a.streams)}
+    print(f"# {a.preset} on {name}, amp={amp}, compile={a.compile}, cuda_graphs={a.cuda_graphs}, "
+          f"channels_last={a.channels_last}", flush=True)
     for mode in a.modes.split(","):
         try:
             fn, per = todo[mode]()
             r = timed(fn, per, device, a.seconds)
+            if a.profile:
+                profile(fn, device, a.profile, mode)
         except Exception as e:  # report and continue
             r = {"error": f"{type(e).__name__}: {e}"}
         res["modes"][mode] = r
