@@ -67,6 +67,38 @@ def resolve_backend(backend, device):
     return "torch"
 
 
+# ---- eager fast path ------------------------------------------------------------------------------------
+
+def use_custom_op(t):
+    """Whether a public op must go through its ``torch.library`` custom op rather than the plain eager path.
+
+    The custom ops exist for the tracers: torch.compile / torch.export (opaque node with a fake kernel), torch.jit
+    tracing (fvcore counts one node per op), FakeTensor / meta tensors and dispatch modes (FlopCounterMode).
+    In plain eager mode they only cost host time (~100 us a call on the dev box: argument defaulting, dispatch,
+    the registered autograd wrapper), which a launch-bound shape (many short sequences, a streamed frame) pays
+    on every call; there the same implementation runs directly (forward) or under a torch.autograd.Function
+    (the same backward formula)."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+    return (torch.compiler.is_compiling() or torch.jit.is_tracing() or t.device.type == "meta"
+            or isinstance(t, torch._subclasses.FakeTensor) or _get_current_dispatch_mode() is not None)
+
+
+def eager_function(fwd_impl, setup_context, backward):
+    """A torch.autograd.Function running ``fwd_impl`` with the custom op's ``setup_context`` / ``backward``."""
+    class _Eager(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *inputs):
+            output = fwd_impl(*inputs)
+            setup_context(ctx, inputs, output)
+            return output
+
+        @staticmethod
+        def backward(ctx, *grads):
+            return backward(ctx, *grads)
+    _Eager.__name__ = _Eager.__qualname__ = f"Eager_{fwd_impl.__name__}"
+    return _Eager
+
+
 # ---- argument checks (called once, at the public boundary) -------------------------------------------
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)

@@ -2,14 +2,16 @@
 
 ``m2s2l::causal_conv1d_fwd`` / ``m2s2l::causal_conv1d_bwd`` serve every backend (one fvcore node, opaque to
 torch.compile, one autograd formula). Optional outputs that a custom op cannot return as None travel as
-empty tensors of shape (0,).
+empty tensors of shape (0,). In plain eager mode (no compile/jit trace/fake tensors/dispatch mode: see
+``_backend.use_custom_op``) the same implementation and backward run without the custom-op dispatch, which only
+costs host time there.
 """
 import contextlib
 from typing import Optional
 
 import torch
 
-from ._backend import FLOAT_DTYPES, check_tensor, resolve_backend
+from ._backend import FLOAT_DTYPES, check_tensor, eager_function, resolve_backend, use_custom_op
 
 _ACTIVATIONS = (None, "silu", "swish")
 
@@ -35,8 +37,7 @@ def _ref(x, weight, bias, initial_states, activation, return_final_states):
     return causal_conv1d_ref(x, weight, bias, activation, initial_states, return_final_states)
 
 
-@torch.library.custom_op("m2s2l::causal_conv1d_fwd", mutates_args=())
-def _fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+def _fwd_impl(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
          initial_states: Optional[torch.Tensor], activation: Optional[str], return_final_states: bool,
          backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     if backend in ("triton", "cuda"):
@@ -55,6 +56,9 @@ def _fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
     return res[0].contiguous(), res[1].contiguous().clone()
 
 
+_fwd = torch.library.custom_op("m2s2l::causal_conv1d_fwd", mutates_args=())(_fwd_impl)
+
+
 @_fwd.register_fake
 def _fwd_fake(x, weight, bias, initial_states, activation, return_final_states, backend):
     if backend != "triton":
@@ -65,8 +69,7 @@ def _fwd_fake(x, weight, bias, initial_states, activation, return_final_states, 
     return out, final
 
 
-@torch.library.custom_op("m2s2l::causal_conv1d_bwd", mutates_args=())
-def _bwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+def _bwd_impl(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
          initial_states: Optional[torch.Tensor], dout: torch.Tensor, dfinal_states: Optional[torch.Tensor],
          activation: Optional[str], backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     if backend in ("triton", "cuda"):
@@ -98,6 +101,9 @@ def _bwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
     return dx, dw, db, di
 
 
+_bwd = torch.library.custom_op("m2s2l::causal_conv1d_bwd", mutates_args=())(_bwd_impl)
+
+
 @_bwd.register_fake
 def _bwd_fake(x, weight, bias, initial_states, dout, dfinal_states, activation, backend):
     dx = _alloc_like(x) if backend == "triton" else x.new_empty(x.shape)
@@ -112,18 +118,20 @@ def _setup_context(ctx, inputs, output):
     ctx.activation, ctx.return_final_states, ctx.backend = activation, return_final_states, backend
 
 
-def _backward(ctx, dout, dfinal):
+def _backward(ctx, dout, dfinal, bwd=None):
     x, weight, bias, initial_states = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(x)
     use_dfinal = ctx.return_final_states and dfinal is not None and weight.shape[1] > 1
-    dx, dw, db, di = _bwd(x, weight, bias, initial_states, dout,
+    dx, dw, db, di = (bwd or _bwd)(x, weight, bias, initial_states, dout,
                           dfinal if use_dfinal else None, ctx.activation, ctx.backend)
     return (dx, dw, db if bias is not None else None, di if initial_states is not None else None,
             None, None, None)
 
 
 _fwd.register_autograd(_backward, setup_context=_setup_context)
+_EagerConv = eager_function(_fwd_impl, _setup_context,
+                            lambda ctx, dout, dfinal: _backward(ctx, dout, dfinal, bwd=_bwd_impl))
 
 
 def causal_conv1d_fn(x, weight, bias=None, activation=None, initial_states=None, return_final_states=False,
@@ -166,5 +174,11 @@ def causal_conv1d_fn(x, weight, bias=None, activation=None, initial_states=None,
     if not isinstance(return_final_states, bool):
         raise TypeError(f"return_final_states must be a bool, got {type(return_final_states).__name__}")
     backend = resolve_backend(backend, x.device)
-    out, final = _fwd(x, weight, bias, initial_states, activation, return_final_states, backend)
+    args = (x, weight, bias, initial_states, activation, return_final_states, backend)
+    if use_custom_op(x):
+        out, final = _fwd(*args)
+    elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, initial_states)):
+        out, final = _EagerConv.apply(*args)
+    else:
+        out, final = _fwd_impl(*args)
     return (out, final) if return_final_states else out

@@ -2,7 +2,9 @@
 
 One custom op per direction serves every backend: ``m2s2l::selective_scan_fwd`` and
 ``m2s2l::selective_scan_bwd`` (one fvcore node, opaque to torch.compile, one autograd formula). Optional
-tensors that a custom op cannot return as None travel as empty tensors of shape (0,).
+tensors that a custom op cannot return as None travel as empty tensors of shape (0,). In plain eager mode (no
+compile/jit trace/fake tensors/dispatch mode: ``_backend.use_custom_op``) the same implementation and backward
+run without the custom-op dispatch (~100 us of host time a call on the dev box, paid by every launch-bound call).
 
 dtype rules (anything else raises TypeError): u, delta, z and input-dependent B/C share one dtype among
 float32/float16/bfloat16; A, D, delta_bias, initial_state and fixed (dim, dstate) B/C are float32. All
@@ -14,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from ._backend import FLOAT_DTYPES, check_tensor, resolve_backend
+from ._backend import FLOAT_DTYPES, check_tensor, eager_function, resolve_backend, use_custom_op
 
 _F32 = (torch.float32,)
 
@@ -60,8 +62,7 @@ def _ref(*args, **kw):
     return selective_scan_torch(*args, **kw)
 
 
-@torch.library.custom_op("m2s2l::selective_scan_fwd", mutates_args=())
-def _fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+def _fwd_impl(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
          D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
          initial_state: Optional[torch.Tensor], delta_softplus: bool, return_last_state: bool, save_states: bool,
          backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -82,6 +83,9 @@ def _fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
     return out.contiguous(), last, u.new_zeros(0, dtype=torch.float32)
 
 
+_fwd = torch.library.custom_op("m2s2l::selective_scan_fwd", mutates_args=())(_fwd_impl)
+
+
 @_fwd.register_fake
 def _fwd_fake(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, return_last_state,
               save_states, backend):
@@ -100,8 +104,7 @@ def _fwd_fake(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
     return u.new_empty(u.shape), last, hc
 
 
-@torch.library.custom_op("m2s2l::selective_scan_bwd", mutates_args=())
-def _bwd(dout: torch.Tensor, dlast: Optional[torch.Tensor], u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
+def _bwd_impl(dout: torch.Tensor, dlast: Optional[torch.Tensor], u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
          B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
          delta_bias: Optional[torch.Tensor], initial_state: Optional[torch.Tensor], chunk_states: torch.Tensor,
          delta_softplus: bool, backend: str) -> list[torch.Tensor]:
@@ -134,6 +137,9 @@ def _bwd(dout: torch.Tensor, dlast: Optional[torch.Tensor], u: torch.Tensor, del
     return res
 
 
+_bwd = torch.library.custom_op("m2s2l::selective_scan_bwd", mutates_args=())(_bwd_impl)
+
+
 @_bwd.register_fake
 def _bwd_fake(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_states, delta_softplus,
               backend):
@@ -149,17 +155,19 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(output[2])
 
 
-def _backward(ctx, dout, dlast, _dhc):
+def _backward(ctx, dout, dlast, _dhc, bwd=None):
     u, delta, A, B, C, D, z, delta_bias, initial_state, hc = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(u)
     dlast = dlast if ctx.return_last_state and dlast is not None else None
-    g = _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, hc, ctx.delta_softplus, ctx.backend)
+    g = (bwd or _bwd)(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, hc, ctx.delta_softplus, ctx.backend)
     opt = [None if t is None else gt for t, gt in zip((D, z, delta_bias, initial_state), g[5:])]
     return (*g[:5], *opt, None, None, None, None)
 
 
 _fwd.register_autograd(_backward, setup_context=_setup_context)
+_EagerScan = eager_function(_fwd_impl, _setup_context,
+                            lambda ctx, dout, dlast, dhc: _backward(ctx, dout, dlast, dhc, bwd=_bwd_impl))
 
 
 def _check_bc(name, X, batch, dim, N, L, dtype, device):
@@ -231,6 +239,11 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
     backend = resolve_backend(backend, dev)
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    out, last, _ = _fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, return_last_state,
-                        save, backend)
+    args = (u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, return_last_state, save, backend)
+    if use_custom_op(u):
+        out, last, _ = _fwd(*args)
+    elif save:
+        out, last, _ = _EagerScan.apply(*args)
+    else:
+        out, last, _ = _fwd_impl(*args)
     return (out, last) if return_last_state else out
