@@ -254,7 +254,7 @@ def _dummy(ref):
     return torch.zeros(1, device=ref.device, dtype=torch.float32)
 
 
-def _combine(x0, X, dsum, A, reverse):
+def _combine_chunks(x0, X, dsum, A, reverse):
     """In place on X (batch, nb, dim, N): the sequential combine over chunk boundaries (``_chunk_combine_kernel``)."""
     batch, nb, dim, N = X.shape
     BN = max(2, _pow2(N))
@@ -310,7 +310,7 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, initi
             _fwd_seq_kernel[(batch * (nc - 1), G * nblk)](*ptrs, hb, dsum, L, Lc, nc, nc - 1, dim, cpg, nblk,
                                                           *strides, **pass1, STATE_ONLY=True, CSEQ=False,
                                                           num_warps=warps)
-            _combine(h0, hb, dsum, A, reverse=False)
+            _combine_chunks(h0, hb, dsum, A, reverse=False)
             hc = hb if save_states else None
         _fwd_seq_kernel[(batch * nc, G * nblk)](*ptrs, hb, dsum, L, Lc if nc > 1 else L, nc, nc, dim, cpg, nblk,
                                                 *strides, **meta, STATE_ONLY=False, CSEQ=nc > 1, num_warps=warps)
@@ -385,7 +385,7 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D=None, z=None, delta_bias=None,
             _bwd_seq_kernel[(nr * n_gd,)](*ptrs, dout, dmy, *grads, dmy, dmy, gb, dsum, L, LC, nc, nc - 1, 1, nr,
                                           dim, cpg, nblk, n_gd, nr, *strides, **pass1, CSEQ=False, ADJ_ONLY=True,
                                           num_warps=warps)
-            _combine(dl, gb, dsum, ptrs[2], reverse=True)
+            _combine_chunks(dl, gb, dsum, ptrs[2], reverse=True)
         nr = batch * nc
         rows = _seq_bwd_rows(nr, n_gd, (LC - 1) * BLOCK_D * BN * 4, warps, u.device, "cseq_bwd" if Lc else "seq_bwd")
         scratch = torch.empty(max(1, rows * n_gd * (LC - 1) * BLOCK_D * BN), **f32)

@@ -54,10 +54,11 @@ def _fwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
     m_dn = m_d[:, None] & m_n[None, :]
     b_A, b_A2, b_D, b_bias = _channel_params(A_ptr, D_ptr, bias_ptr, o_d, o_n, m_d, m_dn, N, BLOCK_D, HAS_D, HAS_BIAS)
     o_dn = (i_b * dim + o_d[:, None]) * N + o_n[None, :]
-    b_h = _load_state(h0_ptr, o_dn, m_dn & (i_c == 0), HAS_H0, BLOCK_D, BLOCK_N)
+    f_c = (o_n * 0 + i_c)[None, :]  # the chunk index as a [1, BLOCK_N] tile (the interpreter masks with tiles)
+    b_h = _load_state(h0_ptr, o_dn, m_dn & (f_c == 0), HAS_H0, BLOCK_D, BLOCK_N)
     if CSEQ:
         o_hb = ((i_b * (NC - 1) + i_c - 1) * dim + o_d[:, None]) * N + o_n[None, :]
-        b_h += tl.load(hb_ptr + o_hb, mask=m_dn & (i_c > 0), other=0.0)
+        b_h += tl.load(hb_ptr + o_hb, mask=m_dn & (f_c > 0), other=0.0)
     if B_VAR:
         p_B = _var_bc_ptrs(B_ptr, i_b, i_g, o_n, sB0, sB1, sB2) + t0 * sB3
     else:
@@ -117,7 +118,7 @@ def _fwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
         tl.store(hb_ptr + (pid.to(tl.int64) * dim + o_d[:, None]) * N + o_n[None, :], b_h, mask=m_dn)
         tl.store(dsum_ptr + pid.to(tl.int64) * dim + o_d, b_dts, mask=m_d)
     if STORE_LAST:
-        tl.store(hlast_ptr + o_dn, b_h, mask=m_dn & (i_c == NC - 1))
+        tl.store(hlast_ptr + o_dn, b_h, mask=m_dn & (f_c == NC - 1))
 
 
 @triton.jit(do_not_specialize=["L", "NC", "n_cp", "c0", "n_rowtot", "n_rows"])
@@ -152,6 +153,8 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
         b_B = _load_fixed_bc(B_ptr, o_d, o_n, m_dn, sB0, sB1)
     if not C_VAR:
         b_C = _load_fixed_bc(C_ptr, o_d, o_n, m_dn, sC0, sC1)
+    else:
+        b_C = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)  # unused (an argument of _adjoint_only)
     # this program's scratch slot: (LC - 1) tiles of [BLOCK_D, BLOCK_N] float32
     TILE: tl.constexpr = BLOCK_D * BLOCK_N
     s_base = scr_ptr + pid.to(tl.int64) * (LC - 1) * TILE
@@ -168,6 +171,7 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
         r_dn = i_b * dim * N
         rb_d = (i_b * (NC - 1) + i_c - 1) * dim  # hb[b, c - 1] / gb[b, c - 1] / dsum[b, c - 1]
         rb_dn = rb_d * N
+        f_c = (o_n * 0 + i_c)[None, :]  # the chunk index as a [1, BLOCK_N] tile (the interpreter masks with tiles)
         p_B = _var_bc_ptrs(B_ptr, i_b, i_g, o_n, sB0, sB1, sB2) + t0 * sB3
         p_C = _var_bc_ptrs(C_ptr, i_b, i_g, o_n, sC0, sC1, sC2) + t0 * sC3
         p_u, p_dt, p_z = _row_ptrs(u_ptr, dt_ptr, z_ptr, i_b, o_d, su_b, su_d, sdt_b, sdt_d, sz_b, sz_d)
@@ -182,9 +186,9 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
             p_dB = dB_ptr + i_b * sdB0 + i_g * sdB1 + o_n * sdB2 + t0 * sdB3
             p_dC = dC_ptr + i_b * sdC0 + i_g * sdC1 + o_n * sdC2 + t0 * sdC3
             tl.debug_barrier()  # the previous row's pass 2 has read the slot before pass 1 overwrites it
-            b_h = _load_state(h0_ptr + r_dn, o_dn0, m_dn & (i_c == 0), HAS_H0, BLOCK_D, BLOCK_N)
+            b_h = _load_state(h0_ptr + r_dn, o_dn0, m_dn & (f_c == 0), HAS_H0, BLOCK_D, BLOCK_N)
             if CSEQ:
-                b_h += tl.load(hb_ptr + rb_dn + o_dn0, mask=m_dn & (i_c > 0), other=0.0)
+                b_h += tl.load(hb_ptr + rb_dn + o_dn0, mask=m_dn & (f_c > 0), other=0.0)
             # ---- pass 1, forward in time: h_t for t = 0 .. n_t-2 into the slot; h_{n_t-1} stays in registers
             n_u = tl.load(p_u, mask=m_d, other=0.0)
             n_dt = tl.load(p_dt, mask=m_d, other=0.0)
@@ -206,9 +210,9 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     tl.store(s_base + t * TILE + o_s, b_h, eviction_policy="evict_last")
             tl.debug_barrier()  # pass 2 may read a state another thread wrote
             # ---- pass 2, reverse in time; step t - 1's inputs and state are prefetched while step t is computed
-            b_carry = _load_state(dlast_ptr + r_dn, o_dn0, m_dn & (i_c == NC - 1), HAS_DLAST, BLOCK_D, BLOCK_N)
+            b_carry = _load_state(dlast_ptr + r_dn, o_dn0, m_dn & (f_c == NC - 1), HAS_DLAST, BLOCK_D, BLOCK_N)
             if CSEQ:
-                b_carry += tl.load(gb_ptr + rb_dn + dim * N + o_dn0, mask=m_dn & (i_c < NC - 1), other=0.0)
+                b_carry += tl.load(gb_ptr + rb_dn + dim * N + o_dn0, mask=m_dn & (f_c < NC - 1), other=0.0)
             t = n_t - 1
             n_u = tl.load(p_u + t * su_t, mask=m_d, other=0.0)
             n_dt = tl.load(p_dt + t * sdt_t, mask=m_d, other=0.0)
@@ -222,10 +226,10 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
             n_hp = tl.load(s_base + (t - 1) * TILE + o_s, mask=m_dn & (o_n * 0 + t >= 1)[None, :], other=0.0,
                            eviction_policy="evict_last")
             if HAS_H0:
-                n_hp += tl.load(h0_ptr + r_dn + o_dn0, mask=m_dn & (o_n * 0 + t == 0)[None, :] & (i_c == 0),
+                n_hp += tl.load(h0_ptr + r_dn + o_dn0, mask=m_dn & (o_n * 0 + t == 0)[None, :] & (f_c == 0),
                                 other=0.0)
             if CSEQ:
-                n_hp += tl.load(hb_ptr + rb_dn + o_dn0, mask=m_dn & (o_n * 0 + t == 0)[None, :] & (i_c > 0),
+                n_hp += tl.load(hb_ptr + rb_dn + o_dn0, mask=m_dn & (o_n * 0 + t == 0)[None, :] & (f_c > 0),
                                 other=0.0)
             for ti in range(0, n_t):
                 t = n_t - 1 - ti
@@ -250,10 +254,10 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                 n_hp = tl.load(s_base + (t - 2) * TILE + o_s, mask=m_dn & (o_n * 0 + t >= 2)[None, :], other=0.0,
                                eviction_policy="evict_last")
                 if HAS_H0:
-                    n_hp += tl.load(h0_ptr + r_dn + o_dn0, mask=m_dn & (o_n * 0 + t == 1)[None, :] & (i_c == 0),
+                    n_hp += tl.load(h0_ptr + r_dn + o_dn0, mask=m_dn & (o_n * 0 + t == 1)[None, :] & (f_c == 0),
                                     other=0.0)
                 if CSEQ:
-                    n_hp += tl.load(hb_ptr + rb_dn + o_dn0, mask=m_dn & (o_n * 0 + t == 1)[None, :] & (i_c > 0),
+                    n_hp += tl.load(hb_ptr + rb_dn + o_dn0, mask=m_dn & (o_n * 0 + t == 1)[None, :] & (f_c > 0),
                                     other=0.0)
                 b_dtr, b_dt = _delta(b_dtr, b_bias, HAS_BIAS, SOFTPLUS)
                 b_a = tl.exp2(b_dt[:, None] * b_A2)
@@ -296,7 +300,7 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                 b_carry = b_a * b_g  # dL/dh_{t-1} through h_t
                 b_h = b_hp
             if HAS_H0:
-                tl.store(dh0_ptr + r_dn + o_dn0, b_carry, mask=m_dn & (i_c == 0))
+                tl.store(dh0_ptr + r_dn + o_dn0, b_carry, mask=m_dn & (f_c == 0))
     if not ADJ_ONLY:
         _flush_grads(dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, acc_dA, acc_dB, acc_dC, acc_dD, acc_db, o_d, o_dn0,
                      m_d, m_dn, B_VAR, C_VAR, HAS_D, HAS_BIAS)
