@@ -52,6 +52,8 @@ if not torch.cuda.is_available() and "--aot" not in sys.argv:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# this checkout's m2s2l (and, through it, its triton_kernels/), not an editable install of another worktree
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cases_scan import SHAPES, _inputs  # noqa: E402
 from common import SWEEP_HEADER, best_of, device_name, rel_rms, time_ms  # noqa: E402
 from common import sweep as common_sweep  # noqa: E402
