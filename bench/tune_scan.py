@@ -1,15 +1,19 @@
 """Selective-scan launch-config sweep: ms per config on the bench shapes, checked against the default config.
 
     python bench/tune_scan.py [--shapes LM,spatial,temporal8,temporal16] [--modes fwd,fwdbwd]
-                              [--budget-s 270] [--json PATH] [--quick]
+                              [--budget-s 270] [--json PATH] [--quick] [--cseq]
+    python bench/tune_scan.py --shapes spatial,LM --modes fwd,fwdbwd --cseq --budget-s 240
     python bench/tune_scan.py --shapes temporal8,temporal16,train64,train128,train256 --modes bwd --budget-s 400
     python bench/tune_scan.py --aot "" | --aot "fwd_block_d=8,chunk=8"    (no GPU: sm_90 compiler report)
 
 Setup as bench/cases_scan.py (bf16, N = 16, input-dependent B/C (batch, 1, N, L), z, D, delta_bias, softplus);
 only the launchers run (no custom-op/autograd dispatch). A config is a dict of ``M2S2L_SCAN_CFG`` keys (see
 ``scan._env_config``: chunk, fwd_block_d, fwd_warps, bwd_block_d, bwd_warps, seq, seq_max_len, seq_block_d,
-seq_warps, seq_bwd, seq_bwd_block_d, seq_bwd_warps, seq_bwd_progs_per_sm, seq_bwd_programs, seq_bwd_maxnreg) applied
-in-process by replacing ``scan._CFG`` — what the env variable would do at import.
+seq_warps, seq_bwd, seq_bwd_block_d, seq_bwd_warps, seq_bwd_progs_per_sm, seq_bwd_programs, seq_bwd_maxnreg, and the
+chunk-parallel sequential scan's cseq, cseq_chunk, cseq_block_d, cseq_warps, cseq_bwd_block_d, cseq_bwd_warps,
+cseq_bwd_progs_per_sm) applied in-process by replacing ``scan._CFG`` — what the env variable would do at import.
+Shape names (``--shapes``, case-insensitive): LM, spatial, temporal8, temporal16, train64, train128, train256; an
+unknown name is an error.
 
 Stage "bwd" (seqlen <= 32; also the training shapes train64/128/256 = (262144, 64, 4), (65536, 128, 4),
 (16384, 256, 4)): the backward launcher alone after one default forward; the default forward's time (chunk states
@@ -25,8 +29,12 @@ stage is what the launchers picked before the compiler-report changes (commit 27
 ratio from the same run. Every config's outputs are
 compared with the default config's (relative RMS per tensor, limit 1e-2 forward / 3e-2 gradients) and the
 default's forward with the float32 reference loop on the first two batch rows. Configs run in priority order
-until the time budget (split evenly over the shapes) is spent; the rest are listed as skipped.
-``--quick``: tiny shapes, two configs a stage, on CPU under TRITON_INTERPRET=1 (a smoke test, seconds).
+until the time budget (split evenly over the shapes) is spent; the rest are listed as skipped. On sequences longer
+than 32 steps the cseq configs (``scan.cseq_chunk``: the sequential kernels on all (batch row, time chunk, channel
+block) programs at once, chunk length x tile x warps; fwdbwd adds the persistent backward's program count) run
+right after the default, before the chunked-scan configs; ``--cseq`` keeps only the default and those.
+``--quick``: tiny shapes, two configs a stage, on CPU under TRITON_INTERPRET=1 (a smoke test, seconds; with
+``--cseq`` the second config is a cseq one).
 ``--aot CFG``: compile the kernels the launchers would run on the bench shapes for sm_90 (no GPU; launch arguments
 captured on meta tensors, integer specialisation mimicked) and print registers (cuobjdump), spill bytes (ptxas -v),
 shared memory, resident warps per SM (64K registers, 64 warps), programs and waves over 132 SMs, and PTX counts
@@ -44,6 +52,8 @@ if not torch.cuda.is_available() and "--aot" not in sys.argv:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# this checkout's m2s2l (and, through it, its triton_kernels/), not an editable install of another worktree
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cases_scan import SHAPES, _inputs  # noqa: E402
 from common import SWEEP_HEADER, best_of, device_name, rel_rms, time_ms  # noqa: E402
 from common import sweep as common_sweep  # noqa: E402
@@ -54,6 +64,7 @@ from m2s2l.triton_kernels.selective_scan.naive import selective_scan_ref  # noqa
 QUICK = [("tiny-long", (1, 4, 40)), ("tiny-video", (2, 4, 8))]  # interpreter cost grows with programs x steps
 # the temporal level-0..2 scans of training (batch 16, T = 4): many length-4 sequences
 TRAIN_SHAPES = [("train64", (262144, 64, 4)), ("train128", (65536, 128, 4)), ("train256", (16384, 256, 4))]
+QUICK_CSEQ = dict(cseq=1, cseq_chunk=16)  # --quick --cseq: 3 chunks on tiny-long
 QUICK_BWD = [("tiny-video", (3, 8, 8)), ("tiny-train", (5, 4, 4))]
 KEYS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 GRAD_NAMES = ("du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias")
@@ -64,8 +75,28 @@ def set_cfg(cfg):
     scan._CFG.update(cfg)
 
 
-def fwd_candidates(L):
+def cseq_fwd_candidates():
+    """Forward configs of the chunk-parallel sequential scan: chunk length, then tile (channels) x warps."""
+    tiles = ((32, 2), (16, 1), (64, 4), (32, 1), (16, 2))
+    return ([dict(cseq=1)] + [dict(cseq=1, cseq_chunk=lc) for lc in (64, 256, 32, 512)]
+            + [dict(cseq=1, cseq_chunk=lc, cseq_block_d=bd, cseq_warps=w) for lc in (128, 64, 256) for bd, w in tiles])
+
+
+def cseq_fwdbwd_candidates(best_fwd):
+    """Forward + backward configs of the chunk-parallel sequential scan, on the best forward's cseq tile when the
+    best forward was a cseq config: chunk length x the persistent backward's programs per SM (the default caps its
+    scratch at 32 MiB, which at 128 steps a chunk means about one program per SM), then the backward tile."""
+    base = {k: v for k, v in best_fwd.items() if k in ("cseq_block_d", "cseq_warps")} if best_fwd.get("cseq") else {}
+    grid = [dict(cseq_chunk=lc, cseq_bwd_progs_per_sm=p) for p in (None, 8, 4, 16) for lc in (128, 64, 32, 256)]
+    tiles = [dict(cseq_chunk=64, cseq_bwd_progs_per_sm=8, cseq_bwd_block_d=bd, cseq_bwd_warps=w)
+             for bd, w in ((16, 1), (64, 2), (32, 2), (16, 2))]
+    return [dict(base, cseq=1, **{k: v for k, v in c.items() if v is not None}) for c in grid + tiles]
+
+
+def fwd_candidates(L, only_cseq=False):
     """Forward configs in priority order (the default first)."""
+    if L > 32 and only_cseq:
+        return [{}] + cseq_fwd_candidates()
     if L <= 32:  # the sequential kernel is the default here; its block/warps, and the chunked kernel for contrast
         seq = [dict(seq_block_d=bd, seq_warps=w) for bd in (64, 32, 128, 16) for w in (4, 2, 8, 1)
                if 2 <= bd * 16 // (32 * w) <= 32]
@@ -76,7 +107,7 @@ def fwd_candidates(L):
                ((16, 8, 4), (16, 4, 4), (16, 16, 8), (16, 8, 8), (8, 8, 4), (8, 16, 8), (8, 4, 2), (16, 4, 2),
                 (32, 4, 4), (32, 8, 8), (8, 16, 4), (16, 16, 4))]
     before = [dict(fwd_block_d=16)]  # the launchers at 27867ee (before the grid-fill rule; same on the LM shape)
-    return [{}] + before + seq + chunked
+    return [{}] + cseq_fwd_candidates() + before + seq + chunked
 
 
 def bwd_candidates(L):
@@ -249,14 +280,15 @@ def _capture(shape, bwd):
     A, D, bias = torch.empty(dim, N, **m), torch.empty(dim, **m), torch.empty(dim, **m)
     Bt = torch.empty(batch, 1, N, L, dtype=torch.bfloat16, **m)
     names = ["_bwd_kernel", "_bwd_seq_kernel"] if bwd else ["_fwd_kernel", "_fwd_seq_kernel"]
+    names.append("_chunk_combine_kernel")  # cseq: captured so that it does not run on meta tensors; not reported
     real = {n: getattr(scan, n) for n in names}
     caps = {n: _Capture() for n in names}
     try:
         for n in names:
             setattr(scan, n, caps[n])
         if bwd:
-            nc = -(-L // scan.chunk_len(L, N))
-            hc = torch.empty(batch, nc - 1, dim, N, **m) if nc > 1 else None
+            ns = scan.saved_state_count(L, N)
+            hc = torch.empty(batch, ns, dim, N, **m) if ns > 0 else None
             scan.selective_scan_bwd(u, u, u, A, Bt, Bt, D, u, bias, None, hc, True)
         else:
             scan.selective_scan_fwd(u, u, A, Bt, Bt, D, u, bias, None, True, False, True)
@@ -264,7 +296,7 @@ def _capture(shape, bwd):
         for n in names:
             setattr(scan, n, real[n])
     name = next(n for n in names if caps[n].calls)
-    grid, a, kw = caps[name].calls[0]
+    grid, a, kw = caps[name].calls[-1]  # cseq: the second (output) pass
     ty = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32"}
     pnames = list(inspect.signature(real[name].fn).parameters)
     vals = {p: (ty[x.dtype] if isinstance(x, torch.Tensor) else int(x)) for p, x in zip(pnames, a)}
@@ -294,6 +326,16 @@ def aot_report(shapes, cfg, num_sms=132):
     return rows
 
 
+def pick_shapes(arg):
+    """The (name, shape) pairs named in ``arg`` (comma-separated, case-insensitive); SystemExit on an unknown name."""
+    known = {n.lower(): (n, s) for n, s in SHAPES + TRAIN_SHAPES}
+    names = [x.strip().lower() for x in arg.split(",") if x.strip()]
+    bad = [x for x in names if x not in known]
+    if bad or not names:
+        sys.exit(f"--shapes: unknown {bad or arg!r}; known: {', '.join(n for n, _ in SHAPES + TRAIN_SHAPES)}")
+    return [known[x] for x in dict.fromkeys(names)]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default="LM,spatial,temporal8,temporal16")
@@ -301,6 +343,8 @@ def main():
     ap.add_argument("--budget-s", type=float, default=270.0, help="wall-clock budget for all sweeps")
     ap.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "tune_scan.json"))
     ap.add_argument("--quick", action="store_true", help="tiny shapes, 2 configs a stage (CPU smoke test)")
+    ap.add_argument("--cseq", action="store_true",
+                    help="sequences > 32 steps: only the default and the chunk-parallel sequential scan configs")
     ap.add_argument("--aot", default=None, metavar="CFG",
                     help="no GPU needed: compile what the launchers pick under CFG ('' = defaults, else "
                          "M2S2L_SCAN_CFG syntax) for sm_90 and print registers/spills/occupancy; no timing")
@@ -309,14 +353,13 @@ def main():
         cfg = {k.strip(): int(v) for k, v in (i.split("=", 1) for i in args.aot.split(",") if "=" in i)}
         if scan._INTERPRET:
             sys.exit("--aot: unset TRITON_INTERPRET (the interpreter picks other block sizes and cannot compile)")
-        shapes = [s for s in SHAPES + TRAIN_SHAPES if s[0] in args.shapes.split(",")]
-        rows = aot_report(shapes, cfg)
+        rows = aot_report(pick_shapes(args.shapes), cfg)
         with open(args.json, "w") as f:
             json.dump(dict(aot_cfg=args.aot, rows=rows), f, indent=1)
         return
     device = "cuda" if torch.cuda.is_available() else "cpu"
     t0 = time.time()
-    shapes = QUICK if args.quick else [s for s in SHAPES + TRAIN_SHAPES if s[0] in args.shapes.split(",")]
+    shapes = QUICK if args.quick else pick_shapes(args.shapes)
     modes = args.modes.split(",")
     print(f"# device {device_name(device)}, torch {torch.__version__}, env M2S2L_SCAN_CFG="
           f"{os.environ.get('M2S2L_SCAN_CFG', '')!r} (ignored: configs are set in-process)")
@@ -338,7 +381,9 @@ def main():
             summary.append(bwd_stage(name, shape, runs, t_shape + bshare, args.quick, device, all_rows))
             t_shape, share = time.time(), share - (time.time() - t_shape)
         if "fwd" in modes:
-            fcands = fwd_candidates(L)[: 2 if args.quick else None]
+            fcands = fwd_candidates(L, args.cseq)[: 2 if args.quick else None]
+            if args.quick and args.cseq and L > 32:
+                fcands = [{}, QUICK_CSEQ]
             end = t_shape + share * (0.45 if "fwdbwd" in modes else 1.0)
             rows = sweep(name, shape, "fwd", fcands, runs, end, device)
             all_rows += rows
@@ -348,8 +393,16 @@ def main():
                 best_fwd = b["cfg_dict"]
         if "fwdbwd" in modes:  # the true default first (the reference and baseline), then best forward + backward
             before = dict(fwd_block_d=16, bwd_block_d=8) if L > 32 else dict(seq=0)  # launchers at 27867ee
-            bc = [{}, before, best_fwd] + [dict(best_fwd, **c) for c in bwd_candidates(L)]
+            if best_fwd.get("cseq"):  # the chunked backward's keys mean nothing to a cseq forward
+                bc = [{}] + cseq_fwdbwd_candidates(best_fwd) + [before]
+            elif L > 32 and args.cseq:
+                bc = [{}] + cseq_fwdbwd_candidates({})
+            else:
+                bc = [{}, before, best_fwd] + (cseq_fwdbwd_candidates({}) if L > 32 else []) + [
+                    dict(best_fwd, **c) for c in bwd_candidates(L)]
             bc = [c for i, c in enumerate(bc) if c not in bc[:i]][: 2 if args.quick else None]
+            if args.quick and args.cseq and L > 32:
+                bc = [{}, QUICK_CSEQ]
             rows = sweep(name, shape, "fwdbwd", bc, runs, t_shape + share, device)
             all_rows += rows
             b = best_of(rows)

@@ -95,10 +95,10 @@ def _fwd_fake(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
                                                                                              dtype=torch.float32)
     hc = u.new_empty(0, dtype=torch.float32)
     if backend == "triton" and save_states:
-        from m2s2l.triton_kernels.selective_scan.scan import chunk_len
-        nc = -(-L // chunk_len(L, N))
-        if nc > 1:
-            hc = u.new_empty(batch, nc - 1, dim, N, dtype=torch.float32)
+        from m2s2l.triton_kernels.selective_scan.scan import saved_state_count
+        ns = saved_state_count(L, N)
+        if ns > 0:
+            hc = u.new_empty(batch, ns, dim, N, dtype=torch.float32)
     if backend == "cuda" and save_states:  # the state at the start of every 64-step chunk (csrc/README.md)
         hc = u.new_empty(batch, dim, -(-L // 64), N, dtype=torch.float32)
     return u.new_empty(u.shape), last, hc

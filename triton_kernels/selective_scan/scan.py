@@ -28,7 +28,7 @@ import triton
 
 from .._config import env_int_config
 from .scan_kernels import _bwd_kernel, _combine, _fwd_kernel
-from .scan_seq_kernels import _bwd_seq_kernel, _fwd_seq_kernel
+from .scan_seq_kernels import _bwd_seq_kernel, _chunk_combine_kernel, _fwd_seq_kernel
 
 
 def _vectorize_interpreter_scan():
@@ -89,7 +89,9 @@ def _env_config():
     length; block sizes must be powers of two); the sequential forward: seq=0|1 (both directions), seq_max_len,
     seq_block_d, seq_warps; the sequential backward: seq_bwd=0|1 (overrides seq for the backward only),
     seq_bwd_block_d, seq_bwd_warps, seq_bwd_progs_per_sm, seq_bwd_programs (total program target), seq_bwd_maxnreg
-    (register cap passed to the compiler; unset = none: sm_90 AOT shows 255 registers unconstrained)."""
+    (register cap passed to the compiler; unset = none: sm_90 AOT shows 255 registers unconstrained); the
+    chunk-parallel sequential scan (``cseq_chunk``): cseq=0|1, cseq_min_len, cseq_chunk, cseq_max_chunks,
+    cseq_block_d, cseq_warps, cseq_bwd_block_d, cseq_bwd_warps, cseq_bwd_programs, cseq_combine_block_d."""
     return env_int_config("M2S2L_SCAN_CFG")
 
 
@@ -105,6 +107,33 @@ def chunk_len(seqlen, dstate):
     bn = max(2, _pow2(dstate))
     tc = _CFG.get("chunk") or (16 if bn <= 16 else (8 if bn <= 64 else 4))
     return max(2, min(tc, _pow2(seqlen)))
+
+
+def cseq_chunk(seqlen):
+    """Chunk length Lc of the chunk-parallel sequential scan ("cseq") for this seqlen, or 0 when it is not used.
+
+    cseq splits time into chunks of Lc steps and runs the sequential kernels on every (batch row, chunk, channel
+    block) at once: the forward in two passes (chunk end states from zero, then the outputs from the combined
+    chunk start states), the backward likewise (chunk start adjoints from zero, then the full backward per chunk);
+    the diagonal A makes a chunk's effect on the state h_end = exp(A * sum(delta)) h_start + h_local. Both
+    directions use it for the same lengths, so the backward gets the forward's chunk-boundary states.
+    Off by default (not yet timed on a GPU); M2S2L_SCAN_CFG cseq=1 forces it on for every length, cseq=0 off,
+    cseq_min_len=M turns it on for seqlen >= M. Lc = cseq_chunk (default 128), grown so that there are at most
+    cseq_max_chunks (default 1024) chunks (saved states and the combine's serial steps stay bounded)."""
+    on = _CFG.get("cseq")
+    if on is None:
+        on = "cseq_min_len" in _CFG and seqlen >= _CFG["cseq_min_len"]
+    if not on:
+        return 0
+    lc = max(1, _CFG.get("cseq_chunk", 128))
+    return max(lc, triton.cdiv(seqlen, max(1, _CFG.get("cseq_max_chunks", 1024))))
+
+
+def saved_state_count(seqlen, dstate):
+    """The number of chunk states ``selective_scan_fwd(..., save_states=True)`` returns per (batch row, channel)
+    (the chunk_states shape is (batch, count, dim, dstate); count 0 means None)."""
+    lc = cseq_chunk(seqlen)
+    return triton.cdiv(seqlen, lc or chunk_len(seqlen, dstate)) - 1
 
 
 @functools.lru_cache(maxsize=None)
@@ -139,9 +168,9 @@ def use_seq_fwd(seqlen):
     return seqlen <= _CFG.get("seq_max_len", 32)
 
 
-def _seq_block_d(cpg, dstate, rows, device):
-    if "seq_block_d" in _CFG:
-        return _CFG["seq_block_d"]
+def _seq_block_d(cpg, dstate, rows, device, key="seq_block_d"):
+    if key in _CFG:
+        return _CFG[key]
     if _INTERPRET:
         return max(2, min(_pow2(cpg), 256))
     return _fill(max(2, min(_pow2(cpg), max(2048 // max(2, _pow2(dstate)), 1), 64)), cpg, rows, device, 16)
@@ -161,14 +190,14 @@ def use_seq_bwd(seqlen):
     return use_seq_fwd(seqlen)
 
 
-def _seq_bwd_block_d(cpg, dstate):
+def _seq_bwd_block_d(cpg, dstate, key="seq_bwd_block_d"):
     """A whole group's channels when that tile has at most 2048 state values (128 x 16 at dstate 16): dB/dC then
     need no atomics. Else tiles of 512 values (32 x 16), one warp. H200 sweep (bench/tune_scan.py --modes bwd,
     bf16): (16384, 128, 8) 1.12 ms at 128 x 16 vs 1.46 at 32 x 16; (262144, 64, 4) 4.46 vs 5.93; (65536, 128, 4)
     2.27 vs 2.90; where the group is wider than 128 channels 32 x 16 was best ((16384, 256, 4) 1.46 vs 1.65 at
     128; (4096, 256, 16) 1.56 vs 1.73)."""
-    if "seq_bwd_block_d" in _CFG:
-        return _CFG["seq_bwd_block_d"]
+    if key in _CFG:
+        return _CFG[key]
     if _INTERPRET:
         return max(2, min(_pow2(cpg), 256))
     n2 = max(2, _pow2(dstate))
@@ -177,19 +206,19 @@ def _seq_bwd_block_d(cpg, dstate):
     return max(2, min(_pow2(cpg), max(512 // n2, 1), 64))
 
 
-def _seq_bwd_warps(block_d, dstate):
-    return _CFG.get("seq_bwd_warps", max(1, min(8, block_d * max(2, _pow2(dstate)) // 512)))
+def _seq_bwd_warps(block_d, dstate, key="seq_bwd_warps"):
+    return _CFG.get(key, max(1, min(8, block_d * max(2, _pow2(dstate)) // 512)))
 
 
-def _seq_bwd_rows(batch, n_gd, slot_bytes, warps, device):
+def _seq_bwd_rows(batch, n_gd, slot_bytes, warps, device, prefix="seq_bwd"):
     """Batch-row stride of the persistent backward; programs = rows x n_gd. Target: seq_bwd_programs, else
     seq_bwd_progs_per_sm x SMs, else 8 warps per SM (what fits at the 255 registers the sm_90 AOT compile shows, so
     one wave) with the scratch capped at 32 MiB (to stay in L2)."""
     sms = _num_sms(device)
-    if "seq_bwd_programs" in _CFG:
-        target = _CFG["seq_bwd_programs"]
-    elif "seq_bwd_progs_per_sm" in _CFG:
-        target = _CFG["seq_bwd_progs_per_sm"] * sms
+    if prefix + "_programs" in _CFG:
+        target = _CFG[prefix + "_programs"]
+    elif prefix + "_progs_per_sm" in _CFG:
+        target = _CFG[prefix + "_progs_per_sm"] * sms
     else:
         target = min(max(1, 8 // warps) * sms, max(sms, (32 << 20) // max(slot_bytes, 1)))
     return max(1, min(batch, target // n_gd))
@@ -225,16 +254,31 @@ def _dummy(ref):
     return torch.zeros(1, device=ref.device, dtype=torch.float32)
 
 
+def _combine_chunks(x0, X, dsum, A, reverse):
+    """In place on X (batch, nb, dim, N): the sequential combine over chunk boundaries (``_chunk_combine_kernel``)."""
+    batch, nb, dim, N = X.shape
+    BN = max(2, _pow2(N))
+    bd = _CFG.get("cseq_combine_block_d") or max(1, min(_pow2(dim), (4096 if _INTERPRET else 512) // BN))
+    _chunk_combine_kernel[(batch, triton.cdiv(dim, bd))](x0 if x0 is not None else _dummy(X), X, dsum, A, dim, nb,
+                                                        N=N, BLOCK_D=bd, BLOCK_N=BN, HAS_X0=x0 is not None,
+                                                        REVERSE=reverse, num_warps=4)
+
+
 def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_state=None,
                        delta_softplus=False, return_last_state=False, save_states=False):
     """Forward launcher. Shapes as in ``m2s2l.ops.selective_scan_fn`` (arguments assumed validated).
 
     Returns (out (batch, dim, L) in u's dtype, last_state (batch, dim, N) float32 or None,
-    chunk_states (batch, nchunks - 1, dim, N) float32 or None — the states entering chunks 1.., for the backward).
+    chunk_states (batch, nchunks - 1, dim, N) float32 or None — the states entering chunks 1.., for the backward;
+    chunks of ``chunk_len`` steps, or of ``cseq_chunk`` steps when the chunk-parallel sequential scan runs).
     """
     batch, dim, L, N, B4, b_var, sB, C4, c_var, sC, G, cpg, T_C = _layout(u, A, B, C)
-    seq = use_seq_fwd(L)
-    if seq:
+    Lc = cseq_chunk(L)
+    nc = triton.cdiv(L, Lc) if Lc else 1  # cseq chunks (1: one sequential pass)
+    seq = bool(Lc) or use_seq_fwd(L)
+    if Lc:
+        BLOCK_D = _seq_block_d(cpg, N, batch * nc * G, u.device, "cseq_block_d")
+    elif seq:
         BLOCK_D = _seq_block_d(cpg, N, batch * G, u.device)
     else:
         BLOCK_D = _block_d(cpg, L, N, 4096, "fwd_block_d", batch * G, u.device)
@@ -244,7 +288,7 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, initi
     out = torch.empty(batch, dim, L, device=u.device, dtype=u.dtype)
     hlast = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32) if return_last_state else None
     hc = None
-    if save_states and nchunks > 1:
+    if save_states and nchunks > 1 and not Lc:
         hc = torch.empty(batch, nchunks - 1, dim, N, device=u.device, dtype=torch.float32)
     h0 = initial_state.contiguous() if initial_state is not None else None
     dmy = _dummy(u)
@@ -257,8 +301,19 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, initi
                 SOFTPLUS=bool(delta_softplus), HAS_H0=h0 is not None, STORE_LAST=hlast is not None,
                 SAVE_CHUNKS=hc is not None)
     if seq:
-        _fwd_seq_kernel[(batch, G * nblk)](*ptrs, L, dim, cpg, nblk, *strides, **meta,
-                                           num_warps=_CFG.get("seq_warps", _seq_warps(BLOCK_D, N)))
+        warps = _CFG.get("cseq_warps" if Lc else "seq_warps", _seq_warps(BLOCK_D, N))
+        hb = dsum = dmy
+        if nc > 1:  # pass 1: chunks 0 .. nc-2 from zero -> local end states; combine -> states entering chunks 1..
+            hb = torch.empty(batch, nc - 1, dim, N, device=u.device, dtype=torch.float32)
+            dsum = torch.empty(batch, nc - 1, dim, device=u.device, dtype=torch.float32)
+            pass1 = dict(meta, HAS_D=False, HAS_Z=False, HAS_H0=False, STORE_LAST=False)
+            _fwd_seq_kernel[(batch * (nc - 1), G * nblk)](*ptrs, hb, dsum, L, Lc, nc, nc - 1, dim, cpg, nblk,
+                                                          *strides, **pass1, STATE_ONLY=True, CSEQ=False,
+                                                          num_warps=warps)
+            _combine_chunks(h0, hb, dsum, A, reverse=False)
+            hc = hb if save_states else None
+        _fwd_seq_kernel[(batch * nc, G * nblk)](*ptrs, hb, dsum, L, Lc if nc > 1 else L, nc, nc, dim, cpg, nblk,
+                                                *strides, **meta, STATE_ONLY=False, CSEQ=nc > 1, num_warps=warps)
     else:
         _fwd_kernel[(batch, G * nblk)](*ptrs, L, nchunks, dim, cpg, nblk, *strides, **meta,
                                        num_warps=_CFG.get("fwd_warps", 4))
@@ -269,22 +324,26 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D=None, z=None, delta_bias=None,
                        chunk_states=None, delta_softplus=False, dlast=None):
     """Backward launcher: gradients of (out, last_state) -> inputs.
 
-    ``chunk_states`` is what ``selective_scan_fwd(..., save_states=True)`` returned (None when L <= T_C);
+    ``chunk_states`` is what ``selective_scan_fwd(..., save_states=True)`` returned (None when
+    ``saved_state_count`` is 0);
     ``dlast`` the gradient of last_state or None. Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias,
     dinitial_state); du/ddelta/dz in the input dtype, dB/dC in B's/C's dtype, the rest float32
     (None where the input was None).
     """
     batch, dim, L, N, B4, b_var, sB, C4, c_var, sC, G, cpg, T_C = _layout(u, A, B, C)
-    seq = use_seq_bwd(L)
+    Lc = cseq_chunk(L)
+    nc = triton.cdiv(L, Lc) if Lc else 1  # cseq chunks (1: one sequential pass)
+    seq = bool(Lc) or use_seq_bwd(L)
     BN = max(2, _pow2(N))
     if seq:
-        BLOCK_D = _seq_bwd_block_d(cpg, N)
+        BLOCK_D = _seq_bwd_block_d(cpg, N, "cseq_bwd_block_d" if Lc else "seq_bwd_block_d")
     else:
         BLOCK_D = _block_d(cpg, L, N, 2048, "bwd_block_d", batch * G, u.device)
     nblk = triton.cdiv(cpg, BLOCK_D)
     nchunks = triton.cdiv(L, T_C)
-    if not seq and nchunks > 1 and (chunk_states is None or chunk_states.shape != (batch, nchunks - 1, dim, N)):
-        raise ValueError(f"chunk_states must have shape {(batch, nchunks - 1, dim, N)}")
+    need = nc - 1 if Lc else (0 if seq else nchunks - 1)
+    if need > 0 and (chunk_states is None or chunk_states.shape != (batch, need, dim, N)):
+        raise ValueError(f"chunk_states must have shape {(batch, need, dim, N)}")
     var_atomic = nblk > 1
     f32 = dict(device=u.device, dtype=torch.float32)
     du = torch.empty(batch, dim, L, device=u.device, dtype=u.dtype)
@@ -315,12 +374,25 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D=None, z=None, delta_bias=None,
                 HAS_H0=h0 is not None, HAS_DLAST=dl is not None, VAR_ATOMIC=var_atomic)
     if seq:
         n_gd = G * nblk
-        warps = _seq_bwd_warps(BLOCK_D, N)
-        rows = _seq_bwd_rows(batch, n_gd, (L - 1) * BLOCK_D * BN * 4, warps, u.device)
-        scratch = torch.empty(max(1, rows * n_gd * (L - 1) * BLOCK_D * BN), **f32)
+        warps = _seq_bwd_warps(BLOCK_D, N, "cseq_bwd_warps" if Lc else "seq_bwd_warps")
+        LC = Lc if nc > 1 else L
+        gb = dsum = dmy
+        if nc > 1:  # pass 1: chunks 1 .. nc-1's start adjoints from zero; combine -> end adjoints of chunks 0..nc-2
+            gb = torch.empty(batch, nc - 1, dim, N, **f32)
+            dsum = torch.empty(batch, nc - 1, dim, **f32)
+            nr = batch * (nc - 1)
+            pass1 = dict(meta, HAS_D=False, HAS_H0=False, HAS_DLAST=False)
+            _bwd_seq_kernel[(nr * n_gd,)](*ptrs, dout, dmy, *grads, dmy, dmy, gb, dsum, L, LC, nc, nc - 1, 1, nr,
+                                          dim, cpg, nblk, n_gd, nr, *strides, **pass1, CSEQ=False, ADJ_ONLY=True,
+                                          num_warps=warps)
+            _combine_chunks(dl, gb, dsum, ptrs[2], reverse=True)
+        nr = batch * nc
+        rows = _seq_bwd_rows(nr, n_gd, (LC - 1) * BLOCK_D * BN * 4, warps, u.device, "cseq_bwd" if Lc else "seq_bwd")
+        scratch = torch.empty(max(1, rows * n_gd * (LC - 1) * BLOCK_D * BN), **f32)
         extra = {"maxnreg": _CFG["seq_bwd_maxnreg"]} if "seq_bwd_maxnreg" in _CFG else {}
-        _bwd_seq_kernel[(rows * n_gd,)](*ptrs, dout, opt(dl), *grads, scratch, L, batch, dim, cpg, nblk, n_gd, rows,
-                                        *strides, **meta, num_warps=warps, **extra)
+        _bwd_seq_kernel[(rows * n_gd,)](*ptrs, dout, opt(dl), *grads, scratch, opt(chunk_states) if nc > 1 else dmy,
+                                        gb, dsum, L, LC, nc, nc, 0, nr, dim, cpg, nblk, n_gd, rows, *strides, **meta,
+                                        CSEQ=nc > 1, ADJ_ONLY=False, num_warps=warps, **extra)
     else:
         bpp = max(1, (batch * G * nblk) // 2048)
         _bwd_kernel[(triton.cdiv(batch, bpp), G * nblk)](

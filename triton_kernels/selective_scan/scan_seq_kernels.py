@@ -25,90 +25,123 @@ from .scan_common import (_channel_offsets, _channel_params, _delta, _flush_grad
                           _row_ptrs, _store_or_add, _var_bc_ptrs, _zero_grads)
 
 
-@triton.jit(do_not_specialize=["L"])
+@triton.jit(do_not_specialize=["L", "NC", "n_cp"])
 def _fwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, hlast_ptr, hc_ptr,
-                    L, dim, cpg, nblk,
+                    hb_ptr, dsum_ptr,
+                    L, LC, NC, n_cp, dim, cpg, nblk,
                     su_b, su_d, su_t, sdt_b, sdt_d, sdt_t, sz_b, sz_d, sz_t,
                     sB0, sB1, sB2, sB3, sC0, sC1, sC2, sC3,
                     N: tl.constexpr, BLOCK_D: tl.constexpr, T_C: tl.constexpr, BLOCK_N: tl.constexpr,
                     B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
-                    STORE_LAST: tl.constexpr, SAVE_CHUNKS: tl.constexpr):
-    """Sequential-in-time forward for short sequences: the [BLOCK_D, BLOCK_N] state stays in registers and the
-    program steps through time, loading [BLOCK_D] of u/delta/z and [BLOCK_N] of B/C per step (no scan, no
-    cross-thread traffic except the sum over N). Same outputs as ``_fwd_kernel``, including the chunk states."""
-    i_b, i_gd = tl.program_id(0).to(tl.int64), tl.program_id(1)
+                    STORE_LAST: tl.constexpr, SAVE_CHUNKS: tl.constexpr, STATE_ONLY: tl.constexpr,
+                    CSEQ: tl.constexpr):
+    """Sequential-in-time forward: the [BLOCK_D, BLOCK_N] state stays in registers and the program steps through
+    time, loading [BLOCK_D] of u/delta/z and [BLOCK_N] of B/C per step (no scan, no cross-thread traffic except
+    the sum over N). Same outputs as ``_fwd_kernel``, including the chunk states (SAVE_CHUNKS, NC == 1 only).
+
+    Program (pid0, i_gd): batch row pid0 // n_cp, time chunk c = pid0 % n_cp of NC chunks of LC steps (NC = 1,
+    LC = L: the whole sequence). STATE_ONLY (chunk-parallel pass 1): from a zero state, no outputs; stores the
+    chunk's end state into hb[b, c] (batch, NC - 1, dim, N) and its delta sum into dsum[b, c] (batch, NC - 1, dim).
+    CSEQ (pass 2): chunk c > 0 starts from hb[b, c - 1] (the combined boundary state), chunk 0 from h0; last_state
+    is stored by the last chunk."""
+    pid = tl.program_id(0)
+    i_b, i_c = (pid // n_cp).to(tl.int64), pid % n_cp
+    i_gd = tl.program_id(1)
+    t0 = i_c.to(tl.int64) * LC  # first step of the chunk
+    n_t = tl.minimum(L - i_c * LC, LC)  # steps in the chunk
     i_g, o_c, m_d, o_d, o_n, m_n = _channel_offsets(i_gd, nblk, cpg, N, BLOCK_D, BLOCK_N)
     m_dn = m_d[:, None] & m_n[None, :]
     b_A, b_A2, b_D, b_bias = _channel_params(A_ptr, D_ptr, bias_ptr, o_d, o_n, m_d, m_dn, N, BLOCK_D, HAS_D, HAS_BIAS)
     o_dn = (i_b * dim + o_d[:, None]) * N + o_n[None, :]
-    b_h = _load_state(h0_ptr, o_dn, m_dn, HAS_H0, BLOCK_D, BLOCK_N)
+    f_c = (o_n * 0 + i_c)[None, :]  # the chunk index as a [1, BLOCK_N] tile (the interpreter masks with tiles)
+    b_h = _load_state(h0_ptr, o_dn, m_dn & (f_c == 0), HAS_H0, BLOCK_D, BLOCK_N)
+    if CSEQ:
+        o_hb = ((i_b * (NC - 1) + i_c - 1) * dim + o_d[:, None]) * N + o_n[None, :]
+        b_h += tl.load(hb_ptr + o_hb, mask=m_dn & (f_c > 0), other=0.0)
     if B_VAR:
-        p_B = _var_bc_ptrs(B_ptr, i_b, i_g, o_n, sB0, sB1, sB2)
+        p_B = _var_bc_ptrs(B_ptr, i_b, i_g, o_n, sB0, sB1, sB2) + t0 * sB3
     else:
         b_B = _load_fixed_bc(B_ptr, o_d, o_n, m_dn, sB0, sB1)
     if C_VAR:
-        p_C = _var_bc_ptrs(C_ptr, i_b, i_g, o_n, sC0, sC1, sC2)
+        p_C = _var_bc_ptrs(C_ptr, i_b, i_g, o_n, sC0, sC1, sC2) + t0 * sC3
     else:
         b_C = _load_fixed_bc(C_ptr, o_d, o_n, m_dn, sC0, sC1)
     p_u, p_dt, p_z = _row_ptrs(u_ptr, dt_ptr, z_ptr, i_b, o_d, su_b, su_d, sdt_b, sdt_d, sz_b, sz_d)
-    p_o = out_ptr + (i_b * dim + o_d) * L
+    p_u, p_dt, p_z = p_u + t0 * su_t, p_dt + t0 * sdt_t, p_z + t0 * sz_t
+    p_o = out_ptr + (i_b * dim + o_d) * L + t0
+    b_dts = tl.zeros([BLOCK_D], dtype=tl.float32)
     # software prefetch: step t + 1's inputs are loaded while step t is computed
     n_u = tl.load(p_u, mask=m_d, other=0.0)
     n_dt = tl.load(p_dt, mask=m_d, other=0.0)
-    if HAS_Z:
+    if HAS_Z and not STATE_ONLY:
         n_z = tl.load(p_z, mask=m_d, other=0.0)
     if B_VAR:
         n_B = tl.load(p_B, mask=m_n, other=0.0)
-    if C_VAR:
+    if C_VAR and not STATE_ONLY:
         n_C = tl.load(p_C, mask=m_n, other=0.0)
-    for t in range(0, L):
+    for t in range(0, n_t):
         if SAVE_CHUNKS:
             if (t > 0) & (t % T_C == 0):
                 hc_off = ((i_b * ((L + T_C - 1) // T_C - 1) + t // T_C - 1) * dim + o_d[:, None]) * N + o_n[None, :]
                 tl.store(hc_ptr + hc_off, b_h, mask=m_dn)
         b_u, b_dt = n_u.to(tl.float32), n_dt.to(tl.float32)
-        m_dn1 = m_d & (o_c * 0 + t + 1 < L)
-        m_nn1 = m_n & (o_n * 0 + t + 1 < L)
+        m_dn1 = m_d & (o_c * 0 + t + 1 < n_t)
+        m_nn1 = m_n & (o_n * 0 + t + 1 < n_t)
         n_u = tl.load(p_u + (t + 1) * su_t, mask=m_dn1, other=0.0)
         n_dt = tl.load(p_dt + (t + 1) * sdt_t, mask=m_dn1, other=0.0)
-        if HAS_Z:
-            b_z = n_z.to(tl.float32)
-            n_z = tl.load(p_z + (t + 1) * sz_t, mask=m_dn1, other=0.0)
         if B_VAR:
             b_Bt = n_B.to(tl.float32)[None, :]
             n_B = tl.load(p_B + (t + 1) * sB3, mask=m_nn1, other=0.0)
         else:
             b_Bt = b_B
-        if C_VAR:
-            b_Ct = n_C.to(tl.float32)[None, :]
-            n_C = tl.load(p_C + (t + 1) * sC3, mask=m_nn1, other=0.0)
-        else:
-            b_Ct = b_C
         b_dtr, b_dt = _delta(b_dt, b_bias, HAS_BIAS, SOFTPLUS)
         b_h = tl.exp2(b_dt[:, None] * b_A2) * b_h + (b_dt * b_u)[:, None] * b_Bt
-        b_y = tl.sum(b_h * b_Ct, 1)
-        if HAS_D:
-            b_y += b_D * b_u
-        if HAS_Z:
-            b_y = b_y * b_z * tl.sigmoid(b_z)
-        tl.store(p_o + t, b_y.to(out_ptr.dtype.element_ty), mask=m_d)
+        if STATE_ONLY:
+            b_dts += b_dt
+        else:
+            if HAS_Z:
+                b_z = n_z.to(tl.float32)
+                n_z = tl.load(p_z + (t + 1) * sz_t, mask=m_dn1, other=0.0)
+            if C_VAR:
+                b_Ct = n_C.to(tl.float32)[None, :]
+                n_C = tl.load(p_C + (t + 1) * sC3, mask=m_nn1, other=0.0)
+            else:
+                b_Ct = b_C
+            b_y = tl.sum(b_h * b_Ct, 1)
+            if HAS_D:
+                b_y += b_D * b_u
+            if HAS_Z:
+                b_y = b_y * b_z * tl.sigmoid(b_z)
+            tl.store(p_o + t, b_y.to(out_ptr.dtype.element_ty), mask=m_d)
+    if STATE_ONLY:  # n_cp = NC - 1 programs a row: pid0 = b * (NC - 1) + c
+        tl.store(hb_ptr + (pid.to(tl.int64) * dim + o_d[:, None]) * N + o_n[None, :], b_h, mask=m_dn)
+        tl.store(dsum_ptr + pid.to(tl.int64) * dim + o_d, b_dts, mask=m_d)
     if STORE_LAST:
-        tl.store(hlast_ptr + o_dn, b_h, mask=m_dn)
+        tl.store(hlast_ptr + o_dn, b_h, mask=m_dn & (f_c == NC - 1))
 
 
-@triton.jit(do_not_specialize=["L", "batch", "n_rows"])
+@triton.jit(do_not_specialize=["L", "NC", "n_cp", "c0", "n_rowtot", "n_rows"])
 def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, dout_ptr, dlast_ptr,
                     du_ptr, ddt_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dz_ptr, dbias_ptr, dh0_ptr, scr_ptr,
-                    L, batch, dim, cpg, nblk, n_gd, n_rows,
+                    hb_ptr, gb_ptr, dsum_ptr,
+                    L, LC, NC, n_cp, c0, n_rowtot, dim, cpg, nblk, n_gd, n_rows,
                     su_b, su_d, su_t, sdt_b, sdt_d, sdt_t, sz_b, sz_d, sz_t, so_b, so_d, so_t,
                     sB0, sB1, sB2, sB3, sC0, sC1, sC2, sC3, sdB0, sdB1, sdB2, sdB3, sdC0, sdC1, sdC2, sdC3,
                     N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
                     B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
-                    HAS_DLAST: tl.constexpr, VAR_ATOMIC: tl.constexpr):
-    """Sequential-in-time backward, persistent over batch rows (design in the module docstring). Same outputs and
-    buffer conventions as ``_bwd_kernel``; program p owns (group, channel block) p % n_gd."""
+                    HAS_DLAST: tl.constexpr, VAR_ATOMIC: tl.constexpr, CSEQ: tl.constexpr, ADJ_ONLY: tl.constexpr):
+    """Sequential-in-time backward, persistent over rows (design in the module docstring). Same outputs and
+    buffer conventions as ``_bwd_kernel``; program p owns (group, channel block) p % n_gd.
+
+    A row is one time chunk of one batch row: row r < n_rowtot is chunk c = r % n_cp + c0 of batch row r // n_cp,
+    steps c * LC .. min((c + 1) * LC, L) - 1 of NC chunks (NC = 1, LC = L, n_cp = 1, c0 = 0: whole sequences).
+    CSEQ: chunk c > 0 starts from hb[b, c - 1] (forward boundary states, (batch, NC - 1, dim, N)) instead of h0,
+    and chunk c < NC - 1 receives the adjoint gb[b, c] (the gradient of its end state through the later chunks)
+    instead of dlast; d initial_state is chunk 0's. ADJ_ONLY (pass 1, c0 = 1, n_cp = NC - 1): only the adjoint
+    from a zero end adjoint, no h, no gradients; stores the chunk's d(start state) into gb[b, c - 1] and its delta
+    sum into dsum[b, c - 1]."""
     pid = tl.program_id(0)
     i_gd = pid % n_gd
     i_r = pid // n_gd
@@ -120,125 +153,212 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
         b_B = _load_fixed_bc(B_ptr, o_d, o_n, m_dn, sB0, sB1)
     if not C_VAR:
         b_C = _load_fixed_bc(C_ptr, o_d, o_n, m_dn, sC0, sC1)
-    # this program's scratch slot: (L - 1) tiles of [BLOCK_D, BLOCK_N] float32
+    else:
+        b_C = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)  # unused (an argument of _adjoint_only)
+    # this program's scratch slot: (LC - 1) tiles of [BLOCK_D, BLOCK_N] float32
     TILE: tl.constexpr = BLOCK_D * BLOCK_N
-    s_base = scr_ptr + pid.to(tl.int64) * (L - 1) * TILE
+    s_base = scr_ptr + pid.to(tl.int64) * (LC - 1) * TILE
     o_s = tl.arange(0, BLOCK_D)[:, None] * BLOCK_N + o_n[None, :]
     # int32 [BLOCK_D, BLOCK_N] offsets + int64 scalar bases (keeps 64-bit pointer tiles out of the loops)
     o_dn0 = o_d[:, None] * N + o_n[None, :]
     acc_dA, acc_dB, acc_dC, acc_dD, acc_db = _zero_grads(BLOCK_D, BLOCK_N)
-    n_it = tl.cdiv(batch - i_r, n_rows)
+    n_it = tl.cdiv(n_rowtot - i_r, n_rows)
     for k in range(0, n_it):
-        i_b = (i_r + k * n_rows).to(tl.int64)
-        tl.debug_barrier()  # the previous row's pass 2 has read the slot before pass 1 overwrites it
+        i_row = i_r + k * n_rows
+        i_b, i_c = (i_row // n_cp).to(tl.int64), i_row % n_cp + c0
+        t0 = i_c.to(tl.int64) * LC  # first step of the chunk
+        n_t = tl.minimum(L - i_c * LC, LC)  # steps in the chunk
         r_dn = i_b * dim * N
-        b_h = _load_state(h0_ptr + r_dn, o_dn0, m_dn, HAS_H0, BLOCK_D, BLOCK_N)
-        p_B = _var_bc_ptrs(B_ptr, i_b, i_g, o_n, sB0, sB1, sB2)
-        p_C = _var_bc_ptrs(C_ptr, i_b, i_g, o_n, sC0, sC1, sC2)
+        rb_d = (i_b * (NC - 1) + i_c - 1) * dim  # hb[b, c - 1] / gb[b, c - 1] / dsum[b, c - 1]
+        rb_dn = rb_d * N
+        f_c = (o_n * 0 + i_c)[None, :]  # the chunk index as a [1, BLOCK_N] tile (the interpreter masks with tiles)
+        p_B = _var_bc_ptrs(B_ptr, i_b, i_g, o_n, sB0, sB1, sB2) + t0 * sB3
+        p_C = _var_bc_ptrs(C_ptr, i_b, i_g, o_n, sC0, sC1, sC2) + t0 * sC3
         p_u, p_dt, p_z = _row_ptrs(u_ptr, dt_ptr, z_ptr, i_b, o_d, su_b, su_d, sdt_b, sdt_d, sz_b, sz_d)
-        p_do = dout_ptr + i_b * so_b + o_d * so_d
-        o_o = (i_b * dim + o_d) * L
-        # ---- pass 1, forward in time: h_t for t = 0 .. L-2 into the slot; h_{L-1} stays in registers
-        n_u = tl.load(p_u, mask=m_d, other=0.0)
-        n_dt = tl.load(p_dt, mask=m_d, other=0.0)
-        if B_VAR:
-            n_B = tl.load(p_B, mask=m_n, other=0.0)
-        for t in range(0, L):
-            b_u, b_dt = n_u.to(tl.float32), n_dt.to(tl.float32)
-            m_d1 = m_d & (o_c * 0 + t + 1 < L)
-            n_u = tl.load(p_u + (t + 1) * su_t, mask=m_d1, other=0.0)
-            n_dt = tl.load(p_dt + (t + 1) * sdt_t, mask=m_d1, other=0.0)
+        p_u, p_dt, p_z = p_u + t0 * su_t, p_dt + t0 * sdt_t, p_z + t0 * sz_t
+        p_do = dout_ptr + i_b * so_b + o_d * so_d + t0 * so_t
+        if ADJ_ONLY:
+            _adjoint_only(p_dt, p_z, p_do, p_C, gb_ptr + rb_dn + o_dn0, dsum_ptr + rb_d + o_d, b_A2, b_bias,
+                          b_C, m_d, m_n, m_dn, n_t, sdt_t, sz_t, so_t, sC3, BLOCK_D, BLOCK_N, C_VAR, HAS_Z, HAS_BIAS,
+                          SOFTPLUS)
+        else:
+            o_o = (i_b * dim + o_d) * L + t0
+            p_dB = dB_ptr + i_b * sdB0 + i_g * sdB1 + o_n * sdB2 + t0 * sdB3
+            p_dC = dC_ptr + i_b * sdC0 + i_g * sdC1 + o_n * sdC2 + t0 * sdC3
+            tl.debug_barrier()  # the previous row's pass 2 has read the slot before pass 1 overwrites it
+            b_h = _load_state(h0_ptr + r_dn, o_dn0, m_dn & (f_c == 0), HAS_H0, BLOCK_D, BLOCK_N)
+            if CSEQ:
+                b_h += tl.load(hb_ptr + rb_dn + o_dn0, mask=m_dn & (f_c > 0), other=0.0)
+            # ---- pass 1, forward in time: h_t for t = 0 .. n_t-2 into the slot; h_{n_t-1} stays in registers
+            n_u = tl.load(p_u, mask=m_d, other=0.0)
+            n_dt = tl.load(p_dt, mask=m_d, other=0.0)
             if B_VAR:
-                b_Bt = n_B.to(tl.float32)[None, :]
-                n_B = tl.load(p_B + (t + 1) * sB3, mask=m_n & (o_n * 0 + t + 1 < L), other=0.0)
-            else:
-                b_Bt = b_B
-            b_dtr, b_dt = _delta(b_dt, b_bias, HAS_BIAS, SOFTPLUS)
-            b_h = tl.exp2(b_dt[:, None] * b_A2) * b_h + (b_dt * b_u)[:, None] * b_Bt
-            if t < L - 1:
-                tl.store(s_base + t * TILE + o_s, b_h, eviction_policy="evict_last")
-        tl.debug_barrier()  # pass 2 may read a state another thread wrote
-        # ---- pass 2, reverse in time; step t - 1's inputs and state are prefetched while step t is computed
-        b_carry = _load_state(dlast_ptr + r_dn, o_dn0, m_dn, HAS_DLAST, BLOCK_D, BLOCK_N)
-        t = L - 1
-        n_u = tl.load(p_u + t * su_t, mask=m_d, other=0.0)
-        n_dt = tl.load(p_dt + t * sdt_t, mask=m_d, other=0.0)
-        n_do = tl.load(p_do + t * so_t, mask=m_d, other=0.0)
-        if HAS_Z:
-            n_z = tl.load(p_z + t * sz_t, mask=m_d, other=0.0)
-        if B_VAR:
-            n_B = tl.load(p_B + t * sB3, mask=m_n, other=0.0)
-        if C_VAR:
-            n_C = tl.load(p_C + t * sC3, mask=m_n, other=0.0)
-        n_hp = tl.load(s_base + (t - 1) * TILE + o_s, mask=m_dn & (o_n * 0 + t >= 1)[None, :], other=0.0,
-                       eviction_policy="evict_last")
-        if HAS_H0:
-            n_hp += tl.load(h0_ptr + r_dn + o_dn0, mask=m_dn & (o_n * 0 + t == 0)[None, :], other=0.0)
-        for ti in range(0, L):
-            t = L - 1 - ti
-            b_u, b_dtr, b_do, b_hp = n_u.to(tl.float32), n_dt.to(tl.float32), n_do.to(tl.float32), n_hp
-            m_d1 = m_d & (o_c * 0 + t >= 1)
-            n_u = tl.load(p_u + (t - 1) * su_t, mask=m_d1, other=0.0)
-            n_dt = tl.load(p_dt + (t - 1) * sdt_t, mask=m_d1, other=0.0)
-            n_do = tl.load(p_do + (t - 1) * so_t, mask=m_d1, other=0.0)
+                n_B = tl.load(p_B, mask=m_n, other=0.0)
+            for t in range(0, n_t):
+                b_u, b_dt = n_u.to(tl.float32), n_dt.to(tl.float32)
+                m_d1 = m_d & (o_c * 0 + t + 1 < n_t)
+                n_u = tl.load(p_u + (t + 1) * su_t, mask=m_d1, other=0.0)
+                n_dt = tl.load(p_dt + (t + 1) * sdt_t, mask=m_d1, other=0.0)
+                if B_VAR:
+                    b_Bt = n_B.to(tl.float32)[None, :]
+                    n_B = tl.load(p_B + (t + 1) * sB3, mask=m_n & (o_n * 0 + t + 1 < n_t), other=0.0)
+                else:
+                    b_Bt = b_B
+                b_dtr, b_dt = _delta(b_dt, b_bias, HAS_BIAS, SOFTPLUS)
+                b_h = tl.exp2(b_dt[:, None] * b_A2) * b_h + (b_dt * b_u)[:, None] * b_Bt
+                if t < n_t - 1:
+                    tl.store(s_base + t * TILE + o_s, b_h, eviction_policy="evict_last")
+            tl.debug_barrier()  # pass 2 may read a state another thread wrote
+            # ---- pass 2, reverse in time; step t - 1's inputs and state are prefetched while step t is computed
+            b_carry = _load_state(dlast_ptr + r_dn, o_dn0, m_dn & (f_c == NC - 1), HAS_DLAST, BLOCK_D, BLOCK_N)
+            if CSEQ:
+                b_carry += tl.load(gb_ptr + rb_dn + dim * N + o_dn0, mask=m_dn & (f_c < NC - 1), other=0.0)
+            t = n_t - 1
+            n_u = tl.load(p_u + t * su_t, mask=m_d, other=0.0)
+            n_dt = tl.load(p_dt + t * sdt_t, mask=m_d, other=0.0)
+            n_do = tl.load(p_do + t * so_t, mask=m_d, other=0.0)
             if HAS_Z:
-                b_z = n_z.to(tl.float32)
-                n_z = tl.load(p_z + (t - 1) * sz_t, mask=m_d1, other=0.0)
+                n_z = tl.load(p_z + t * sz_t, mask=m_d, other=0.0)
             if B_VAR:
-                b_Bt = n_B.to(tl.float32)[None, :]
-                n_B = tl.load(p_B + (t - 1) * sB3, mask=m_n & (o_n * 0 + t >= 1), other=0.0)
-            else:
-                b_Bt = b_B
+                n_B = tl.load(p_B + t * sB3, mask=m_n, other=0.0)
             if C_VAR:
-                b_Ct = n_C.to(tl.float32)[None, :]
-                n_C = tl.load(p_C + (t - 1) * sC3, mask=m_n & (o_n * 0 + t >= 1), other=0.0)
-            else:
-                b_Ct = b_C
-            n_hp = tl.load(s_base + (t - 2) * TILE + o_s, mask=m_dn & (o_n * 0 + t >= 2)[None, :], other=0.0,
+                n_C = tl.load(p_C + t * sC3, mask=m_n, other=0.0)
+            n_hp = tl.load(s_base + (t - 1) * TILE + o_s, mask=m_dn & (o_n * 0 + t >= 1)[None, :], other=0.0,
                            eviction_policy="evict_last")
             if HAS_H0:
-                n_hp += tl.load(h0_ptr + r_dn + o_dn0, mask=m_dn & (o_n * 0 + t == 1)[None, :], other=0.0)
-            b_dtr, b_dt = _delta(b_dtr, b_bias, HAS_BIAS, SOFTPLUS)
-            b_a = tl.exp2(b_dt[:, None] * b_A2)
-            b_ah = b_a * b_hp  # a_t h_{t-1}
-            if HAS_Z:
-                b_sig = tl.sigmoid(b_z)
-                b_y = tl.sum(b_h * b_Ct, 1)
+                n_hp += tl.load(h0_ptr + r_dn + o_dn0, mask=m_dn & (o_n * 0 + t == 0)[None, :] & (f_c == 0),
+                                other=0.0)
+            if CSEQ:
+                n_hp += tl.load(hb_ptr + rb_dn + o_dn0, mask=m_dn & (o_n * 0 + t == 0)[None, :] & (f_c > 0),
+                                other=0.0)
+            for ti in range(0, n_t):
+                t = n_t - 1 - ti
+                b_u, b_dtr, b_do, b_hp = n_u.to(tl.float32), n_dt.to(tl.float32), n_do.to(tl.float32), n_hp
+                m_d1 = m_d & (o_c * 0 + t >= 1)
+                n_u = tl.load(p_u + (t - 1) * su_t, mask=m_d1, other=0.0)
+                n_dt = tl.load(p_dt + (t - 1) * sdt_t, mask=m_d1, other=0.0)
+                n_do = tl.load(p_do + (t - 1) * so_t, mask=m_d1, other=0.0)
+                if HAS_Z:
+                    b_z = n_z.to(tl.float32)
+                    n_z = tl.load(p_z + (t - 1) * sz_t, mask=m_d1, other=0.0)
+                if B_VAR:
+                    b_Bt = n_B.to(tl.float32)[None, :]
+                    n_B = tl.load(p_B + (t - 1) * sB3, mask=m_n & (o_n * 0 + t >= 1), other=0.0)
+                else:
+                    b_Bt = b_B
+                if C_VAR:
+                    b_Ct = n_C.to(tl.float32)[None, :]
+                    n_C = tl.load(p_C + (t - 1) * sC3, mask=m_n & (o_n * 0 + t >= 1), other=0.0)
+                else:
+                    b_Ct = b_C
+                n_hp = tl.load(s_base + (t - 2) * TILE + o_s, mask=m_dn & (o_n * 0 + t >= 2)[None, :], other=0.0,
+                               eviction_policy="evict_last")
+                if HAS_H0:
+                    n_hp += tl.load(h0_ptr + r_dn + o_dn0, mask=m_dn & (o_n * 0 + t == 1)[None, :] & (f_c == 0),
+                                    other=0.0)
+                if CSEQ:
+                    n_hp += tl.load(hb_ptr + rb_dn + o_dn0, mask=m_dn & (o_n * 0 + t == 1)[None, :] & (f_c > 0),
+                                    other=0.0)
+                b_dtr, b_dt = _delta(b_dtr, b_bias, HAS_BIAS, SOFTPLUS)
+                b_a = tl.exp2(b_dt[:, None] * b_A2)
+                b_ah = b_a * b_hp  # a_t h_{t-1}
+                if HAS_Z:
+                    b_sig = tl.sigmoid(b_z)
+                    b_y = tl.sum(b_h * b_Ct, 1)
+                    if HAS_D:
+                        b_y += b_D * b_u
+                    b_dz = b_do * b_y * b_sig * (1.0 + b_z * (1.0 - b_sig))
+                    tl.store(dz_ptr + o_o + t, b_dz.to(dz_ptr.dtype.element_ty), mask=m_d)
+                    b_dy = b_do * b_z * b_sig
+                else:
+                    b_dy = b_do
+                b_g = b_carry + b_dy[:, None] * b_Ct  # dL/dh_t
+                s_gB = tl.sum(b_g * b_Bt, 1)
+                b_gah = b_g * b_ah
+                b_ddt = tl.sum(b_gah * b_A2, 1) * 0.6931471805599453 + b_u * s_gB
+                b_du = b_dt * s_gB
                 if HAS_D:
-                    b_y += b_D * b_u
-                b_dz = b_do * b_y * b_sig * (1.0 + b_z * (1.0 - b_sig))
-                tl.store(dz_ptr + o_o + t, b_dz.to(dz_ptr.dtype.element_ty), mask=m_d)
-                b_dy = b_do * b_z * b_sig
-            else:
-                b_dy = b_do
-            b_g = b_carry + b_dy[:, None] * b_Ct  # dL/dh_t
-            s_gB = tl.sum(b_g * b_Bt, 1)
-            b_gah = b_g * b_ah
-            b_ddt = tl.sum(b_gah * b_A2, 1) * 0.6931471805599453 + b_u * s_gB
-            b_du = b_dt * s_gB
-            if HAS_D:
-                b_du += b_D * b_dy
-                acc_dD += b_dy * b_u
-            acc_dA += b_gah * b_dt[:, None]
-            if SOFTPLUS:
-                b_ddt = b_ddt * tl.sigmoid(b_dtr)
-            if HAS_BIAS:
-                acc_db += b_ddt
-            tl.store(du_ptr + o_o + t, b_du.to(du_ptr.dtype.element_ty), mask=m_d)
-            tl.store(ddt_ptr + o_o + t, b_ddt.to(ddt_ptr.dtype.element_ty), mask=m_d)
-            if B_VAR:
-                b_dB = tl.sum(b_g * (b_dt * b_u)[:, None], 0)
-                _store_or_add(dB_ptr + i_b * sdB0 + i_g * sdB1 + o_n * sdB2 + t * sdB3, b_dB, m_n, VAR_ATOMIC)
-            else:
-                acc_dB += b_g * (b_dt * b_u)[:, None]
-            if C_VAR:
-                b_dC = tl.sum(b_dy[:, None] * b_h, 0)
-                _store_or_add(dC_ptr + i_b * sdC0 + i_g * sdC1 + o_n * sdC2 + t * sdC3, b_dC, m_n, VAR_ATOMIC)
-            else:
-                acc_dC += b_dy[:, None] * b_h
-            b_carry = b_a * b_g  # dL/dh_{t-1} through h_t
-            b_h = b_hp
-        if HAS_H0:
-            tl.store(dh0_ptr + r_dn + o_dn0, b_carry, mask=m_dn)
-    _flush_grads(dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, acc_dA, acc_dB, acc_dC, acc_dD, acc_db, o_d, o_dn0, m_d,
-                 m_dn, B_VAR, C_VAR, HAS_D, HAS_BIAS)
+                    b_du += b_D * b_dy
+                    acc_dD += b_dy * b_u
+                acc_dA += b_gah * b_dt[:, None]
+                if SOFTPLUS:
+                    b_ddt = b_ddt * tl.sigmoid(b_dtr)
+                if HAS_BIAS:
+                    acc_db += b_ddt
+                tl.store(du_ptr + o_o + t, b_du.to(du_ptr.dtype.element_ty), mask=m_d)
+                tl.store(ddt_ptr + o_o + t, b_ddt.to(ddt_ptr.dtype.element_ty), mask=m_d)
+                if B_VAR:
+                    b_dB = tl.sum(b_g * (b_dt * b_u)[:, None], 0)
+                    _store_or_add(p_dB + t * sdB3, b_dB, m_n, VAR_ATOMIC)
+                else:
+                    acc_dB += b_g * (b_dt * b_u)[:, None]
+                if C_VAR:
+                    b_dC = tl.sum(b_dy[:, None] * b_h, 0)
+                    _store_or_add(p_dC + t * sdC3, b_dC, m_n, VAR_ATOMIC)
+                else:
+                    acc_dC += b_dy[:, None] * b_h
+                b_carry = b_a * b_g  # dL/dh_{t-1} through h_t
+                b_h = b_hp
+            if HAS_H0:
+                tl.store(dh0_ptr + r_dn + o_dn0, b_carry, mask=m_dn & (f_c == 0))
+    if not ADJ_ONLY:
+        _flush_grads(dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, acc_dA, acc_dB, acc_dC, acc_dD, acc_db, o_d, o_dn0,
+                     m_d, m_dn, B_VAR, C_VAR, HAS_D, HAS_BIAS)
+
+
+@triton.jit
+def _adjoint_only(p_dt, p_z, p_do, p_C, p_g, p_s, b_A2, b_bias, b_C, m_d, m_n, m_dn, n_t, sdt_t, sz_t, so_t, sC3,
+                  BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, C_VAR: tl.constexpr, HAS_Z: tl.constexpr,
+                  HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Pass 1 of the chunk-parallel backward for one chunk: the adjoint g_t = a_{t+1} g_{t+1} + dy_t C_t from a
+    zero end adjoint (no h needed); stores a_0 g_0 (the chunk's outputs' gradient of its start state) at ``p_g`` and
+    the chunk's delta sum at ``p_s``."""
+    b_carry = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    b_dts = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for ti in range(0, n_t):
+        t = n_t - 1 - ti
+        b_dtr, b_dt = _delta(tl.load(p_dt + t * sdt_t, mask=m_d, other=0.0).to(tl.float32), b_bias, HAS_BIAS,
+                             SOFTPLUS)
+        b_dy = tl.load(p_do + t * so_t, mask=m_d, other=0.0).to(tl.float32)
+        if HAS_Z:
+            b_z = tl.load(p_z + t * sz_t, mask=m_d, other=0.0).to(tl.float32)
+            b_dy = b_dy * b_z * tl.sigmoid(b_z)
+        if C_VAR:
+            b_Ct = tl.load(p_C + t * sC3, mask=m_n, other=0.0).to(tl.float32)[None, :]
+        else:
+            b_Ct = b_C
+        b_carry = tl.exp2(b_dt[:, None] * b_A2) * (b_carry + b_dy[:, None] * b_Ct)
+        b_dts += b_dt
+    tl.store(p_g, b_carry, mask=m_dn)
+    tl.store(p_s, b_dts, mask=m_d)
+
+
+@triton.jit
+def _chunk_combine_kernel(x0_ptr, x_ptr, dsum_ptr, A_ptr, dim, n_b,
+                          N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, HAS_X0: tl.constexpr,
+                          REVERSE: tl.constexpr):
+    """The chunk-parallel scan's sequential combine over chunk boundaries, one program per (batch row, channel
+    block): x <- exp(A * dsum[b, j]) * x + X[b, j], X[b, j] <- x for j = 0 .. n_b - 1 (REVERSE: n_b - 1 .. 0),
+    in place on X (batch, n_b, dim, N) float32, starting from x0[b] (batch, dim, N) or zeros. Forward: X = the
+    chunks' local end states -> the states entering chunks 1..; backward: X = the chunks' local start adjoints ->
+    the adjoints of chunks 0..n_b-1's end states."""
+    i_b = tl.program_id(0).to(tl.int64)
+    o_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    o_n = tl.arange(0, BLOCK_N)
+    m_d = o_d < dim
+    m_dn = m_d[:, None] & (o_n < N)[None, :]
+    o_dn = o_d[:, None] * N + o_n[None, :]
+    b_A2 = tl.load(A_ptr + o_dn, mask=m_dn, other=0.0) * 1.4426950408889634
+    if HAS_X0:
+        b_x = tl.load(x0_ptr + i_b * dim * N + o_dn, mask=m_dn, other=0.0)
+    else:
+        b_x = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    for k in range(0, n_b):
+        if REVERSE:
+            j = n_b - 1 - k
+        else:
+            j = k
+        r = i_b * n_b + j
+        b_s = tl.load(dsum_ptr + r * dim + o_d, mask=m_d, other=0.0)
+        b_x = tl.exp2(b_s[:, None] * b_A2) * b_x + tl.load(x_ptr + r * dim * N + o_dn, mask=m_dn, other=0.0)
+        tl.store(x_ptr + r * dim * N + o_dn, b_x, mask=m_dn)
