@@ -117,15 +117,19 @@ def cseq_chunk(seqlen):
     chunk start states), the backward likewise (chunk start adjoints from zero, then the full backward per chunk);
     the diagonal A makes a chunk's effect on the state h_end = exp(A * sum(delta)) h_start + h_local. Both
     directions use it for the same lengths, so the backward gets the forward's chunk-boundary states.
-    Off by default (not yet timed on a GPU); M2S2L_SCAN_CFG cseq=1 forces it on for every length, cseq=0 off,
-    cseq_min_len=M turns it on for seqlen >= M. Lc = cseq_chunk (default 128), grown so that there are at most
-    cseq_max_chunks (default 1024) chunks (saved states and the combine's serial steps stay bounded)."""
+    On by default for seqlen >= 1024 (cseq_min_len) with Lc = 32 (cseq_chunk): NVIDIA H200, bench/tune_scan.py
+    --cseq, bf16, N 16, same run: (16, 192, 4096) fwd 1.055 -> 0.641 ms, fwd+bwd 6.50 -> 2.92 ms; (8, 2048, 2048)
+    fwd 3.155 -> 1.510, fwd+bwd 12.68 -> 7.45 ms (Lc 32 was the best fwd+bwd chunk on both; forward alone prefers
+    256-512, but the backward needs the forward's chunking). Shorter sequences were not measured with it and keep
+    the other kernels. M2S2L_SCAN_CFG cseq=1 forces it on for every length, cseq=0 off, cseq_min_len=M sets the
+    threshold. Lc is grown so that there are at most cseq_max_chunks (default 1024) chunks (saved states and the
+    combine's serial steps stay bounded)."""
     on = _CFG.get("cseq")
     if on is None:
-        on = "cseq_min_len" in _CFG and seqlen >= _CFG["cseq_min_len"]
+        on = seqlen >= _CFG.get("cseq_min_len", 1024)
     if not on:
         return 0
-    lc = max(1, _CFG.get("cseq_chunk", 128))
+    lc = max(1, _CFG.get("cseq_chunk", 32))
     return max(lc, triton.cdiv(seqlen, max(1, _CFG.get("cseq_max_chunks", 1024))))
 
 
@@ -219,6 +223,8 @@ def _seq_bwd_rows(batch, n_gd, slot_bytes, warps, device, prefix="seq_bwd"):
         target = _CFG[prefix + "_programs"]
     elif prefix + "_progs_per_sm" in _CFG:
         target = _CFG[prefix + "_progs_per_sm"] * sms
+    elif prefix == "cseq_bwd":   # H200, tune_scan --cseq: 16 programs per SM (LM fwd+bwd 7.45 ms vs 26.4 at the cap)
+        target = 16 * sms
     else:
         target = min(max(1, 8 // warps) * sms, max(sms, (32 << 20) // max(slot_bytes, 1)))
     return max(1, min(batch, target // n_gd))
