@@ -125,6 +125,13 @@ def test_cseq_config(monkeypatch):
     assert scan.cseq_chunk(2 ** 20 + 5) == 1025 and -(-(2 ** 20 + 5) // 1025) <= 1024
     monkeypatch.setattr(scan, "_CFG", dict(cseq=0, cseq_min_len=1))
     assert scan.cseq_chunk(4096) == 0
+    # the persistent cseq backward: 16 programs per SM, its scratch capped at 256 MiB (long chunks of long sequences)
+    sms = scan._num_sms(torch.device("cpu"))
+    slot32 = 31 * 32 * 16 * 4          # a 32-step chunk, 32 x 16 tile
+    assert scan._seq_bwd_rows(10 ** 6, 64, slot32, 1, torch.device("cpu"), "cseq_bwd") == 16 * sms // 64
+    slot_long = 1024 * 32 * 16 * 4    # a 1025-step chunk
+    rows = scan._seq_bwd_rows(10 ** 6, 64, slot_long, 1, torch.device("cpu"), "cseq_bwd")
+    assert rows * 64 * slot_long <= max(256 << 20, sms * slot_long)
 
 
 @pytest.mark.gpu
