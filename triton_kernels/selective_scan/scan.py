@@ -225,8 +225,8 @@ def _seq_bwd_rows(batch, n_gd, slot_bytes, warps, device, prefix="seq_bwd"):
         target = _CFG[prefix + "_progs_per_sm"] * sms
     elif prefix == "cseq_bwd":
         # H200, tune_scan --cseq: 16 programs per SM (LM fwd+bwd at 32-step chunks 7.45 ms vs 9.09 ms with the 32 MiB
-        # cap below; 134 MB of scratch there); capped at 256 MiB of scratch, which binds only for the long
-        # chunks of very long sequences (seqlen > 32768 grows the chunk: 2^20 steps -> 1025-step chunks)
+        # cap below; 134 MB of scratch there); capped at 256 MiB of scratch, which binds only for longer chunks
+        # (seqlen > 32768 grows the chunk: 2^20 steps -> 1025-step chunks) or dstate > 32
         target = min(16 * sms, max(sms, (256 << 20) // max(slot_bytes, 1)))
     else:
         target = min(max(1, 8 // warps) * sms, max(sms, (32 << 20) // max(slot_bytes, 1)))
