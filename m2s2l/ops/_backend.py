@@ -99,6 +99,19 @@ def eager_function(fwd_impl, setup_context, backward):
     return _Eager
 
 
+def needs_grad(*tensors):
+    """Whether autograd will record a call on these tensors (None entries allowed)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def call_op(op, impl, eager, args, grad):
+    """Run a public op's forward: through its custom op ``op`` when ``use_custom_op(args[0])``, else through the
+    eager autograd.Function ``eager`` (from ``eager_function``) when ``grad``, else ``impl`` directly."""
+    if use_custom_op(args[0]):
+        return op(*args)
+    return eager.apply(*args) if grad else impl(*args)
+
+
 # ---- argument checks (called once, at the public boundary) -------------------------------------------
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)

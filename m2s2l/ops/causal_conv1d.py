@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from ._backend import FLOAT_DTYPES, check_tensor, eager_function, resolve_backend, use_custom_op
+from ._backend import FLOAT_DTYPES, call_op, check_tensor, eager_function, needs_grad, resolve_backend
 
 _ACTIVATIONS = (None, "silu", "swish")
 
@@ -175,10 +175,5 @@ def causal_conv1d_fn(x, weight, bias=None, activation=None, initial_states=None,
         raise TypeError(f"return_final_states must be a bool, got {type(return_final_states).__name__}")
     backend = resolve_backend(backend, x.device)
     args = (x, weight, bias, initial_states, activation, return_final_states, backend)
-    if use_custom_op(x):
-        out, final = _fwd(*args)
-    elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, initial_states)):
-        out, final = _EagerConv.apply(*args)
-    else:
-        out, final = _fwd_impl(*args)
+    out, final = call_op(_fwd, _fwd_impl, _EagerConv, args, needs_grad(x, weight, bias, initial_states))
     return (out, final) if return_final_states else out

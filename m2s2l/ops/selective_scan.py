@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from ._backend import FLOAT_DTYPES, check_tensor, eager_function, resolve_backend, use_custom_op
+from ._backend import FLOAT_DTYPES, call_op, check_tensor, eager_function, needs_grad, resolve_backend
 
 _F32 = (torch.float32,)
 
@@ -237,13 +237,7 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
         if not isinstance(v, bool):
             raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
     backend = resolve_backend(backend, dev)
-    tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
-    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    save = needs_grad(u, delta, A, B, C, D, z, delta_bias, initial_state)
     args = (u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, return_last_state, save, backend)
-    if use_custom_op(u):
-        out, last, _ = _fwd(*args)
-    elif save:
-        out, last, _ = _EagerScan.apply(*args)
-    else:
-        out, last, _ = _fwd_impl(*args)
+    out, last, _ = call_op(_fwd, _fwd_impl, _EagerScan, args, save)
     return (out, last) if return_last_state else out
