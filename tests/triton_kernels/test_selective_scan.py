@@ -346,19 +346,26 @@ def test_gpu_bench_sizes(shape):
         assert rel_rms(g[k], rg[k]) < 3e-2, k
 
 
+def run_configs(shape, cfgs, monkeypatch, N=16):
+    """(out, last, grads) of the Triton scan on CUDA bf16 inputs of ``shape`` (one group, h0, dlast), once per
+    launch config in ``cfgs`` (set as scan._CFG), same inputs and output gradients each time."""
+    ins = make_inputs(*shape, N, "g1", "bf16", h0=True, device="cuda")
+    gen = torch.Generator().manual_seed(1)
+    dout = torch.randn(*shape, generator=gen).cuda()
+    dlast = torch.randn(shape[0], shape[1], N, generator=gen).cuda()
+    res = []
+    for cfg in cfgs:
+        monkeypatch.setattr(scan, "_CFG", cfg)
+        res.append(run(ins, True, "triton", dout, dlast))
+    return res
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape", [(262144, 64, 4), (16384, 128, 8)], ids=lambda s: "x".join(map(str, s)))
 def test_gpu_seq_bwd_matches_chunked(shape, monkeypatch):
     """The sequential backward (defaults: persistent grid, scratch) equals the chunked one on training/video shapes;
     262144 rows: > 65535 on any grid axis and int64 offsets."""
-    ins = make_inputs(*shape, 16, "g1", "bf16", h0=True, device="cuda")
-    gen = torch.Generator().manual_seed(1)
-    dout = torch.randn(*shape, generator=gen).cuda()
-    dlast = torch.randn(shape[0], shape[1], 16, generator=gen).cuda()
-    res = []
-    for cfg in (dict(seq_bwd=0), {}):
-        monkeypatch.setattr(scan, "_CFG", cfg)
-        res.append(run(ins, True, "triton", dout, dlast))
+    res = run_configs(shape, (dict(seq_bwd=0), {}), monkeypatch)
     for k in res[0][2]:
         assert rel_rms(res[1][2][k].float(), res[0][2][k].float()) < 1e-2, k
 

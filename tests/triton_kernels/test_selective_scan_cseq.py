@@ -9,7 +9,7 @@ from m2s2l.ops import selective_scan_fn
 from m2s2l.triton_kernels.selective_scan import scan
 from m2s2l.triton_kernels.selective_scan.naive import selective_scan_ref
 
-from test_selective_scan import _Spy, check, make_inputs, rel_rms, run
+from test_selective_scan import _Spy, check, make_inputs, rel_rms, run, run_configs
 
 KERNELS = ("_fwd_kernel", "_fwd_seq_kernel", "_bwd_kernel", "_bwd_seq_kernel", "_chunk_combine_kernel")
 
@@ -139,14 +139,7 @@ def test_cseq_config(monkeypatch):
 def test_gpu_cseq_matches_default(shape, monkeypatch):
     """cseq (the default on these lengths) == the chunked-scan kernels (cseq=0) on long bf16 sequences, forward
     and gradients."""
-    ins = make_inputs(*shape, 16, "g1", "bf16", h0=True, device="cuda")
-    gen = torch.Generator().manual_seed(1)
-    dout = torch.randn(*shape, generator=gen).cuda()
-    dlast = torch.randn(shape[0], shape[1], 16, generator=gen).cuda()
-    res = []
-    for cfg in (dict(cseq=0), {}):
-        monkeypatch.setattr(scan, "_CFG", cfg)
-        res.append(run(ins, True, "triton", dout, dlast))
+    res = run_configs(shape, (dict(cseq=0), {}), monkeypatch)
     assert rel_rms(res[1][0].float(), res[0][0].float()) < 1e-2 and rel_rms(res[1][1], res[0][1]) < 1e-3
     for k in res[0][2]:
         assert rel_rms(res[1][2][k].float(), res[0][2][k].float()) < 3e-2, k

@@ -223,14 +223,8 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                 n_B = tl.load(p_B + t * sB3, mask=m_n, other=0.0)
             if C_VAR:
                 n_C = tl.load(p_C + t * sC3, mask=m_n, other=0.0)
-            n_hp = tl.load(s_base + (t - 1) * TILE + o_s, mask=m_dn & (o_n * 0 + t >= 1)[None, :], other=0.0,
-                           eviction_policy="evict_last")
-            if HAS_H0:
-                n_hp += tl.load(h0_ptr + r_dn + o_dn0, mask=m_dn & (o_n * 0 + t == 0)[None, :] & (f_c == 0),
-                                other=0.0)
-            if CSEQ:
-                n_hp += tl.load(hb_ptr + rb_dn + o_dn0, mask=m_dn & (o_n * 0 + t == 0)[None, :] & (f_c > 0),
-                                other=0.0)
+            n_hp = _load_state_before(s_base, o_s, h0_ptr + r_dn, hb_ptr + rb_dn, o_dn0, m_dn, o_n, f_c, t - 1, TILE,
+                                      HAS_H0, CSEQ)
             for ti in range(0, n_t):
                 t = n_t - 1 - ti
                 b_u, b_dtr, b_do, b_hp = n_u.to(tl.float32), n_dt.to(tl.float32), n_do.to(tl.float32), n_hp
@@ -251,14 +245,8 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     n_C = tl.load(p_C + (t - 1) * sC3, mask=m_n & (o_n * 0 + t >= 1), other=0.0)
                 else:
                     b_Ct = b_C
-                n_hp = tl.load(s_base + (t - 2) * TILE + o_s, mask=m_dn & (o_n * 0 + t >= 2)[None, :], other=0.0,
-                               eviction_policy="evict_last")
-                if HAS_H0:
-                    n_hp += tl.load(h0_ptr + r_dn + o_dn0, mask=m_dn & (o_n * 0 + t == 1)[None, :] & (f_c == 0),
-                                    other=0.0)
-                if CSEQ:
-                    n_hp += tl.load(hb_ptr + rb_dn + o_dn0, mask=m_dn & (o_n * 0 + t == 1)[None, :] & (f_c > 0),
-                                    other=0.0)
+                n_hp = _load_state_before(s_base, o_s, h0_ptr + r_dn, hb_ptr + rb_dn, o_dn0, m_dn, o_n, f_c, t - 2,
+                                          TILE, HAS_H0, CSEQ)
                 b_dtr, b_dt = _delta(b_dtr, b_bias, HAS_BIAS, SOFTPLUS)
                 b_a = tl.exp2(b_dt[:, None] * b_A2)
                 b_ah = b_a * b_hp  # a_t h_{t-1}
@@ -304,6 +292,20 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
     if not ADJ_ONLY:
         _flush_grads(dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, acc_dA, acc_dB, acc_dC, acc_dD, acc_db, o_d, o_dn0,
                      m_d, m_dn, B_VAR, C_VAR, HAS_D, HAS_BIAS)
+
+
+@triton.jit
+def _load_state_before(s_base, o_s, p_h0, p_hb, o_dn0, m_dn, o_n, f_c, tp, TILE: tl.constexpr,
+                       HAS_H0: tl.constexpr, CSEQ: tl.constexpr):
+    """h_tp of the row in the backward's pass 2: scratch slot tp for tp >= 0; for tp = -1 the state entering the
+    chunk (initial_state for chunk 0 when given, the forward's boundary state hb for chunks > 0 under CSEQ, else 0)."""
+    b_h = tl.load(s_base + tp * TILE + o_s, mask=m_dn & (o_n * 0 + tp >= 0)[None, :], other=0.0,
+                  eviction_policy="evict_last")
+    if HAS_H0:
+        b_h += tl.load(p_h0 + o_dn0, mask=m_dn & (o_n * 0 + tp == -1)[None, :] & (f_c == 0), other=0.0)
+    if CSEQ:
+        b_h += tl.load(p_hb + o_dn0, mask=m_dn & (o_n * 0 + tp == -1)[None, :] & (f_c > 0), other=0.0)
+    return b_h
 
 
 @triton.jit
