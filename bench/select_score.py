@@ -129,14 +129,14 @@ def main(argv=None):
     model.set_backend("torch" if device.type == "cpu" else "triton")
     cfg = model.config
     T = cfg.clip_len
-    if getattr(cfg, "motion_target", "diff") == "flow":
-        raise ValueError("motion_target='flow' checkpoints are not supported here (no flow is computed)")
     names = args.clips.split(",") if args.clips else list((ckpt.get("calibration") or {}).get("clips") or [])
     if not names:
         raise ValueError("no validation clips: pass --clips (the checkpoint has no calibration clips)")
     t0 = time.time()
     store, kinds, events = inject(load_clips(args.data, args.split, names, cfg.image_size, cfg.in_channels),
                                   args.seed, T)
+    if getattr(cfg, "motion_target", "diff") == "flow":  # flow of the frames as injected (same method as training)
+        store.compute_flow((ckpt.get("train_args") or {}).get("flow_method", "dis"))
     n_scored = sum(max(0, n - T) for n in store.lengths)
     print(f"validation clips {names} of {args.split}: {len(store)} frames, {n_scored} scored; "
           f"{sum(len(e) for e in events.values())} pseudo-anomaly events, "
