@@ -37,7 +37,7 @@ if [ "${MPS:-1}" = 1 ] && command -v nvidia-cuda-mps-control > /dev/null; then
     echo "MPS unavailable: the runs time-slice the GPU"
   fi
 fi
-for v in ${VARIANTS:-control flow wmot2 t8}; do
+for v in ${VARIANTS:-control flow wmot2}; do
   setsid nohup bash -c "python3 -m m2s2l train --data _data/ped2 --config m2s2l_paper --out runs/abl_$v \
     --set in_channels=1 ${SETS[$v]} --epochs 200 --batch-size 16 --lr 2e-4 --warmup-epochs 1 --val-clips 2 \
     --save-half --fit-minutes ${FIT_MIN:-17} --backend triton --seed 0 --log-every 50 --workers 4 \
