@@ -39,6 +39,35 @@ def _file_list_hash(clips, extra):
     return h.hexdigest()[:16]
 
 
+def gray_u8(frames):
+    """(N, C, H, W) uint8 numpy (C = 1 or 3, RGB) -> (N, H, W) uint8: the images optical flow is computed on."""
+    if frames.shape[1] == 1:
+        return np.ascontiguousarray(frames[:, 0])
+    return (0.299 * frames[:, 0] + 0.587 * frames[:, 1] + 0.114 * frames[:, 2]).astype(np.uint8)
+
+
+def flow_fn(method="dis"):
+    """``fn(prev (H, W) uint8, cur (H, W) uint8) -> (2, H, W) float16`` optical flow from ``prev`` to ``cur``
+    (OpenCV; "dis" = DIS medium preset, "farneback"). The one definition used for training, evaluation and
+    streaming, so a flow model sees the same motion target everywhere."""
+    try:
+        import cv2
+    except ImportError:
+        raise ImportError("motion_target='flow' needs OpenCV: pip install opencv-python-headless") from None
+    if method == "dis":
+        dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        calc = lambda a, b: dis.calc(a, b, None)  # noqa: E731
+    elif method == "farneback":
+        calc = lambda a, b: cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)  # noqa: E731
+    else:
+        raise ValueError(f"flow method must be 'dis' or 'farneback', got {method!r}")
+
+    def fn(prev, cur):
+        f = calc(np.ascontiguousarray(prev), np.ascontiguousarray(cur))
+        return f.transpose(2, 0, 1).astype(np.float16)
+    return fn
+
+
 class FrameStore:
     """Decoded frames of one split. Build with :meth:`load`; move with :meth:`to`."""
 
@@ -109,24 +138,12 @@ class FrameStore:
         if path and os.path.isfile(path):
             self.flow = torch.from_numpy(np.load(path))
             return self
-        try:
-            import cv2
-        except ImportError:
-            raise ImportError("motion_target='flow' needs OpenCV: pip install opencv-python-headless") from None
-        if method == "dis":
-            dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-            fn = lambda a, b: dis.calc(a, b, None)  # noqa: E731
-        elif method == "farneback":
-            fn = lambda a, b: cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)  # noqa: E731
-        else:
-            raise ValueError(f"flow method must be 'dis' or 'farneback', got {method!r}")
-        frames = self.frames.cpu().numpy()
-        gray = frames[:, 0] if frames.shape[1] == 1 else \
-            (0.299 * frames[:, 0] + 0.587 * frames[:, 1] + 0.114 * frames[:, 2]).astype(np.uint8)
-        out = np.zeros((frames.shape[0], 2) + frames.shape[2:], np.float16)
+        fn = flow_fn(method)
+        gray = gray_u8(self.frames.cpu().numpy())
+        out = np.zeros((gray.shape[0], 2) + gray.shape[1:], np.float16)
         for ci, (s, n) in enumerate(zip(self.starts, self.lengths)):
             for t in range(s + 1, s + n):
-                out[t] = fn(np.ascontiguousarray(gray[t - 1]), np.ascontiguousarray(gray[t])).transpose(2, 0, 1)
+                out[t] = fn(gray[t - 1], gray[t])
             if verbose:
                 print(f"\rflow ({method}): clip {ci + 1}/{len(self.names)}", end="", flush=True)
         if verbose:

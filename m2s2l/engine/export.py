@@ -3,6 +3,8 @@
 The exported graph is :class:`m2s2l.engine.stream.StreamStep`::
 
     inputs   frame (B, C, H, W), prev_frame (B, C, H, W)  -- float32 in [-1, 1], the model's size
+             (``motion_target="flow"`` models: flow (B, 2, H, W), the optical flow from the previous frame to
+             ``frame`` in pixels, computed by the caller with ``m2s2l.data.store.flow_fn``, instead of prev_frame)
              state_0 .. state_{L-1}  (B, T, C_l, H_l, W_l)  -- encoder pyramids of the T frames before ``frame``
     outputs  score (B,), appearance (B,), motion (B,), error_map (B, 1, H, W),
              new_state_0 .. new_state_{L-1} (B, T, C_l, H_l, W_l) -- feed back as ``state_*`` with the next frame
@@ -47,19 +49,23 @@ def pure_torch_ops():
 
 
 def example_step_inputs(model, batch=1, seed=0):
-    """Deterministic random (frame, prev_frame, *state) for the exported step, on the model's device."""
+    """Deterministic random (frame, prev_frame or flow, *state) for the exported step, on the model's device."""
     c = model.config
     dev = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
     frame = torch.rand(batch, c.in_channels, c.image_size, c.image_size, generator=g) * 2 - 1
-    prev = torch.rand(batch, c.in_channels, c.image_size, c.image_size, generator=g) * 2 - 1
+    if getattr(c, "motion_target", "diff") == "flow":
+        prev = torch.randn(batch, 2, c.image_size, c.image_size, generator=g)
+    else:
+        prev = torch.rand(batch, c.in_channels, c.image_size, c.image_size, generator=g) * 2 - 1
     state = [torch.randn(batch, c.clip_len, *s, generator=g) for s in model.feature_shapes()]
     return tuple(t.to(dev) for t in (frame, prev, *state))
 
 
 def io_names(model):
     L = len(model.feature_shapes())
-    ins = ["frame", "prev_frame"] + [f"state_{l}" for l in range(L)]
+    motion_in = "flow" if getattr(model.config, "motion_target", "diff") == "flow" else "prev_frame"
+    ins = ["frame", motion_in] + [f"state_{l}" for l in range(L)]
     outs = ["score", "appearance", "motion", "error_map"] + [f"new_state_{l}" for l in range(L)]
     return ins, outs
 

@@ -35,17 +35,18 @@ from m2s2l.models import scoring
 class StreamStep(nn.Module):
     """One streaming step as a pure function (state in, state out) -- also what ``m2s2l export`` exports.
 
-    forward(frame (B, C, H, W), prev_frame (B, C, H, W), *state) -> (score (B,), appearance (B,), motion (B,),
+    forward(frame (B, C, H, W), motion_in, *state) -> (score (B,), appearance (B,), motion (B,),
     error_map (B, 1, H, W), *new_state); frames in [-1, 1]; ``state[l]`` (B, T, C_l, H_l, W_l) holds the encoder
     pyramids of the T frames before ``frame`` (oldest first) and ``new_state[l]`` those of the T frames ending
-    with ``frame``. ``prev_frame`` is the frame just before ``frame`` (the motion target of "diff" models)."""
+    with ``frame``. ``motion_in`` is what the model's motion target is made of: for ``motion_target="diff"``
+    models the frame just before ``frame`` (B, C, H, W); for ``"flow"`` models the optical flow from that frame to
+    ``frame`` (B, 2, H, W), computed outside the graph with :func:`m2s2l.data.store.flow_fn` (OpenCV), exactly as
+    training and evaluation compute it."""
 
     def __init__(self, model):
         super().__init__()
-        if getattr(model.config, "motion_target", "diff") != "diff":
-            raise ValueError("streaming supports motion_target='diff' models only (a flow model needs optical flow "
-                             "per frame, not implemented for streams)")
         self.model = model
+        self.flow = getattr(model.config, "motion_target", "diff") == "flow"
 
     def encode(self, frame):
         return self.model.encode_frames(frame)
@@ -54,9 +55,9 @@ class StreamStep(nn.Module):
         """Append one frame's pyramid (list of (B, C_l, H_l, W_l)) to the state, dropping the oldest frame."""
         return [torch.cat([s[:, 1:], f[:, None].to(s.dtype)], dim=1) for s, f in zip(state, feats)]
 
-    def forward(self, frame, prev_frame, *state):
+    def forward(self, frame, motion_in, *state):
         pred = self.model.forward_features(list(state))
-        mt = (frame - prev_frame) * 0.5
+        mt = motion_in if self.flow else (frame - motion_in) * 0.5
         s = scoring.score(self.model.config, pred, frame, mt)
         new_state = self.roll(list(state), self.encode(frame))
         return (s["score"], s["appearance"], s["motion"], s["error_map"], *new_state)
@@ -72,7 +73,7 @@ class StreamScorer:
     streams in lock-step and returns the same keys as (B,) arrays / (B, H, W)."""
 
     def __init__(self, model, calibration=None, device=None, hysteresis=3, threshold_z=None, amp=False,
-                 compile=False):
+                 compile=False, flow_method="dis"):
         if hysteresis < 1:
             raise ValueError(f"hysteresis must be >= 1 frame, got {hysteresis}")
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -85,6 +86,12 @@ class StreamScorer:
             self.threshold = (calibration["threshold"] if threshold_z is None
                               else calibration["mean"] + threshold_z * calibration["std"])
         self.hysteresis = int(hysteresis)
+        # flow models: the optical flow of each new frame from the previous one, on the same uint8 grey images
+        # at the model's size as FrameStore.compute_flow (the checkpoint's train_args.flow_method)
+        self._flow_fn = None
+        if self.step.flow:
+            from m2s2l.data.store import flow_fn
+            self._flow_fn = flow_fn(flow_method)
         self.amp = amp and self.device.type == "cuda"
         # compile: torch.compile the scoring step with the Mamba ops as plain-PyTorch references (the m2s2l::
         # custom ops are opaque to the compiler); on CPU the fused scan loop is ~8x faster than eager (bench/fps.py)
@@ -94,7 +101,7 @@ class StreamScorer:
 
     def reset(self):
         """Forget the history (a new video / a cut in the stream)."""
-        self.state, self.prev, self.n_seen, self.batch = None, None, 0, None
+        self.state, self.prev, self.prev_gray, self.flow, self.n_seen, self.batch = None, None, None, None, 0, None
         self._alert = self._run = None
 
     def preprocess(self, frame):
@@ -125,6 +132,8 @@ class StreamScorer:
             raise ValueError(f"frames has batch {frames.shape[0]} but this stream has {self.batch}; call reset()")
         self.batch = B = frames.shape[0]
         T = c.clip_len
+        if self._flow_fn is not None:
+            self._update_flow(frames)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             if self.n_seen < T:  # history filling: encoder only
                 feats = self.step.encode(frames)
@@ -147,12 +156,25 @@ class StreamScorer:
         out.update(self._alerts(out["score"]))
         return out
 
+    def _update_flow(self, frames):
+        """Flow models: grey uint8 images of ``frames`` (exactly the offline loader's: the float frames are
+        uint8 / 127.5 - 1) and the flow from the previous frame of each stream, (B, 2, H, W) float32 (via float16,
+        as the offline store keeps it)."""
+        u8 = ((frames.detach().float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+        from m2s2l.data.store import gray_u8
+        gray = gray_u8(u8)
+        if self.prev_gray is not None:
+            flow = np.stack([self._flow_fn(p, g) for p, g in zip(self.prev_gray, gray)])
+            self.flow = torch.from_numpy(flow).to(self.device).float()
+        self.prev_gray = gray
+
     def _run_step(self, frames):
+        motion_in = self.flow if self.step.flow else self.prev
         if self._compiled is None:
-            return self.step(frames, self.prev, *self.state)
+            return self.step(frames, motion_in, *self.state)
         from .export import pure_torch_ops
         with pure_torch_ops():
-            return self._compiled(frames, self.prev, *self.state)
+            return self._compiled(frames, motion_in, *self.state)
 
     def _alerts(self, raw):
         B = raw.shape[0]
@@ -378,7 +400,8 @@ def run_score(args):
     if cal is None:
         print("warning: the checkpoint has no calibration: no normalised scores and no alerts", file=sys.stderr)
     scorer = StreamScorer(model, cal, device, hysteresis=args.hysteresis, threshold_z=args.threshold_z,
-                          amp=args.amp, compile=args.compile)
+                          amp=args.amp, compile=args.compile,
+                          flow_method=(ckpt.get("train_args") or {}).get("flow_method", "dis"))
     os.makedirs(args.out, exist_ok=True)
     csv_path = os.path.join(args.out, "scores.csv")
     overlay = Overlay(os.path.join(args.out, "overlay.mp4"), src.fps) if args.overlay else None

@@ -48,3 +48,15 @@ def test_export_cli_and_onnxruntime_matches_pytorch(tmp_path, capsys):
     with torch.no_grad():
         ref = StreamStep(model)(*inputs)[0].numpy()
     np.testing.assert_allclose(got[0], ref, rtol=0, atol=ATOL)
+
+
+def test_export_flow_model_takes_flow_input(tmp_path):
+    """motion_target="flow": the exported step's second input is the flow (B, 2, H, W), and ORT == PyTorch."""
+    torch.manual_seed(1)
+    model = create_model("m2s2l_lite", image_size=32, in_channels=1, backend="torch", motion_target="flow").eval()
+    from m2s2l.engine.export import export_onnx
+    path = export_onnx(model, str(tmp_path / "flow.onnx"))
+    ins, _ = io_names(model)
+    assert ins[:2] == ["frame", "flow"]
+    assert example_step_inputs(model, 2)[1].shape == (2, 2, 32, 32)
+    assert check_onnx(model, path, batch=2, seed=4) < ATOL

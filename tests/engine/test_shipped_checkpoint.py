@@ -28,7 +28,7 @@ def test_config_calibration_and_weights(shipped):
     model, ckpt = shipped
     assert ckpt["model"] == "m2s2l_paper"
     cfg = model.config
-    assert (cfg.in_channels, cfg.image_size, cfg.clip_len, cfg.motion_target) == (1, 256, 4, "diff")
+    assert (cfg.in_channels, cfg.image_size, cfg.clip_len, cfg.motion_target) == (1, 256, 4, "flow")
     cal = ckpt["calibration"]
     for k in ("mean", "std", "threshold"):
         assert math.isfinite(cal[k]), k

@@ -63,6 +63,29 @@ def test_stream_equals_offline(channels):
     assert len(scorer.state) == 4 and all(st.shape[1] == T for st in scorer.state)  # constant state size
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_stream_equals_offline_flow_model(channels):
+    """A motion_target="flow" model: the stream computes each new frame's optical flow from the previous one
+    (same grey uint8 images, same OpenCV call) and scores exactly as offline scoring with FrameStore's flow."""
+    from m2s2l.data.frames import to_model_frame
+    from m2s2l.data.store import FrameStore
+    torch.manual_seed(3)
+    model = create_model("m2s2l_lite", image_size=32, in_channels=channels, backend="torch",
+                         motion_target="flow").eval()
+    frames = moving_frames(9, seed=2)
+    T = model.config.clip_len
+    u8 = np.stack([to_model_frame(f, 32, channels) for f in frames])           # (N, C, H, W)
+    store = FrameStore(torch.from_numpy(np.ascontiguousarray(u8)), ["v"], [len(u8)]).compute_flow("dis")
+    assert float(store.flow[T:].abs().max()) > 0.5               # the moving square gives a real flow target
+    idx = store.target_indices(T)
+    with torch.no_grad():
+        ref = model.score(store.batch(idx, T, "cpu"))["score"].double().numpy()
+    scorer = StreamScorer(model, flow_method="dis")
+    got = [scorer.push(f) for f in frames]
+    assert all(r is None for r in got[:T]) and all(r is not None for r in got[T:])
+    np.testing.assert_allclose(np.array([r["score"] for r in got[T:]]), ref, rtol=0, atol=ATOL)
+
+
 def test_encoder_runs_once_per_frame(monkeypatch):
     model = tiny()
     calls = []
