@@ -66,7 +66,9 @@ def stream_mode(model, device, batch, amp, compile_=False, graphs=False, pure=Fa
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     frame = (torch.rand(batch, c.in_channels, c.image_size, c.image_size, generator=g) * 2 - 1).to(device)
     frame = frame.contiguous(memory_format=fmt)
-    prev = frame.clone()
+    # the step's second input: the previous frame ("diff" models) or the optical flow to this frame ("flow")
+    prev = (torch.randn(batch, 2, c.image_size, c.image_size, generator=g).to(device)
+            if getattr(c, "motion_target", "diff") == "flow" else frame.clone())
     dtype = torch.bfloat16 if amp else torch.float32
     state = [torch.randn(batch, c.clip_len, *s, generator=g).to(device, dtype) for s in model.feature_shapes()]
 
@@ -106,6 +108,22 @@ def stream_mode(model, device, batch, amp, compile_=False, graphs=False, pure=Fa
     return fn
 
 
+def flow_mode(model, threads):
+    """Flow models' extra per-frame cost: one OpenCV DIS call (m2s2l.data.store.flow_fn, what StreamScorer runs on
+    the host for every new frame) on a pair of model-size grey frames, ``threads`` OpenCV threads (0 = leave)."""
+    import cv2
+    import numpy as np
+    from m2s2l.data.store import flow_fn
+    if threads:
+        cv2.setNumThreads(threads)
+    n = model.config.image_size
+    g = np.random.default_rng(0)
+    a = g.integers(0, 256, (n, n), dtype=np.uint8)
+    b = np.roll(a, 2, axis=1)
+    fn = flow_fn("dis")
+    return lambda: fn(a, b)
+
+
 def profile(fn, device, n, label, top=12):
     """Run ``fn`` n times under torch.profiler and print the ``top`` kernels by total device (CUDA) or CPU time."""
     from torch.profiler import ProfilerActivity
@@ -130,7 +148,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = leave)")
     p.add_argument("--seconds", type=float, default=5.0, help="timed seconds per mode")
     p.add_argument("--streams", type=int, default=32)
-    p.add_argument("--modes", default="clip,stream,batched")
+    p.add_argument("--modes", default="clip,stream,batched", help="any of clip,stream,batched,flow (flow: the host-side "
+                   "OpenCV DIS call a motion_target=flow model adds per frame and stream)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
     p.add_argument("--compile", action="store_true", help="torch.compile the streaming step")
     p.add_argument("--cuda-graphs", action="store_true", help="replay the streaming step as a CUDA graph")
@@ -164,20 +183,22 @@ def main(argv=None):
             "stream": lambda: (stream_mode(model, device, 1, amp, a.compile, a.cuda_graphs, a.pure_torch,
                                               a.channels_last), 1),
             "batched": lambda: (stream_mode(model, device, a.streams, amp, a.compile, a.cuda_graphs, a.pure_torch,
-                                               a.channels_last), a.streams)}
+                                               a.channels_last), a.streams),
+            "flow": lambda: (flow_mode(model, a.threads), 1)}
     print(f"# {a.preset} on {name}, amp={amp}, compile={a.compile}, cuda_graphs={a.cuda_graphs}, "
           f"channels_last={a.channels_last}", flush=True)
     for mode in a.modes.split(","):
         try:
             fn, per = todo[mode]()
-            r = timed(fn, per, device, a.seconds)
+            r = timed(fn, per, device if mode != "flow" else torch.device("cpu"), a.seconds)
             if a.profile:
                 profile(fn, device, a.profile, mode)
         except Exception as e:  # report and continue
             r = {"error": f"{type(e).__name__}: {e}"}
         res["modes"][mode] = r
         label = {"clip": "clip mode, batch 1", "stream": "streaming, batch 1",
-                 "batched": f"streaming, {a.streams} streams batched"}[mode]
+                 "batched": f"streaming, {a.streams} streams batched",
+                 "flow": "optical flow per frame (host CPU)"}[mode]
         print(f"{label:36s} " + (f"{r['fps']:9.1f} frames/s  ({r['ms_per_call']:.2f} ms per call)"
                                  if "fps" in r else r["error"]), flush=True)
     if a.json:
