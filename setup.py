@@ -13,7 +13,7 @@ import shutil
 
 from setuptools import setup
 
-KERNEL_PKGS = ["selective_scan", "causal_conv1d"]
+KERNEL_PKGS = ["selective_scan", "causal_conv1d", "layer_norm"]
 
 
 def _set_cuda_home():

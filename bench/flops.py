@@ -3,12 +3,14 @@
 What is counted: ``model.forward(clip)`` for batch 1 and one clip of T frames at the preset's image size
 (the spatial encoder on all T frames, the temporal and spatial Mamba blocks, the decomposition and both
 decoders) -- i.e. the cost of scoring one frame in clip mode. fvcore conventions: one multiply-add = one
-FLOP for convolutions, linear layers and matmuls; norms and upsampling by fvcore's own handles. Our two
+FLOP for convolutions, linear layers and matmuls; norms and upsampling by fvcore's own handles. Our
 custom ops, which fvcore cannot see into, are counted by the handles below:
   m2s2l::selective_scan_fwd  9 * batch * dim * L * d_state (mamba-ssm's count) + batch*dim*L for the
                              D skip + batch*dim*L for the z gate when present
   m2s2l::causal_conv1d_fwd   batch * dim * L * width (one multiply-add per tap: what fvcore counts for
                              the same depthwise conv through aten::_convolution)
+  m2s2l::layer_norm_fwd      numel * (5 with weight, else 4): fvcore's own aten::layer_norm count (the LayerNorm
+                             module itself records aten::layer_norm when traced; this serves direct op calls)
 Elementwise ops and reductions (activations, residual adds, softplus/exp inside modules, means) are not
 counted, as is usual for fvcore numbers; they are listed under "uncounted_elementwise_ops". Any other op
 fvcore does not know is an error and is listed under "unsupported_ops" (it must stay empty).
@@ -61,7 +63,16 @@ def conv1d_flop_jit(inputs, outputs):
     return batch * dim * L * width
 
 
-HANDLES = {"m2s2l::selective_scan_fwd": scan_flop_jit, "m2s2l::causal_conv1d_fwd": conv1d_flop_jit}
+def layer_norm_flop_jit(inputs, outputs):
+    """m2s2l::layer_norm_fwd(x, weight, bias, eps, out_dtype): as fvcore's norm handle for aten::layer_norm."""
+    numel = 1
+    for d in _shape(inputs[0]):
+        numel *= d
+    return numel * (5 if _shape(inputs[1]) is not None else 4)
+
+
+HANDLES = {"m2s2l::selective_scan_fwd": scan_flop_jit, "m2s2l::causal_conv1d_fwd": conv1d_flop_jit,
+           "m2s2l::layer_norm_fwd": layer_norm_flop_jit}
 
 
 def count(model, inputs):

@@ -11,9 +11,10 @@ The exported graph is :class:`m2s2l.engine.stream.StreamStep`::
 
 A caller keeps the state between frames (zeros + ``T`` encoder-only warm-up steps, or ``StreamScorer``); the
 batch axis B is dynamic. The model's Mamba blocks call the ``m2s2l::`` custom ops (selective scan, causal
-conv1d), which have no ONNX symbolic: during export :func:`pure_torch_ops` swaps ``m2s2l.ops``'s two public
-functions for the plain-PyTorch references (``selective_scan_ref``, ``causal_conv1d_ref``, the ops' own test
-oracles), so the traced graph holds only standard ONNX operators (the scan over T is unrolled).
+conv1d, LayerNorm with the Triton backend), which have no ONNX symbolic: during export :func:`pure_torch_ops`
+swaps ``m2s2l.ops``'s public functions for plain PyTorch (``selective_scan_ref``, ``causal_conv1d_ref``, the ops'
+own test oracles, and F.layer_norm), so the traced graph holds only standard ONNX operators (the scan over T is
+unrolled; LayerNorm exports as ONNX LayerNormalization).
 """
 import contextlib
 import os
@@ -25,9 +26,11 @@ import torch
 
 @contextlib.contextmanager
 def pure_torch_ops():
-    """Within the block, ``m2s2l.ops.selective_scan_fn`` / ``causal_conv1d_fn`` (looked up at call time by the
-    Mamba modules) run the naive PyTorch references instead of the custom ops; restored on exit."""
+    """Within the block, ``m2s2l.ops.selective_scan_fn`` / ``causal_conv1d_fn`` / ``layer_norm`` (looked up at call
+    time by the Mamba and LayerNorm modules) run plain PyTorch (the naive references, F.layer_norm) instead of the
+    custom ops; restored on exit."""
     from m2s2l import ops
+    from m2s2l.ops.layer_norm import _torch_layer_norm
     from m2s2l.triton_kernels.causal_conv1d.naive import causal_conv1d_ref
     from m2s2l.triton_kernels.selective_scan.naive import selective_scan_ref
 
@@ -40,12 +43,15 @@ def pure_torch_ops():
              backend="auto"):
         return causal_conv1d_ref(x, weight, bias, activation, initial_states, return_final_states)
 
-    saved = ops.selective_scan_fn, ops.causal_conv1d_fn
-    ops.selective_scan_fn, ops.causal_conv1d_fn = scan, conv
+    def layer_norm(x, weight=None, bias=None, eps=1e-5, *, backend="auto", out_dtype=None):
+        return _torch_layer_norm(x, weight, bias, eps, out_dtype)
+
+    saved = ops.selective_scan_fn, ops.causal_conv1d_fn, ops.layer_norm
+    ops.selective_scan_fn, ops.causal_conv1d_fn, ops.layer_norm = scan, conv, layer_norm
     try:
         yield
     finally:
-        ops.selective_scan_fn, ops.causal_conv1d_fn = saved
+        ops.selective_scan_fn, ops.causal_conv1d_fn, ops.layer_norm = saved
 
 
 def example_step_inputs(model, batch=1, seed=0):

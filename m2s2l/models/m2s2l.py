@@ -3,7 +3,7 @@ two decoders, reconstruction-error scoring. Design and reasoning: docs/ARCHITECT
 import torch
 import torch.nn as nn
 
-from m2s2l.modules import BiMamba, Mamba
+from m2s2l.modules import BiMamba, LayerNorm, Mamba
 from m2s2l.ops._backend import BACKENDS, check_tensor
 
 from . import scoring
@@ -69,11 +69,12 @@ class M2S2L(nn.Module):
         return (clip.to(next(self.parameters()).device),)
 
     def set_backend(self, name):
-        """Select the scan/conv backend ("auto" | "triton" | "cuda" | "torch") of every Mamba block."""
+        """Select the kernel backend ("auto" | "triton" | "cuda" | "torch") of every Mamba block (scan, conv) and
+        of their LayerNorms."""
         if name not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
         for m in self.modules():
-            if isinstance(m, (Mamba, BiMamba)):
+            if isinstance(m, (Mamba, BiMamba, LayerNorm)):
                 if hasattr(m, "set_backend"):
                     m.set_backend(name)
                 else:

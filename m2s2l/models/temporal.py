@@ -2,18 +2,25 @@
 import torch
 import torch.nn as nn
 
-from m2s2l.modules import BiMamba, Mamba
+from m2s2l.modules import BiMamba, LayerNorm, Mamba
 
 
 class MambaBlock(nn.Module):
-    """Pre-norm residual block: x + mixer(LayerNorm(x)), x (batch, seqlen, dim)."""
+    """Pre-norm residual block: x + mixer(LayerNorm(x)), x (batch, seqlen, dim).
+
+    The norm is ``m2s2l.modules.LayerNorm`` (nn.LayerNorm's parameters and numerics; the Triton kernel for
+    short rows) with the mixer's backend. ``forward(x, last_only=True)`` returns only the last step,
+    (batch, 1, dim) = ``forward(x)[:, -1:]`` up to rounding, with the mixer's output projection and the residual
+    computed for that step alone (the mixer must take ``last_only``, as ``Mamba`` does)."""
 
     def __init__(self, dim, mixer):
         super().__init__()
-        self.norm = nn.LayerNorm(dim)
+        self.norm = LayerNorm(dim, backend=mixer.backend)
         self.mixer = mixer
 
-    def forward(self, x):
+    def forward(self, x, last_only=False):
+        if last_only:
+            return x[:, -1:] + self.mixer(self.norm(x), last_only=True)
         return x + self.mixer(self.norm(x))
 
 
@@ -23,7 +30,12 @@ class MultiTemporalMamba(nn.Module):
     Every spatial location is one sequence over time (batch B*H*W, seqlen T / s). For each temporal scale
     s the sequence is average-pooled by s (s = 1: full frame rate), run through ``depth`` Mamba blocks,
     and its last step (the state after the newest frame) is kept. The per-scale summaries are
-    concatenated and fused by a linear layer, added to the newest frame's features (residual)."""
+    concatenated and fused by a linear layer, added to the newest frame's features (residual).
+
+    Only the last step of each branch is used, so the branch's last block runs with ``last_only`` (its output
+    projection and residual on that step alone). The one layout copy left is ``seq`` ((B, T, C, H, W) ->
+    (B*H*W, T, C): the blocks need rows of C contiguous values); pooling, the last-step slices and the
+    output (a (B, H, W, C) tensor seen as (B, C, H, W)) are computed or viewed without further copies."""
 
     def __init__(self, dim, clip_len, scales, depth, d_state, d_conv, expand, backend):
         super().__init__()
@@ -40,7 +52,9 @@ class MultiTemporalMamba(nn.Module):
         summaries = []
         for s, branch in zip(self.scales, self.branches):
             x = seq if s == 1 else seq.reshape(B * H * W, T // s, s, C).mean(2)
-            summaries.append(branch(x)[:, -1])                          # (B*H*W, C)
+            for i, block in enumerate(branch):
+                x = block(x, last_only=i == len(branch) - 1)            # last block: (B*H*W, 1, C)
+            summaries.append(x[:, 0])                                   # (B*H*W, C)
         fused = seq[:, -1] + self.fuse(torch.cat(summaries, dim=-1))             # (B*H*W, C)
         return fused.reshape(B, H, W, C).permute(0, 3, 1, 2)
 

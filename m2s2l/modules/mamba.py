@@ -97,11 +97,13 @@ class Mamba(nn.Module):
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **fk)
 
     # ---- full sequence ------------------------------------------------------------------------------
-    def forward(self, hidden_states, inference_cache=None):
+    def forward(self, hidden_states, inference_cache=None, last_only=False):
         """hidden_states (batch, seqlen, d_model) -> (batch, seqlen, d_model).
 
         inference_cache: optional ``(conv_state, ssm_state)`` from ``allocate_inference_cache``; the chunk
         starts from these states and they are overwritten in place with the states after the chunk.
+        last_only: return only the last step's output, (batch, 1, d_model): out_proj runs on that step alone
+        (the scan still runs over the whole chunk; the result equals ``forward(...)[:, -1:]`` up to rounding).
         """
         check_hidden("hidden_states", hidden_states, self.d_model)
         batch, seqlen, _ = hidden_states.shape
@@ -113,6 +115,8 @@ class Mamba(nn.Module):
         x = self._conv(x, self.conv1d.weight[:, 0], self.conv1d.bias, conv_state)
         delta, B, C = self._x_dt_proj(x, self.x_proj.weight, self.dt_proj.weight)
         y = self._scan(x, delta, self.A_log, B, C, self.D, z, self.dt_proj.bias, ssm_state)
+        if last_only:
+            y = y[:, :, -1:]
         return self.out_proj(y.transpose(1, 2))
 
     def _in_proj(self, h):

@@ -25,9 +25,9 @@ def test_export_cli_and_onnxruntime_matches_pytorch(tmp_path, capsys):
     ck = tmp_path / "m.pt"
     save_checkpoint(make_checkpoint("m2s2l_lite", model), str(ck))
     path = tmp_path / "scorer.onnx"
-    before = ops.selective_scan_fn, ops.causal_conv1d_fn
+    before = ops.selective_scan_fn, ops.causal_conv1d_fn, ops.layer_norm
     assert main(["export", "--ckpt", str(ck), "--out", str(path), "--check"]) == 0
-    assert (ops.selective_scan_fn, ops.causal_conv1d_fn) == before        # the export-only swap is undone
+    assert (ops.selective_scan_fn, ops.causal_conv1d_fn, ops.layer_norm) == before  # the export-only swap is undone
     diff = float(re.search(r"max abs diff ([0-9.e+-]+)", capsys.readouterr().out).group(1))
     assert diff < ATOL
     graph = onnx.load(str(path)).graph
@@ -60,3 +60,26 @@ def test_export_flow_model_takes_flow_input(tmp_path):
     assert ins[:2] == ["frame", "flow"]
     assert example_step_inputs(model, 2)[1].shape == (2, 2, 32, 32)
     assert check_onnx(model, path, batch=2, seed=4) < ATOL
+
+
+def test_export_with_triton_layer_norm(tmp_path):
+    """LayerNorm modules on the Triton backend (a custom op / autograd Function, not exportable) export as ONNX
+    LayerNormalization through pure_torch_ops, and onnxruntime matches the PyTorch run, which uses the kernel
+    (interpreted on CPU; the Mamba blocks stay on the torch backend to keep this fast)."""
+    from m2s2l.engine.export import export_onnx
+    from m2s2l.modules import LayerNorm
+    from m2s2l.ops._backend import interpret_mode
+    if not torch.cuda.is_available() and not interpret_mode():
+        pytest.skip("Triton on CPU needs TRITON_INTERPRET=1")
+    torch.manual_seed(0)
+    model = create_model("m2s2l_lite", image_size=16, in_channels=1, backend="torch").eval()
+    norms = [m for m in model.modules() if isinstance(m, LayerNorm)]
+    assert norms
+    for m in norms:
+        m.backend = "triton"
+    path = export_onnx(model, str(tmp_path / "ln.onnx"))
+    assert ops.layer_norm.__module__ == "m2s2l.ops.layer_norm"              # swap undone
+    graph = onnx.load(path).graph
+    assert all(n.domain in ("", "ai.onnx") for n in graph.node)
+    assert sum(n.op_type == "LayerNormalization" for n in graph.node) == len(norms)
+    assert check_onnx(model, path, batch=2, seed=3) < ATOL

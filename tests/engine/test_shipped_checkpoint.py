@@ -1,6 +1,7 @@
 """The shipped Ped2 checkpoint (checkpoints/ped2_m2s2l_paper.pt) loads on CPU and scores frames through the real
 ``m2s2l score`` CLI: a generated 240x360 grayscale video and, when the dataset is present, 6 real frames of Ped2
 testing clip 01. Skipped when the checkpoint file is absent."""
+import copy
 import csv
 import math
 from pathlib import Path
@@ -37,6 +38,28 @@ def test_config_calibration_and_weights(shipped):
     for name, t in model.state_dict().items():
         if t.is_floating_point():
             assert torch.isfinite(t).all(), name
+
+
+def test_layer_norms_load_and_temporal_outputs_unchanged(shipped):
+    """The checkpoint was written with nn.LayerNorm: its norm weights load into m2s2l's LayerNorm, and the temporal
+    encoders (LayerNorm module, last-only final blocks) give what the full nn.LayerNorm computation gives."""
+    import importlib.util
+    from m2s2l.modules import LayerNorm
+    spec = importlib.util.spec_from_file_location("temporal_ref", REPO / "tests" / "models" / "temporal_ref.py")
+    ref_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref_mod)
+    model, ckpt = shipped
+    model = copy.deepcopy(model).set_backend("torch")  # the fixture's model is shared; "auto" may be interpreted
+    norms = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm)}
+    assert len(norms) == 9 and all(type(m) is LayerNorm for m in norms.values())
+    for n, m in norms.items():
+        assert torch.equal(m.weight, ckpt["state_dict"][f"{n}.weight"].float()), n
+        assert torch.equal(m.bias, ckpt["state_dict"][f"{n}.bias"].float()), n
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for tm, shape in zip(model.temporal, model.feature_shapes()):
+            feats = torch.randn(1, 4, *shape, generator=g)
+            torch.testing.assert_close(tm(feats), ref_mod.full_temporal_forward(tm, feats), rtol=1e-5, atol=1e-5)
 
 
 def score_cli(tmp_path, source, n_frames, max_frames=0):

@@ -6,6 +6,7 @@ import torch
 
 from m2s2l.models import M2S2L, M2S2LConfig, create_model, get_config, list_models
 from m2s2l.models.scoring import neg_psnr, patch_max_db
+from temporal_ref import full_temporal_forward
 
 TINY = dict(image_size=32, widths=(8, 12, 16), enc_depths=(1, 0, 1), dec_depths=(1, 1, 1), d_state=4,
             temporal_scales=(1, 2), spatial_depth=1)
@@ -98,10 +99,12 @@ def test_score_formula_by_hand():
 
 
 def test_set_backend_and_bad_backend():
-    from m2s2l.modules import BiMamba, Mamba
+    from m2s2l.modules import BiMamba, LayerNorm, Mamba
     model = tiny()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms and all(type(m) is LayerNorm and m.backend == "torch" for m in norms)
     model.set_backend("auto")
-    assert all(m.backend == "auto" for m in model.modules() if isinstance(m, (Mamba, BiMamba)))
+    assert all(m.backend == "auto" for m in model.modules() if isinstance(m, (Mamba, BiMamba, LayerNorm)))
     with pytest.raises(ValueError, match="backend"):
         model.set_backend("cudnn")
     with pytest.raises(ValueError, match="backend"):
@@ -181,3 +184,31 @@ def test_bf16_autocast_channels_last_and_config_roundtrip():
     rebuilt = create_model("m2s2l_paper", **cfg)
     assert rebuilt.config == model.config
     rebuilt.load_state_dict(model.state_dict())
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_temporal_last_only_equals_full_branches(backend):
+    """Only the last step of each branch is computed through out_proj/residual; the result equals running every
+    block on every step (depth 2: a full block, then a last-only block). torch backend: forward and parameter
+    gradients; triton (interpreted on CPU: its scan backward takes minutes here): the forward, on 16 sequences."""
+    from m2s2l.ops._backend import interpret_mode
+    if backend == "triton" and not torch.cuda.is_available() and not interpret_mode():
+        pytest.skip("Triton on CPU needs TRITON_INTERPRET=1")
+    model = tiny(temporal_depth=2, temporal_scales=(1, 2, 4))
+    model.set_backend(backend)
+    level = 1 if backend == "torch" else 2
+    tm = model.temporal[level]
+    g = torch.Generator().manual_seed(3)
+    B = 2 if backend == "torch" else 1
+    feats = torch.randn(B, 4, *model.feature_shapes()[level], generator=g)
+    out = tm(feats)
+    ref = full_temporal_forward(tm, feats)
+    assert out.shape == ref.shape == (B, *model.feature_shapes()[level])
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    if backend != "torch":
+        return
+    params = [p for p in tm.parameters()]
+    g_out = torch.autograd.grad(out.square().sum(), params)
+    g_ref = torch.autograd.grad(ref.square().sum(), params)
+    for (n, _), a, b in zip(tm.named_parameters(), g_out, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m: f"grad of {n}: {m}")
