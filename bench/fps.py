@@ -156,6 +156,8 @@ def main(argv=None):
     p.add_argument("--pure-torch", action="store_true", help="run the Mamba ops as their plain-PyTorch references "
                    "(not the m2s2l:: custom ops), so --compile can fuse the scan loop (see m2s2l.engine.export)")
     p.add_argument("--backend", default="auto", help="auto (torch on CPU) | triton | cuda | torch")
+    p.add_argument("--ln-backend", default=None, help="backend of the LayerNorm modules only (e.g. torch, to "
+                   "compare with the Triton short-row kernel in one run)")
     p.add_argument("--channels-last", action="store_true", help="model weights and frames in channels_last "
                    "(NHWC convolutions)")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="after timing, profile N calls of each mode "
@@ -173,10 +175,15 @@ def main(argv=None):
     if a.channels_last:
         model = model.to(memory_format=torch.channels_last)
     apply_backend(model, a.backend, device)
+    if a.ln_backend:  # e.g. "torch": PyTorch's LayerNorm kernel in the temporal blocks, the rest unchanged
+        from m2s2l.modules import LayerNorm
+        for m in model.modules():
+            if isinstance(m, LayerNorm):
+                m.backend = a.ln_backend
     amp = a.amp and device.type == "cuda"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     res = {"preset": a.preset, "device": name, "amp": amp, "compile": a.compile, "cuda_graphs": a.cuda_graphs,
-           "channels_last": a.channels_last,
+           "channels_last": a.channels_last, "ln_backend": a.ln_backend,
            "backend": a.backend, "pure_torch": a.pure_torch, "image_size": model.config.image_size, "clip_len": model.config.clip_len,
            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None, "modes": {}}
     todo = {"clip": lambda: (clip_mode(model, device, amp), 1),
