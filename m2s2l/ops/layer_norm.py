@@ -75,6 +75,17 @@ def _torch_layer_norm(x, weight, bias, eps, out_dtype):
     return F.layer_norm(x.float(), (C,), w, b, eps).to(out_dtype or x.dtype)
 
 
+# "auto" on CUDA takes the Triton kernel only where it measured faster than PyTorch's (NVIDIA H200, bf16,
+# `python bench/layer_norm_speed.py`, docs/BENCHMARKS.md): forward 6-9x at C = 32/64, 2.2-3.3x at C = 128, 0.6-1.1x at
+# C = 256; forward+backward 1.5-6x at C <= 64 but 0.34-0.71x at C >= 128 (the backward's per-program partial sums).
+AUTO_MAX_C_GRAD = 64      # widest rows "auto" sends to the kernel when a gradient is needed
+AUTO_MAX_C_NOGRAD = 128   # ... and in inference
+
+
+def _auto_max_c(x, weight, bias):
+    return AUTO_MAX_C_GRAD if needs_grad(x, weight, bias) else AUTO_MAX_C_NOGRAD
+
+
 def layer_norm(x, weight=None, bias=None, eps=1e-5, *, backend="auto", out_dtype=None):
     """LayerNorm over the last axis: y = (x - mean) / sqrt(var + eps) * weight + bias (biased variance, as
     ``F.layer_norm(x, (C,), weight, bias, eps)``).
@@ -88,7 +99,9 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5, *, backend="auto", out_dtype
       eps: float >= 0, added to the variance.
       backend: "auto" | "triton" | "cuda" | "torch". "auto" = the Triton kernel for CUDA tensors (and for CPU
         tensors under TRITON_INTERPRET=1), F.layer_norm otherwise; it also uses F.layer_norm for rows wider
-        than ``MAX_C`` = 16384, which the kernel does not take ("triton" raises there). "cuda" has no compiled
+        than ``MAX_C`` = 16384, which the kernel does not take ("triton" raises there), and, on CUDA, for rows
+        wider than 64 values when a gradient is needed or 128 in inference (where PyTorch's kernel measured
+        faster: ``AUTO_MAX_C_GRAD`` / ``AUTO_MAX_C_NOGRAD``). "cuda" has no compiled
         LayerNorm of its own and means "auto". "torch" = F.layer_norm.
       out_dtype: dtype of y (default x's dtype). ``out_dtype=torch.float32`` with a bf16/fp16 x is what
         nn.LayerNorm returns under CUDA autocast (it runs in float32), without first copying x to float32.
@@ -118,7 +131,7 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5, *, backend="auto", out_dtype
                          "use backend='auto' or 'torch'")
     if backend == "cuda":  # no compiled LayerNorm in m2s2l._C
         backend = "auto"
-    if backend == "auto" and C > MAX_C:
+    if backend == "auto" and (C > MAX_C or (x.device.type == "cuda" and C > _auto_max_c(x, weight, bias))):
         backend = "torch"
     if resolve_backend(backend, x.device) != "triton":
         return _torch_layer_norm(x, weight, bias, float(eps), out_dtype)

@@ -180,7 +180,7 @@ def test_custom_op_registration(device):
 def test_bad_inputs_name_the_argument(device):
     x = torch.randn(4, 8, device=device)
     with pytest.raises(TypeError, match="x"):
-        layer_norm(x.numpy())
+        layer_norm(x.cpu().numpy())
     with pytest.raises(TypeError, match="x"):
         layer_norm(x.double())
     with pytest.raises(ValueError, match="x"):
