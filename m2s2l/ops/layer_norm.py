@@ -76,7 +76,7 @@ def _torch_layer_norm(x, weight, bias, eps, out_dtype):
 
 
 # "auto" on CUDA takes the Triton kernel only where it measured faster than PyTorch's (NVIDIA H200, bf16,
-# `python bench/layer_norm_speed.py`, docs/BENCHMARKS.md): forward 6-9x at C = 32/64, 2.2-3.3x at C = 128, 0.6-1.1x at
+# `python bench/layer_norm_speed.py`, docs/BENCHMARKS.md): forward 30x at C = 32, 6-9x at C = 64, 2.2-3.3x at C = 128, 0.6-1.1x at
 # C = 256; forward+backward 1.5-6x at C <= 64 but 0.34-0.71x at C >= 128 (the backward's per-program partial sums).
 AUTO_MAX_C_GRAD = 64      # widest rows "auto" sends to the kernel when a gradient is needed
 AUTO_MAX_C_NOGRAD = 128   # ... and in inference

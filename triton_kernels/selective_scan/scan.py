@@ -201,8 +201,9 @@ def use_seq_bwd(seqlen):
 def use_short_bwd(seqlen):
     """Whether the sequential backward (``use_seq_bwd``) runs ``_bwd_short_kernel`` (the whole sequence's states in
     registers, time unrolled: one compile per seqlen) instead of ``_bwd_seq_kernel`` (states through a global
-    scratch). OPT-IN, not yet timed on a GPU: M2S2L_SCAN_CFG short_bwd=1 turns it on for seqlen <= short_bwd_max_len
-    (default 32); short_bwd=0 (the default) keeps the scratch kernel."""
+    scratch). OPT-IN and measured SLOWER (H200, fwd+bwd on the video shapes: 0.39-0.54x the scratch kernel,
+    docs/BENCHMARKS.md): kept as a tested experiment; M2S2L_SCAN_CFG short_bwd=1 turns it on for seqlen <=
+    short_bwd_max_len (default 32); short_bwd=0 (the default) keeps the scratch kernel."""
     return bool(_CFG.get("short_bwd", 0)) and seqlen <= _CFG.get("short_bwd_max_len", 32)
 
 
