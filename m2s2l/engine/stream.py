@@ -19,9 +19,11 @@ Real input: any resolution / aspect / colour (resized + converted like the offli
 column is the index of the frame in the source.
 """
 import collections
+import concurrent.futures
 import csv
 import os
 import sys
+import threading
 import time
 
 import numpy as np
@@ -88,10 +90,12 @@ class StreamScorer:
         self.hysteresis = int(hysteresis)
         # flow models: the optical flow of each new frame from the previous one, on the same uint8 grey images
         # at the model's size as FrameStore.compute_flow (the checkpoint's train_args.flow_method)
-        self._flow_fn = None
+        self._flow_fn = self._flow_pool = None
         if self.step.flow:
             from m2s2l.data.store import flow_fn
-            self._flow_fn = flow_fn(flow_method)
+            self._flow_fn = flow_fn(flow_method)  # fails here, not at the first frame, without OpenCV
+            self._flow_method = flow_method
+            self._flow_local = threading.local()  # one OpenCV flow object per thread (they are not shareable)
         self.amp = amp and self.device.type == "cuda"
         # compile: torch.compile the scoring step with the Mamba ops as plain-PyTorch references (the m2s2l::
         # custom ops are opaque to the compiler); on CPU the fused scan loop is ~8x faster than eager (bench/fps.py)
@@ -164,9 +168,22 @@ class StreamScorer:
         from m2s2l.data.store import gray_u8
         gray = gray_u8(u8)
         if self.prev_gray is not None:
-            flow = np.stack([self._flow_fn(p, g) for p, g in zip(self.prev_gray, gray)])
+            pairs = list(zip(self.prev_gray, gray))
+            if len(pairs) == 1:
+                flow = self._flow_fn(*pairs[0])[None]
+            else:  # B streams: OpenCV releases the GIL, so the per-stream flows run in parallel host threads
+                if self._flow_pool is None:
+                    self._flow_pool = concurrent.futures.ThreadPoolExecutor(min(len(pairs), os.cpu_count() or 1))
+                flow = np.stack(list(self._flow_pool.map(self._thread_flow, pairs)))
             self.flow = torch.from_numpy(flow).to(self.device).float()
         self.prev_gray = gray
+
+    def _thread_flow(self, pair):
+        fn = getattr(self._flow_local, "fn", None)
+        if fn is None:
+            from m2s2l.data.store import flow_fn
+            fn = self._flow_local.fn = flow_fn(self._flow_method)
+        return fn(*pair)
 
     def _run_step(self, frames):
         motion_in = self.flow if self.step.flow else self.prev

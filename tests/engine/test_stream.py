@@ -111,6 +111,25 @@ def test_batched_streams_equal_single_streams():
                                    rtol=0, atol=ATOL)
 
 
+def test_batched_flow_streams_equal_single_streams():
+    """A flow model with 3 streams in lock-step: the per-stream flows run in a thread pool (one OpenCV object per
+    thread) and every stream scores as it does alone."""
+    from m2s2l.data.frames import to_model_frame
+    torch.manual_seed(2)
+    model = create_model("m2s2l_lite", image_size=32, in_channels=1, backend="torch", motion_target="flow").eval()
+    T = model.config.clip_len
+    vids = [np.stack([to_model_frame(f, 32, 1) for f in moving_frames(T + 3, seed=s)]) for s in range(3)]
+    x = torch.from_numpy(np.stack(vids)).float() / 127.5 - 1                        # (3, T + 3, 1, 32, 32)
+    batched = StreamScorer(model)
+    out_b = [batched.push_batch(x[:, t]) for t in range(T + 3)]
+    assert batched._flow_pool is not None
+    for b in range(3):
+        single = StreamScorer(model)
+        out_s = [single.push(x[b, t]) for t in range(T + 3)]
+        np.testing.assert_allclose([o["score"][b] for o in out_b[T:]], [o["score"] for o in out_s[T:]],
+                                   rtol=0, atol=ATOL)
+
+
 def test_alert_hysteresis():
     model = tiny()
     cal = {"mean": 0.0, "std": 2.0, "threshold": 1.0}
