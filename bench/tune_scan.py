@@ -9,8 +9,7 @@
 Setup as bench/cases_scan.py (bf16, N = 16, input-dependent B/C (batch, 1, N, L), z, D, delta_bias, softplus);
 only the launchers run (no custom-op/autograd dispatch). A config is a dict of ``M2S2L_SCAN_CFG`` keys (see
 ``scan._env_config``: chunk, fwd_block_d, fwd_warps, bwd_block_d, bwd_warps, seq, seq_max_len, seq_block_d,
-seq_warps, seq_bwd, seq_bwd_block_d, seq_bwd_warps, seq_bwd_progs_per_sm, seq_bwd_programs, seq_bwd_maxnreg, short_bwd,
-short_bwd_block_d, short_bwd_warps, short_bwd_programs, short_bwd_progs_per_sm, short_bwd_maxnreg, and the
+seq_warps, seq_bwd, seq_bwd_block_d, seq_bwd_warps, seq_bwd_progs_per_sm, seq_bwd_programs, seq_bwd_maxnreg, and the
 chunk-parallel sequential scan's cseq, cseq_chunk, cseq_block_d, cseq_warps, cseq_bwd_block_d, cseq_bwd_warps,
 cseq_bwd_progs_per_sm) applied in-process by replacing ``scan._CFG`` — what the env variable would do at import.
 Shape names (``--shapes``, case-insensitive): LM, spatial, temporal8, temporal16, train64, train128, train256; an
@@ -22,11 +21,6 @@ saved, as in training) for the bwd/fwd ratio, then the default (sequential backw
 (seq_bwd=0), seq_bwd_block_d x seq_bwd_warps, then seq_bwd_progs_per_sm and seq_bwd_maxnreg around the best
 tile; every config's gradients are checked against the default's. A summary table (fwd, bwd seq, bwd chunked,
 best, ratios, best M2S2L_SCAN_CFG) is printed last.
-
-On seqlen <= 32 both "bwd" and "fwdbwd" run the register-state short-sequence backward (``short_bwd=1``, opt-in;
-``scan.use_short_bwd``) and its tiles / register caps right after the default (the scratch kernel), so one run
-compares the two: ``--shapes temporal8,temporal16 --modes fwdbwd`` (fwdbwd rows are ms of the forward + backward
-launchers; "speedup" is over the default config of the same run).
 
 Stage "fwd" sweeps forward configs (the chunked kernel's chunk/block/warps and the sequential kernel's
 block/warps); stage "fwdbwd" keeps the best forward config's forward keys and sweeps the backward's
@@ -127,14 +121,6 @@ def bwd_candidates(L):
     return out
 
 
-def short_bwd_candidates():
-    """The register-state short-sequence backward (``scan.use_short_bwd``, opt-in short_bwd=1): the launcher's tile
-    first, then tile (block_d x warps) and register caps; compared with the default (the scratch kernel)."""
-    tiles = ((16, 4), (64, 8), (32, 8), (16, 2), (128, 8), (64, 4))
-    return ([dict(short_bwd=1)] + [dict(short_bwd=1, short_bwd_block_d=bd, short_bwd_warps=w) for bd, w in tiles]
-            + [dict(short_bwd=1, short_bwd_maxnreg=r) for r in (168, 128)])
-
-
 def seq_bwd_candidates(stage, best=None):
     """Sequential-backward configs: stage "a" the tile (block_d x warps) at the default program count, stage "b" the
     program count and register cap around stage a's best."""
@@ -142,9 +128,8 @@ def seq_bwd_candidates(stage, best=None):
         return [dict(seq_bwd_block_d=bd, seq_bwd_warps=w) for bd, w in
                 ((32, 1), (16, 1), (64, 2), (32, 2), (64, 4), (16, 2), (32, 4), (128, 4), (64, 1), (8, 1))]
     best = best or {}
-    pre = "short_bwd" if best.get("short_bwd") else "seq_bwd"
-    return ([dict(best, **{pre + "_progs_per_sm": p}) for p in (4, 8, 16, 32, 2)]
-            + [dict(best, **{pre + "_maxnreg": r}) for r in (128, 168, 96)])
+    return ([dict(best, seq_bwd_progs_per_sm=p) for p in (4, 8, 16, 32, 2)]
+            + [dict(best, seq_bwd_maxnreg=r) for r in (128, 168, 96)])
 
 
 def triton_pow2(x):
@@ -198,7 +183,7 @@ def bwd_stage(name, shape, runs, end, quick, device, all_rows):
     ratio, then the default (sequential backward), the chunked backward (seq_bwd=0), the tile sweep and the
     program-count / register-cap sweep around its best. Returns the summary row."""
     fwd = sweep(name, shape, "fwd_train", [{}], runs, end, device)
-    a = [{}, dict(seq_bwd=0)] + short_bwd_candidates() + seq_bwd_candidates("a")
+    a = [{}, dict(seq_bwd=0)] + seq_bwd_candidates("a")
     a = [c for i, c in enumerate(a) if c not in a[:i]][: 3 if quick else None]
     rows_a = sweep(name, shape, "bwd", a, runs, end, device)
     best_a = best_of([r for r in rows_a if r["cfg_dict"].get("seq_bwd", 1)]) or rows_a[0]
@@ -294,7 +279,7 @@ def _capture(shape, bwd):
     u = torch.empty(batch, dim, L, dtype=torch.bfloat16, **m)
     A, D, bias = torch.empty(dim, N, **m), torch.empty(dim, **m), torch.empty(dim, **m)
     Bt = torch.empty(batch, 1, N, L, dtype=torch.bfloat16, **m)
-    names = ["_bwd_kernel", "_bwd_seq_kernel", "_bwd_short_kernel"] if bwd else ["_fwd_kernel", "_fwd_seq_kernel"]
+    names = ["_bwd_kernel", "_bwd_seq_kernel"] if bwd else ["_fwd_kernel", "_fwd_seq_kernel"]
     names.append("_chunk_combine_kernel")  # cseq: captured so that it does not run on meta tensors; not reported
     real = {n: getattr(scan, n) for n in names}
     caps = {n: _Capture() for n in names}
@@ -412,9 +397,8 @@ def main():
                 bc = [{}] + cseq_fwdbwd_candidates(best_fwd) + [before]
             elif L > 32 and args.cseq:
                 bc = [{}] + cseq_fwdbwd_candidates({})
-            else:  # L <= 32: the register-state backward (short_bwd=1, default forward) right after the default
-                short = short_bwd_candidates() if L <= 32 else []
-                bc = [{}] + short + [before, best_fwd] + (cseq_fwdbwd_candidates({}) if L > 32 else []) + [
+            else:
+                bc = [{}, before, best_fwd] + (cseq_fwdbwd_candidates({}) if L > 32 else []) + [
                     dict(best_fwd, **c) for c in bwd_candidates(L)]
             bc = [c for i, c in enumerate(bc) if c not in bc[:i]][: 2 if args.quick else None]
             if args.quick and args.cseq and L > 32:

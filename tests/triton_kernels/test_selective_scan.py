@@ -148,8 +148,7 @@ class _Spy:
 
 @pytest.fixture
 def spies(monkeypatch):
-    s = {n: _Spy(getattr(scan, n)) for n in ("_fwd_kernel", "_fwd_seq_kernel", "_bwd_kernel", "_bwd_seq_kernel",
-                                             "_bwd_short_kernel")}
+    s = {n: _Spy(getattr(scan, n)) for n in ("_fwd_kernel", "_fwd_seq_kernel", "_bwd_kernel", "_bwd_seq_kernel")}
     for n, spy in s.items():
         monkeypatch.setattr(scan, n, spy)
     return s
@@ -168,12 +167,10 @@ SEQ_CASES = [
     (2, 8, 7, 4, "g2", "fp32", True, True, {}),
     (2, 8, 9, 16, "g2", "bf16", False, True, {}),
     (2, 8, 9, 16, "g2", "fp16", False, True, {}),
-    (2, 8, 17, 4, "g2", "fp32", True, True, dict(short_bwd=1, short_bwd_max_len=16)),  # past it: scratch kernel
-    (2, 5, 4, 4, "g1", "fp32", False, True, dict(short_bwd=0, seq_bwd_block_d=2)),  # 3 blocks a group: atomic dB/dC
-    (2, 5, 4, 4, "fixed", "fp32", False, True, dict(short_bwd=0, seq_bwd_block_d=2)),
-    (3, 4, 4, 4, "g2", "fp32", False, True, dict(short_bwd=0, seq_bwd_programs=2)),  # 2 programs, 3 rows each
-    (5, 6, 4, 4, "g1", "fp32", True, True, dict(short_bwd=0, seq_bwd_block_d=4, seq_bwd_programs=1)),
-    (2, 8, 9, 16, "g2", "bf16", False, True, dict(short_bwd=0)),
+    (2, 5, 4, 4, "g1", "fp32", False, True, dict(seq_bwd_block_d=2)),  # 3 blocks a group: atomic dB/dC
+    (2, 5, 4, 4, "fixed", "fp32", False, True, dict(seq_bwd_block_d=2)),
+    (3, 4, 4, 4, "g2", "fp32", False, True, dict(seq_bwd_programs=2)),  # 2 programs, 3 rows each
+    (5, 6, 4, 4, "g1", "fp32", True, True, dict(seq_bwd_block_d=4, seq_bwd_programs=1)),
     (2, 8, 7, 4, "g2", "fp32", True, True, dict(seq=0)),  # chunked both ways on a short sequence
     (2, 6, 20, 17, "fixed", "fp32", False, True, dict(seq=0)),
     (2, 8, 9, 16, "g2", "bf16", False, True, dict(seq=0)),
@@ -194,28 +191,24 @@ def test_short_sequences(case, device, spies, monkeypatch):
     check(make_inputs(b, d, L, n, bc, dt, h0=h0, noncontig=nc, device=device), dt)
     seq_fwd = cfg.get("seq", 1) and L <= 32
     seq_bwd = cfg.get("seq_bwd", seq_fwd) and seq_fwd is not False
-    short = seq_bwd and cfg.get("short_bwd", 0) and L <= cfg.get("short_bwd_max_len", 32)
     assert spies["_fwd_seq_kernel"].launches == int(bool(seq_fwd))
     assert spies["_fwd_kernel"].launches == int(not seq_fwd)
-    assert spies["_bwd_short_kernel"].launches == int(bool(short))
-    assert spies["_bwd_seq_kernel"].launches == int(bool(seq_bwd and not short))
+    assert spies["_bwd_seq_kernel"].launches == int(bool(seq_bwd))
     assert spies["_bwd_kernel"].launches == int(not seq_bwd)
 
 
 def test_seq_bwd_equals_chunked_bwd(device, monkeypatch):
-    """The three backward kernels agree to float32 rounding (persistent: 2-3 programs over 3 rows x 2 blocks)."""
+    """The two backward kernels agree to float32 rounding (persistent: 2 programs over 3 rows x 2 blocks)."""
     ins = make_inputs(3, 8, 6, 4, "g1", device=device)
     gen = torch.Generator().manual_seed(4)
     dout, dlast = torch.randn(3, 8, 6, generator=gen).to(device), torch.randn(3, 8, 4, generator=gen).to(device)
     res = []
-    for cfg in (dict(seq_bwd=0), dict(short_bwd=0, seq_bwd_block_d=4, seq_bwd_programs=3),
-                dict(short_bwd=1, short_bwd_block_d=4, short_bwd_programs=2)):
+    for cfg in (dict(seq_bwd=0), dict(seq_bwd_block_d=4, seq_bwd_programs=3)):
         monkeypatch.setattr(scan, "_CFG", cfg)
         res.append(run(ins, True, "triton", dout, dlast))
     assert rel_rms(res[0][0], res[1][0]) == 0.0
-    for r in res[1:]:
-        for k in res[0][2]:
-            assert rel_rms(r[2][k], res[0][2][k]) < 2e-6, k
+    for k in res[0][2]:
+        assert rel_rms(res[1][2][k], res[0][2][k]) < 2e-6, k
 
 
 def test_seq_bwd_gpu_tile_rule(monkeypatch):

@@ -29,7 +29,6 @@ import triton
 from .._config import env_int_config
 from .scan_kernels import _bwd_kernel, _combine, _fwd_kernel
 from .scan_seq_kernels import _bwd_seq_kernel, _chunk_combine_kernel, _fwd_seq_kernel
-from .scan_short_kernels import _bwd_short_kernel
 
 
 def _vectorize_interpreter_scan():
@@ -91,9 +90,6 @@ def _env_config():
     seq_block_d, seq_warps; the sequential backward: seq_bwd=0|1 (overrides seq for the backward only),
     seq_bwd_block_d, seq_bwd_warps, seq_bwd_progs_per_sm, seq_bwd_programs (total program target), seq_bwd_maxnreg
     (register cap passed to the compiler; unset = none: sm_90 AOT shows 255 registers unconstrained); the
-    short-sequence backward (states in registers, ``use_short_bwd``): short_bwd=0|1 (0: the scratch kernel above),
-    short_bwd_max_len, short_bwd_block_d, short_bwd_warps, short_bwd_progs_per_sm, short_bwd_programs,
-    short_bwd_maxnreg; the
     chunk-parallel sequential scan (``cseq_chunk``): cseq=0|1, cseq_min_len, cseq_chunk, cseq_max_chunks,
     cseq_block_d, cseq_warps, cseq_bwd_block_d, cseq_bwd_warps, cseq_bwd_programs, cseq_combine_block_d."""
     return env_int_config("M2S2L_SCAN_CFG")
@@ -198,30 +194,6 @@ def use_seq_bwd(seqlen):
     return use_seq_fwd(seqlen)
 
 
-def use_short_bwd(seqlen):
-    """Whether the sequential backward (``use_seq_bwd``) runs ``_bwd_short_kernel`` (the whole sequence's states in
-    registers, time unrolled: one compile per seqlen) instead of ``_bwd_seq_kernel`` (states through a global
-    scratch). OPT-IN and measured SLOWER (H200, fwd+bwd on the video shapes: 0.39-0.54x the scratch kernel,
-    docs/BENCHMARKS.md): kept as a tested experiment; M2S2L_SCAN_CFG short_bwd=1 turns it on for seqlen <=
-    short_bwd_max_len (default 32); short_bwd=0 (the default) keeps the scratch kernel."""
-    return bool(_CFG.get("short_bwd", 0)) and seqlen <= _CFG.get("short_bwd_max_len", 32)
-
-
-def _short_bwd_tile(cpg, dstate, seqlen):
-    """(BLOCK_D, warps) of ``_bwd_short_kernel``: 4 warps, 4 state values a thread, i.e. 32 x 16 tiles at dstate 16
-    -- the largest tiles that the sm_90 AOT compile (bench/tune_scan.py --aot) showed without spills at 4, 8 and 16
-    steps (255 registers; 128 x 16 on 8 warps spills 324 bytes at 8 steps, 64 x 16 on 8 warps 60 bytes at 16, 64 x 16
-    on 4 warps 48-256 bytes at 4).
-    Overrides: short_bwd_block_d, short_bwd_warps (powers of two)."""
-    n2 = max(2, _pow2(dstate))
-    warps = _CFG.get("short_bwd_warps", 4)
-    if _INTERPRET:  # CPU tests: numpy cost is per op, so whole groups
-        bd = max(2, min(_pow2(cpg), 256))
-    else:
-        bd = max(2, min(_pow2(cpg), 32 * warps * 4 // n2))
-    return _CFG.get("short_bwd_block_d", bd), warps
-
-
 def _seq_bwd_block_d(cpg, dstate, key="seq_bwd_block_d"):
     """A whole group's channels when that tile has at most 2048 state values (128 x 16 at dstate 16): dB/dC then
     need no atomics. Else tiles of 512 values (32 x 16), one warp. H200 sweep (bench/tune_scan.py --modes bwd,
@@ -251,8 +223,6 @@ def _seq_bwd_rows(batch, n_gd, slot_bytes, warps, device, prefix="seq_bwd"):
         target = _CFG[prefix + "_programs"]
     elif prefix + "_progs_per_sm" in _CFG:
         target = _CFG[prefix + "_progs_per_sm"] * sms
-    elif prefix == "short_bwd":  # no scratch: one wave at the 255 registers the sm_90 AOT compile shows (8 warps/SM)
-        target = max(1, 8 // warps) * sms
     elif prefix == "cseq_bwd":
         # H200, tune_scan --cseq: 16 programs per SM (LM fwd+bwd at 32-step chunks 7.45 ms vs 9.09 ms with the 32 MiB
         # cap below; 134 MB of scratch there); capped at 256 MiB of scratch, which binds only for longer chunks
@@ -374,10 +344,7 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D=None, z=None, delta_bias=None,
     nc = triton.cdiv(L, Lc) if Lc else 1  # cseq chunks (1: one sequential pass)
     seq = bool(Lc) or use_seq_bwd(L)
     BN = max(2, _pow2(N))
-    short = seq and not Lc and use_short_bwd(L)
-    if short:
-        BLOCK_D, short_warps = _short_bwd_tile(cpg, N, L)
-    elif seq:
+    if seq:
         BLOCK_D = _seq_bwd_block_d(cpg, N, "cseq_bwd_block_d" if Lc else "seq_bwd_block_d")
     else:
         BLOCK_D = _block_d(cpg, L, N, 2048, "bwd_block_d", batch * G, u.device)
@@ -414,13 +381,7 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D=None, z=None, delta_bias=None,
     meta = dict(N=N, BLOCK_D=BLOCK_D, BLOCK_N=BN, B_VAR=b_var, C_VAR=c_var, HAS_D=D is not None,
                 HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
                 HAS_H0=h0 is not None, HAS_DLAST=dl is not None, VAR_ATOMIC=var_atomic)
-    if short:
-        n_gd = G * nblk
-        rows = _seq_bwd_rows(batch, n_gd, 0, short_warps, u.device, "short_bwd")
-        extra = {"maxnreg": _CFG["short_bwd_maxnreg"]} if "short_bwd_maxnreg" in _CFG else {}
-        _bwd_short_kernel[(rows * n_gd,)](*ptrs, dout, opt(dl), *grads, batch, dim, cpg, nblk, n_gd, rows, *strides,
-                                          L=L, **meta, num_warps=short_warps, **extra)
-    elif seq:
+    if seq:
         n_gd = G * nblk
         warps = _seq_bwd_warps(BLOCK_D, N, "cseq_bwd_warps" if Lc else "seq_bwd_warps")
         LC = Lc if nc > 1 else L
