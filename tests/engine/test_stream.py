@@ -249,7 +249,8 @@ def test_memory_is_constant_over_100k_frames_with_csv(tmp_path):
     frame would be +90k blocks, of one 16x16 error map +92 MB), and the PNG's data stays bounded."""
     import gc
     import sys
-    from m2s2l.engine.stream import plot_scores, score_frames
+    from m2s2l.engine.stream import score_frames
+    from m2s2l.engine.video_io import plot_scores
     n, warm = 100_000, 10_000
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # 16x16 tensors: threads only add overhead
@@ -287,7 +288,7 @@ def test_memory_is_constant_over_100k_frames_with_csv(tmp_path):
 
 
 def test_score_envelope_is_bounded_and_exact_when_short():
-    from m2s2l.engine.stream import ScoreEnvelope
+    from m2s2l.engine.video_io import ScoreEnvelope
     env = ScoreEnvelope(bins=4)
     for i in range(8):
         env.add(i, float(i % 3), i == 5)
