@@ -91,12 +91,10 @@ class StreamScorer:
         self.hysteresis = int(hysteresis)
         # flow models: the optical flow of each new frame from the previous one, on the same uint8 grey images
         # at the model's size as FrameStore.compute_flow (the checkpoint's train_args.flow_method)
-        self._flow_fn = self._flow_pool = None
+        self._flow_pool, self._flow_method = None, flow_method
+        self._flow_local = threading.local()  # one OpenCV flow object per thread (they are not shareable)
         if self.step.flow:
-            from m2s2l.data.store import flow_fn
-            self._flow_fn = flow_fn(flow_method)  # fails here, not at the first frame, without OpenCV
-            self._flow_method = flow_method
-            self._flow_local = threading.local()  # one OpenCV flow object per thread (they are not shareable)
+            self._thread_flow_fn()  # fails here, not at the first frame, without OpenCV
         self.amp = amp and self.device.type == "cuda"
         # compile: torch.compile the scoring step with the Mamba ops as plain-PyTorch references (the m2s2l::
         # custom ops are opaque to the compiler); on CPU the fused scan loop is ~8x faster than eager (bench/fps.py)
@@ -137,7 +135,7 @@ class StreamScorer:
             raise ValueError(f"frames has batch {frames.shape[0]} but this stream has {self.batch}; call reset()")
         self.batch = B = frames.shape[0]
         T = c.clip_len
-        if self._flow_fn is not None:
+        if self.step.flow:
             self._update_flow(frames)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             if self.n_seen < T:  # history filling: encoder only
@@ -171,7 +169,7 @@ class StreamScorer:
         if self.prev_gray is not None:
             pairs = list(zip(self.prev_gray, gray))
             if len(pairs) == 1:
-                flow = self._flow_fn(*pairs[0])[None]
+                flow = self._thread_flow(pairs[0])[None]
             else:  # B streams: OpenCV releases the GIL, so the per-stream flows run in parallel host threads
                 if self._flow_pool is None:
                     self._flow_pool = concurrent.futures.ThreadPoolExecutor(min(len(pairs), os.cpu_count() or 1))
@@ -179,12 +177,16 @@ class StreamScorer:
             self.flow = torch.from_numpy(flow).to(self.device).float()
         self.prev_gray = gray
 
-    def _thread_flow(self, pair):
+    def _thread_flow_fn(self):
+        """This thread's flow function (``m2s2l.data.store.flow_fn``), created on first use."""
         fn = getattr(self._flow_local, "fn", None)
         if fn is None:
             from m2s2l.data.store import flow_fn
             fn = self._flow_local.fn = flow_fn(self._flow_method)
-        return fn(*pair)
+        return fn
+
+    def _thread_flow(self, pair):
+        return self._thread_flow_fn()(*pair)
 
     def _run_step(self, frames):
         motion_in = self.flow if self.step.flow else self.prev
