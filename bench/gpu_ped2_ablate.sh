@@ -7,6 +7,7 @@
 #   flow     motion target = optical flow (OpenCV DIS, needs cv2: CV2_WHEEL=path installs it first)
 #   wmot2    loss weight w_motion = 2 (FFP's weight of its motion term)
 #   t8       T = 8 past frames with temporal scales (1, 2, 4)
+#   flow_wmot2 / flow_s124 / flow_t8   the flow recipe with w_motion 2 / scales (1, 2, 4) / T = 8 and scales (1, 2, 4)
 #   VARIANTS="control flow" FIT_MIN=17 bash bench/gpu_ped2_ablate.sh
 # CUDA MPS is started when the box allows it (the runs then share the GPU instead of time-slicing it).
 # Runs go to runs/abl_<name>/, logs to /tmp/m2s2l/train_<name>.log; follow with `bash bench/gpu_ablate_wait.sh`
@@ -25,6 +26,9 @@ declare -A SETS=(
   [flow]="--set motion_target=flow"
   [wmot2]="--set w_motion=2.0"
   [t8]="--set clip_len=8 --set temporal_scales=[1,2,4]"
+  [flow_wmot2]="--set motion_target=flow --set w_motion=2.0"
+  [flow_s124]="--set motion_target=flow --set temporal_scales=[1,2,4]"
+  [flow_t8]="--set motion_target=flow --set clip_len=8 --set temporal_scales=[1,2,4]"
 )
 if [ "${MPS:-1}" = 1 ] && command -v nvidia-cuda-mps-control > /dev/null; then
   export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
