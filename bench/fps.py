@@ -26,6 +26,7 @@ from m2s2l.engine.evaluate import apply_backend  # noqa: E402
 from m2s2l.engine.export import pure_torch_ops  # noqa: E402
 from m2s2l.engine.stream import StreamStep  # noqa: E402
 from m2s2l.models import create_model  # noqa: E402
+from m2s2l.models.fuse import fused_for_inference  # noqa: E402
 
 
 def sync(device):
@@ -160,6 +161,8 @@ def main(argv=None):
                    "compare with the Triton short-row kernel in one run)")
     p.add_argument("--channels-last", action="store_true", help="model weights and frames in channels_last "
                    "(NHWC convolutions)")
+    p.add_argument("--no-fuse-bn", action="store_true", help="keep the BatchNorm kernels (default: fold them into "
+                   "the convolutions, as m2s2l score / StreamScorer do)")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="after timing, profile N calls of each mode "
                    "and print its 12 most expensive kernels (CUDA: device time)")
     p.add_argument("--json", default=None, help="write the results here")
@@ -172,6 +175,8 @@ def main(argv=None):
         k, v = s.split("=", 1)
         kw[k] = int(v) if v.lstrip("-").isdigit() else v
     model = create_model(a.preset, **kw).to(device).eval()
+    if not a.no_fuse_bn:
+        model = fused_for_inference(model)
     if a.channels_last:
         model = model.to(memory_format=torch.channels_last)
     apply_backend(model, a.backend, device)
@@ -183,7 +188,7 @@ def main(argv=None):
     amp = a.amp and device.type == "cuda"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     res = {"preset": a.preset, "device": name, "amp": amp, "compile": a.compile, "cuda_graphs": a.cuda_graphs,
-           "channels_last": a.channels_last, "ln_backend": a.ln_backend,
+           "channels_last": a.channels_last, "ln_backend": a.ln_backend, "fuse_bn": not a.no_fuse_bn,
            "backend": a.backend, "pure_torch": a.pure_torch, "image_size": model.config.image_size, "clip_len": model.config.clip_len,
            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None, "modes": {}}
     todo = {"clip": lambda: (clip_mode(model, device, amp), 1),
@@ -193,7 +198,7 @@ def main(argv=None):
                                                a.channels_last), a.streams),
             "flow": lambda: (flow_mode(model, a.threads), 1)}
     print(f"# {a.preset} on {name}, amp={amp}, compile={a.compile}, cuda_graphs={a.cuda_graphs}, "
-          f"channels_last={a.channels_last}", flush=True)
+          f"channels_last={a.channels_last}, fuse_bn={not a.no_fuse_bn}", flush=True)
     for mode in a.modes.split(","):
         try:
             fn, per = todo[mode]()

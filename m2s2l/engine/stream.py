@@ -73,14 +73,23 @@ class StreamScorer:
     [-1, 1] at the model's size. Returns None while the T-frame history fills, then a dict: "score" (raw),
     "appearance", "motion", "normalised" (z-score, NaN without calibration), "above", "alert" (hysteresis, module
     docstring), "error_map" (H, W) numpy. ``push_batch(frames (B, C, H, W) in [-1, 1])`` scores B independent
-    streams in lock-step and returns the same keys as (B,) arrays / (B, H, W)."""
+    streams in lock-step and returns the same keys as (B,) arrays / (B, H, W).
+
+    The scorer runs its own eval copy of ``model`` with BatchNorm folded into the convolutions (``fuse_bn=True``,
+    :func:`m2s2l.models.fuse.fused_for_inference`); ``fuse_bn=False`` scores with ``model`` itself."""
 
     def __init__(self, model, calibration=None, device=None, hysteresis=3, threshold_z=None, amp=False,
-                 compile=False, flow_method="dis"):
+                 compile=False, flow_method="dis", fuse_bn=True):
         if hysteresis < 1:
             raise ValueError(f"hysteresis must be >= 1 frame, got {hysteresis}")
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        # fuse_bn: score with an eval copy whose Conv2d -> BatchNorm2d pairs are folded into single convolutions
+        # (m2s2l.models.fuse; 44 fewer kernels a step in m2s2l_paper, same scores up to rounding); the caller's
+        # model is not modified beyond .to(device).eval()
         self.model = model.to(self.device).eval()
+        if fuse_bn:
+            from m2s2l.models.fuse import fused_for_inference
+            self.model = fused_for_inference(self.model)
         self.step = StreamStep(self.model)
         self.cfg = model.config
         self.calibration = calibration

@@ -20,8 +20,17 @@ ATOL = 1e-4
 
 
 def tiny(channels=1, seed=0):
+    """A small model with non-trivial BatchNorm statistics (the scorer folds them into its convolutions)."""
     torch.manual_seed(seed)
-    return create_model("m2s2l_lite", image_size=32, in_channels=channels, backend="torch").eval()
+    model = create_model("m2s2l_lite", image_size=32, in_channels=channels, backend="torch").eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.3)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.normal_(1, 0.3)
+                m.bias.normal_(0, 0.1)
+    return model
 
 
 def moving_frames(n, h=48, w=80, seed=0):
@@ -61,6 +70,20 @@ def test_stream_equals_offline(channels):
     np.testing.assert_allclose(s, ref, rtol=0, atol=ATOL)
     assert got[-1]["error_map"].shape == (32, 32) and np.isnan(got[-1]["normalised"])
     assert len(scorer.state) == 4 and all(st.shape[1] == T for st in scorer.state)  # constant state size
+
+
+def test_scorer_folds_batchnorm_in_its_own_copy():
+    """fuse_bn (default): the scorer's copy has no BatchNorm, the caller's model keeps its own, and the scores equal
+    those of the unfolded model (fuse_bn=False) to float32 rounding."""
+    model = tiny(3)
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    fused, plain = StreamScorer(model), StreamScorer(model, fuse_bn=False)
+    assert n_bn > 0 and sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == n_bn
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.model.modules()) and plain.model is model
+    frames = moving_frames(7)
+    a = [fused.push(f) for f in frames][model.config.clip_len:]
+    b = [plain.push(f) for f in frames][model.config.clip_len:]
+    np.testing.assert_allclose([r["score"] for r in a], [r["score"] for r in b], rtol=0, atol=ATOL)
 
 
 @pytest.mark.parametrize("channels", [1, 3])
