@@ -5,6 +5,7 @@ spatial shape of the model's coarsest level (32 maps of 16x16 tokens, d_model 25
 
 Impls: "triton" / "cuda" / "torch" are the same block with ``.backend`` set ("cuda" when m2s2l._C is built;
 "torch" = the float32 reference loops: timed once and without fwd+bwd for seqlen > 64);
+"triton-chan" is the Triton block with ``layout="channel"`` (channel-contiguous scan inputs);
 "mamba-ssm" is mamba_ssm's own Mamba block loaded with the same state_dict (same parameter names), when it
 imports (fast path: causal-conv1d + its fused mamba_inner_fn).
 Bytes (floor of the unfused pipeline, per token, dtype size): forward reads/writes each intermediate once --
@@ -29,19 +30,23 @@ def _peer_cls():
     return optional_attr('mamba_ssm.modules.mamba_simple', 'Mamba')
 
 
-def _run(block, x, dout, backend=None):
+def _run(block, x, dout, backend=None, layout=None):
     params = [p for p in block.parameters() if p.requires_grad]
+
+    def setup():
+        if backend is not None:
+            block.backend = backend
+        if layout is not None:
+            block.layout = layout
     if dout is None:
         def fwd():
-            if backend is not None:
-                block.backend = backend
+            setup()
             with torch.no_grad():
                 return block(x)
         return fwd
 
     def fwdbwd():
-        if backend is not None:
-            block.backend = backend
+        setup()
         out = block(x)
         return torch.autograd.grad(out, [x] + params, dout)
     return fwdbwd
@@ -79,7 +84,10 @@ def cases(device, dtypes, modes, quick):
                 for bk in backends:
                     if bk == "torch" and grad and slow:
                         continue
-                    impls[bk] = _run(block, x, dout, backend=bk)  # one block, backend set per call
+                    # one block, backend (and for Mamba the activation layout) set per call
+                    impls[bk] = _run(block, x, dout, backend=bk, layout="time" if kind == "mamba" else None)
+                if kind == "mamba" and "triton" in backends:  # the channel-contiguous layout (Mamba.layout)
+                    impls["triton-chan"] = _run(block, x, dout, backend="triton", layout="channel")
                 if peer_cls is not None and kind == "mamba":
                     peer = peer_cls(d, d_state=D_STATE, d_conv=D_CONV, expand=EXPAND, device=device, dtype=dtype)
                     peer.load_state_dict(block.state_dict())

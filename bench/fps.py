@@ -161,6 +161,8 @@ def main(argv=None):
                    "compare with the Triton short-row kernel in one run)")
     p.add_argument("--channels-last", action="store_true", help="model weights and frames in channels_last "
                    "(NHWC convolutions)")
+    p.add_argument("--mamba-layout", default=None, help="time | channel | auto: Mamba.layout of every Mamba block "
+                   "(the scan inputs' memory layout; default: the blocks' own, time)")
     p.add_argument("--no-fuse-bn", action="store_true", help="keep the BatchNorm kernels (default: fold them into "
                    "the convolutions, as m2s2l score / StreamScorer do)")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="after timing, profile N calls of each mode "
@@ -185,10 +187,15 @@ def main(argv=None):
         for m in model.modules():
             if isinstance(m, LayerNorm):
                 m.backend = a.ln_backend
+    if a.mamba_layout:
+        from m2s2l.modules import Mamba
+        for m in model.modules():
+            if isinstance(m, Mamba):
+                m.layout = a.mamba_layout
     amp = a.amp and device.type == "cuda"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     res = {"preset": a.preset, "device": name, "amp": amp, "compile": a.compile, "cuda_graphs": a.cuda_graphs,
-           "channels_last": a.channels_last, "ln_backend": a.ln_backend, "fuse_bn": not a.no_fuse_bn,
+           "channels_last": a.channels_last, "ln_backend": a.ln_backend, "fuse_bn": not a.no_fuse_bn, "mamba_layout": a.mamba_layout,
            "backend": a.backend, "pure_torch": a.pure_torch, "image_size": model.config.image_size, "clip_len": model.config.clip_len,
            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None, "modes": {}}
     todo = {"clip": lambda: (clip_mode(model, device, amp), 1),
@@ -198,7 +205,7 @@ def main(argv=None):
                                                a.channels_last), a.streams),
             "flow": lambda: (flow_mode(model, a.threads), 1)}
     print(f"# {a.preset} on {name}, amp={amp}, compile={a.compile}, cuda_graphs={a.cuda_graphs}, "
-          f"channels_last={a.channels_last}, fuse_bn={not a.no_fuse_bn}", flush=True)
+          f"channels_last={a.channels_last}, fuse_bn={not a.no_fuse_bn}, mamba_layout={a.mamba_layout}", flush=True)
     for mode in a.modes.split(","):
         try:
             fn, per = todo[mode]()

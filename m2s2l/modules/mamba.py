@@ -28,6 +28,21 @@ def check_hidden(name, x, d_model, seqlen=None):
         raise TypeError(f"{name} must be a floating tensor, got {x.dtype}")
 
 
+# Activation layouts of the block's scan inputs (``Mamba.layout``): "time" = mamba-ssm's, from the (d, batch*seqlen)
+# projection GEMMs: each channel's steps contiguous (what the chunked long-sequence kernels read); "channel" = the
+# channels of one step contiguous (the GEMMs' natural (batch*seqlen, d) output, no transposing copies of B and C):
+# the sequential short-sequence kernels then load each step's channels as one contiguous vector instead of one
+# cache line per channel; "auto" = "channel" for seqlen <= SHORT_SEQLEN (the scan's sequential-kernel range).
+LAYOUTS = ("time", "channel", "auto")
+SHORT_SEQLEN = 32
+
+
+def check_layout(layout):
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    return layout
+
+
 def check_backend(backend):
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -56,6 +71,8 @@ class Mamba(nn.Module):
         ceil(d_model / 16). bias: bias of in_proj/out_proj (False). conv_bias: bias of the conv (True).
         dt_min, dt_max, dt_init_floor, dt_scale: mamba-ssm's dt initialisation.
         backend: "auto" | "triton" | "cuda" | "torch", passed to every op (settable attribute).
+        layout: "time" (default) | "channel" | "auto": memory layout of the scan's inputs (``LAYOUTS`` above;
+        settable attribute; the CUDA-extension backend always uses "time"). Same results up to rounding.
         layer_idx: kept for mamba-ssm compatibility (unused). device, dtype: factory kwargs; A_log and D
         are always created in float32.
 
@@ -69,7 +86,7 @@ class Mamba(nn.Module):
 
     def __init__(self, d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto", bias=False, conv_bias=True,
                  dt_min=1e-3, dt_max=0.1, dt_init_floor=1e-4, dt_scale=1.0, backend="auto", layer_idx=None,
-                 device=None, dtype=None):
+                 device=None, dtype=None, layout="time"):
         super().__init__()
         fk = {"device": device, "dtype": dtype}
         if d_conv < 1:
@@ -78,6 +95,7 @@ class Mamba(nn.Module):
         self.d_inner = int(expand * d_model)
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
         self.backend = check_backend(backend)
+        self.layout = check_layout(layout)
         self.layer_idx = layer_idx
 
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **fk)
@@ -107,21 +125,32 @@ class Mamba(nn.Module):
         """
         check_hidden("hidden_states", hidden_states, self.d_model)
         batch, seqlen, _ = hidden_states.shape
-        xz = self._in_proj(hidden_states)                                        # (batch, 2*d_inner, seqlen)
+        chan = self._channel_layout(seqlen)
+        xz = self._in_proj(hidden_states, chan)                                  # (batch, 2*d_inner, seqlen)
         x, z = xz.chunk(2, dim=1)
         conv_state = ssm_state = None
         if inference_cache is not None:
             conv_state, ssm_state = self._check_cache(inference_cache, batch)
         x = self._conv(x, self.conv1d.weight[:, 0], self.conv1d.bias, conv_state)
-        delta, B, C = self._x_dt_proj(x, self.x_proj.weight, self.dt_proj.weight)
+        delta, B, C = self._x_dt_proj(x, self.x_proj.weight, self.dt_proj.weight, chan)
         y = self._scan(x, delta, self.A_log, B, C, self.D, z, self.dt_proj.bias, ssm_state)
         if last_only:
             y = y[:, :, -1:]
         return self.out_proj(y.transpose(1, 2))
 
-    def _in_proj(self, h):
-        """One GEMM (as mamba-ssm): (batch, seqlen, d_model) -> (batch, 2*d_inner, seqlen), seqlen-contiguous."""
+    def _channel_layout(self, seqlen):
+        """Whether this call runs in the "channel" layout (``LAYOUTS``)."""
+        layout = getattr(self, "layout", "time")  # modules pickled before the attribute existed
+        if self.backend == "cuda":
+            return False
+        return layout == "channel" or (layout == "auto" and seqlen <= SHORT_SEQLEN)
+
+    def _in_proj(self, h, channel=False):
+        """One GEMM: (batch, seqlen, d_model) -> (batch, 2*d_inner, seqlen), seqlen-contiguous (as mamba-ssm) or,
+        with ``channel``, a view of the (batch, seqlen, 2*d_inner) product (channel-contiguous)."""
         batch, seqlen, _ = h.shape
+        if channel:
+            return F.linear(h, self.in_proj.weight, self.in_proj.bias).transpose(1, 2)
         xz = (self.in_proj.weight @ h.reshape(batch * seqlen, -1).t()).view(-1, batch, seqlen).transpose(0, 1)
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias.to(xz.dtype)[:, None]
@@ -136,15 +165,18 @@ class Mamba(nn.Module):
             conv_state.copy_(final)
         return x
 
-    def _x_dt_proj(self, x, x_proj_w, dt_proj_w):
-        """x (batch, d, seqlen) -> delta (batch, d, seqlen) (before bias), B and C (batch, 1, d_state, seqlen)."""
+    def _x_dt_proj(self, x, x_proj_w, dt_proj_w, channel=False):
+        """x (batch, d, seqlen) -> delta (batch, d, seqlen) (before bias), B and C (batch, 1, d_state, seqlen);
+        seqlen-contiguous, or with ``channel`` views of the projections' (batch*seqlen, .) outputs."""
         batch, _, seqlen = x.shape
         x_dbl = F.linear(x.transpose(1, 2).reshape(batch * seqlen, -1), x_proj_w)  # (batch*seqlen, R + 2N)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        B = B.view(batch, seqlen, 1, self.d_state).permute(0, 2, 3, 1)
+        C = C.view(batch, seqlen, 1, self.d_state).permute(0, 2, 3, 1)
+        if channel:
+            return F.linear(dt, dt_proj_w).view(batch, seqlen, -1).transpose(1, 2), B, C
         delta = (dt_proj_w @ dt.t()).view(-1, batch, seqlen).transpose(0, 1)
-        B = B.view(batch, seqlen, 1, self.d_state).permute(0, 2, 3, 1).contiguous()
-        C = C.view(batch, seqlen, 1, self.d_state).permute(0, 2, 3, 1).contiguous()
-        return delta, B, C
+        return delta, B.contiguous(), C.contiguous()
 
     def _scan(self, x, delta, A_log, B, C, D, z, dt_bias, ssm_state):
         A = -torch.exp(A_log.float())
@@ -205,4 +237,4 @@ class Mamba(nn.Module):
 
     def extra_repr(self):
         return (f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, d_conv={self.d_conv}, "
-                f"dt_rank={self.dt_rank}, backend={self.backend!r}")
+                f"dt_rank={self.dt_rank}, backend={self.backend!r}, layout={self.layout!r}")

@@ -64,6 +64,31 @@ def test_triton_matches_torch(cls, d_model, seqlen, kw, device, monkeypatch):
     _assert_close_all(res_triton, res_torch)
 
 
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
+@pytest.mark.parametrize("layout,seqlen", [("channel", 7), ("auto", 4), ("channel", 40)])
+def test_channel_layout_matches_time_layout(backend, layout, seqlen, device, monkeypatch):
+    """Mamba.layout "channel" (and "auto" on a short sequence) gives the scan channel-contiguous u/delta/z and
+    the same output and gradients as the default "time" layout; last_only too."""
+    import m2s2l.triton_kernels.selective_scan.scan as scan_mod
+    seen = []
+    fwd = scan_mod.selective_scan_fwd
+    monkeypatch.setattr(scan_mod, "selective_scan_fwd",
+                        lambda u, delta, *a, **k: seen.append((u.stride(1), delta.stride(1))) or fwd(u, delta, *a, **k))
+    block = _block(Mamba, 24, d_state=8, bias=True).to(device)
+    block.backend = backend
+    x = torch.randn(3, seqlen, 24, generator=torch.Generator().manual_seed(2)).to(device)
+    ref = _loss_grads(block, x)
+    assert block.layout == "time"
+    block.layout = layout
+    got = _loss_grads(block, x)
+    _assert_close_all(got, ref)
+    if backend == "triton":
+        assert seen[0] != (1, 1) and seen[-1] == (1, 1), seen     # time layout, then channel-contiguous
+    torch.testing.assert_close(block(x, last_only=True), ref[0][:, -1:], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="layout must be one of"):
+        Mamba(8, layout="nhwc")
+
+
 def _mamba_direction(bi, g):
     """A Mamba block holding direction g of a BiMamba (shared in_proj, out_proj slice for concat)."""
     m = Mamba(bi.d_model, d_state=bi.d_state, d_conv=bi.d_conv, expand=bi.expand, dt_rank=bi.dt_rank,
