@@ -8,10 +8,11 @@
 
 Setup as bench/cases_scan.py (bf16, N = 16, input-dependent B/C (batch, 1, N, L), z, D, delta_bias, softplus);
 only the launchers run (no custom-op/autograd dispatch). A config is a dict of ``M2S2L_SCAN_CFG`` keys (see
-``scan._env_config``: chunk, fwd_block_d, fwd_warps, bwd_block_d, bwd_warps, seq, seq_max_len, seq_block_d,
+``scan_config._env_config``: chunk, fwd_block_d, fwd_warps, bwd_block_d, bwd_warps, seq, seq_max_len, seq_block_d,
 seq_warps, seq_bwd, seq_bwd_block_d, seq_bwd_warps, seq_bwd_progs_per_sm, seq_bwd_programs, seq_bwd_maxnreg, and the
 chunk-parallel sequential scan's cseq, cseq_chunk, cseq_block_d, cseq_warps, cseq_bwd_block_d, cseq_bwd_warps,
-cseq_bwd_progs_per_sm) applied in-process by replacing ``scan._CFG`` — what the env variable would do at import.
+cseq_bwd_progs_per_sm) applied in-process by replacing the contents of ``scan_config._CFG`` — what the env variable
+would do at import.
 Shape names (``--shapes``, case-insensitive): LM, spatial, temporal8, temporal16, train64, train128, train256; an
 unknown name is an error.
 
@@ -30,8 +31,8 @@ ratio from the same run. Every config's outputs are
 compared with the default config's (relative RMS per tensor, limit 1e-2 forward / 3e-2 gradients) and the
 default's forward with the float32 reference loop on the first two batch rows. Configs run in priority order
 until the time budget (split evenly over the shapes) is spent; the rest are listed as skipped. On sequences longer
-than 32 steps the cseq configs (``scan.cseq_chunk``: the sequential kernels on all (batch row, time chunk, channel
-block) programs at once, chunk length x tile x warps; fwdbwd adds the persistent backward's program count) run
+than 32 steps the cseq configs (``scan_config.cseq_chunk``: the sequential kernels on all (batch row, time chunk,
+channel block) programs at once, chunk length x tile x warps; fwdbwd adds the persistent backward's program count) run
 right after the default, before the chunked-scan configs; ``--cseq`` keeps only the default and those.
 ``--quick``: tiny shapes, two configs a stage, on CPU under TRITON_INTERPRET=1 (a smoke test, seconds; with
 ``--cseq`` the second config is a cseq one).
@@ -58,7 +59,7 @@ from cases_scan import SHAPES, _inputs  # noqa: E402
 from common import SWEEP_HEADER, best_of, device_name, rel_rms, time_ms  # noqa: E402
 from common import sweep as common_sweep  # noqa: E402
 
-from m2s2l.triton_kernels.selective_scan import scan  # noqa: E402
+from m2s2l.triton_kernels.selective_scan import scan, scan_config  # noqa: E402
 from m2s2l.triton_kernels.selective_scan.naive import selective_scan_ref  # noqa: E402
 
 QUICK = [("tiny-long", (1, 4, 40)), ("tiny-video", (2, 4, 8))]  # interpreter cost grows with programs x steps
@@ -71,8 +72,8 @@ GRAD_NAMES = ("du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias")
 
 
 def set_cfg(cfg):
-    scan._CFG.clear()
-    scan._CFG.update(cfg)
+    scan_config._CFG.clear()
+    scan_config._CFG.update(cfg)
 
 
 def cseq_fwd_candidates():
@@ -142,7 +143,7 @@ def make_runs(ins, dout):
 
     def bwd():  # the backward alone; the forward (default config, chunk states saved) runs once
         if not saved:
-            cfg = dict(scan._CFG)
+            cfg = dict(scan_config._CFG)
             set_cfg({})
             saved["hc"] = scan.selective_scan_fwd(*a, None, True, False, True)[2]
             set_cfg(cfg)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from m2s2l.ops import selective_scan_fn
-from m2s2l.triton_kernels.selective_scan import scan
+from m2s2l.triton_kernels.selective_scan import scan, scan_config
 from m2s2l.triton_kernels.selective_scan.naive import selective_scan_ref
 
 DT = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -187,7 +187,7 @@ def seq_id(c):
 @pytest.mark.parametrize("case", SEQ_CASES, ids=seq_id)
 def test_short_sequences(case, device, spies, monkeypatch):
     b, d, L, n, bc, dt, nc, h0, cfg = case
-    monkeypatch.setattr(scan, "_CFG", dict(cfg))
+    monkeypatch.setattr(scan_config, "_CFG", dict(cfg))
     check(make_inputs(b, d, L, n, bc, dt, h0=h0, noncontig=nc, device=device), dt)
     seq_fwd = cfg.get("seq", 1) and L <= 32
     seq_bwd = cfg.get("seq_bwd", seq_fwd) and seq_fwd is not False
@@ -204,7 +204,7 @@ def test_seq_bwd_equals_chunked_bwd(device, monkeypatch):
     dout, dlast = torch.randn(3, 8, 6, generator=gen).to(device), torch.randn(3, 8, 4, generator=gen).to(device)
     res = []
     for cfg in (dict(seq_bwd=0), dict(seq_bwd_block_d=4, seq_bwd_programs=3)):
-        monkeypatch.setattr(scan, "_CFG", cfg)
+        monkeypatch.setattr(scan_config, "_CFG", cfg)
         res.append(run(ins, True, "triton", dout, dlast))
     assert rel_rms(res[0][0], res[1][0]) == 0.0
     for k in res[0][2]:
@@ -213,16 +213,16 @@ def test_seq_bwd_equals_chunked_bwd(device, monkeypatch):
 
 def test_seq_bwd_gpu_tile_rule(monkeypatch):
     """The GPU launch rule (not the interpreter's): a whole group per program up to 2048 state values (no dB/dC
-    atomics), else 32 x 16 tiles on one warp -- the H200 sweep's winners (scan._seq_bwd_block_d docstring)."""
-    monkeypatch.setattr(scan, "_INTERPRET", False)
-    monkeypatch.setattr(scan, "_CFG", {})
-    picks = {(cpg, n): scan._seq_bwd_block_d(cpg, n) for cpg, n in [(64, 16), (128, 16), (100, 16), (256, 16),
-                                                                      (512, 16), (32, 64), (64, 64), (3, 1)]}
+    atomics), else 32 x 16 tiles on one warp -- the H200 sweep's winners (scan_config._seq_bwd_block_d docstring)."""
+    monkeypatch.setattr(scan_config, "_INTERPRET", False)
+    monkeypatch.setattr(scan_config, "_CFG", {})
+    shapes = [(64, 16), (128, 16), (100, 16), (256, 16), (512, 16), (32, 64), (64, 64), (3, 1)]
+    picks = {(cpg, n): scan_config._seq_bwd_block_d(cpg, n) for cpg, n in shapes}
     assert picks == {(64, 16): 64, (128, 16): 128, (100, 16): 128, (256, 16): 32, (512, 16): 32, (32, 64): 32,
                      (64, 64): 8, (3, 1): 4}
-    assert [scan._seq_bwd_warps(b, 16) for b in (32, 64, 128)] == [1, 2, 4]
-    monkeypatch.setattr(scan, "_CFG", {"seq_bwd_block_d": 16})
-    assert scan._seq_bwd_block_d(128, 16) == 16
+    assert [scan_config._seq_bwd_warps(b, 16) for b in (32, 64, 128)] == [1, 2, 4]
+    monkeypatch.setattr(scan_config, "_CFG", {"seq_bwd_block_d": 16})
+    assert scan_config._seq_bwd_block_d(128, 16) == 16
 
 
 def test_torch_backend_matches_triton(device):
@@ -348,14 +348,14 @@ def test_gpu_bench_sizes(shape):
 
 def run_configs(shape, cfgs, monkeypatch, N=16):
     """(out, last, grads) of the Triton scan on CUDA bf16 inputs of ``shape`` (one group, h0, dlast), once per
-    launch config in ``cfgs`` (set as scan._CFG), same inputs and output gradients each time."""
+    launch config in ``cfgs`` (set as scan_config._CFG), same inputs and output gradients each time."""
     ins = make_inputs(*shape, N, "g1", "bf16", h0=True, device="cuda")
     gen = torch.Generator().manual_seed(1)
     dout = torch.randn(*shape, generator=gen).cuda()
     dlast = torch.randn(shape[0], shape[1], N, generator=gen).cuda()
     res = []
     for cfg in cfgs:
-        monkeypatch.setattr(scan, "_CFG", cfg)
+        monkeypatch.setattr(scan_config, "_CFG", cfg)
         res.append(run(ins, True, "triton", dout, dlast))
     return res
 

@@ -1,4 +1,4 @@
-"""Chunk-parallel sequential scan ("cseq", ``scan.cseq_chunk``): forced on with small chunks, against the float64
+"""Chunk-parallel sequential scan ("cseq", ``scan_config.cseq_chunk``): forced on with small chunks, against the float64
 reference (helpers and tolerances of test_selective_scan.py: relative RMS, float32 2e-5 / 5e-5, bfloat16 1.5e-2 /
 3e-2) and against the whole-sequence kernels. Odd lengths put a partial chunk last; L < Lc runs one chunk.
 """
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from m2s2l.ops import selective_scan_fn
-from m2s2l.triton_kernels.selective_scan import scan
+from m2s2l.triton_kernels.selective_scan import scan, scan_config
 from m2s2l.triton_kernels.selective_scan.naive import selective_scan_ref
 
 from test_selective_scan import _Spy, check, make_inputs, rel_rms, run, run_configs
@@ -53,9 +53,9 @@ def case_id(c):
 def test_cseq_against_reference(case, device, spies, monkeypatch):
     """out, last_state and every gradient (through last_state too) vs float64; the cseq launches ran."""
     b, d, L, n, bc, dt, z, D, bias, h0, sp, nc, cfg = case
-    monkeypatch.setattr(scan, "_CFG", dict(cfg, cseq=1))
+    monkeypatch.setattr(scan_config, "_CFG", dict(cfg, cseq=1))
     check(make_inputs(b, d, L, n, bc, dt, z, D, bias, h0, device=device, noncontig=nc), dt, softplus=sp)
-    chunks = -(-L // scan.cseq_chunk(L))
+    chunks = -(-L // scan_config.cseq_chunk(L))
     two = 2 if chunks > 1 else 1
     assert spies["_fwd_seq_kernel"].launches == two and spies["_bwd_seq_kernel"].launches == two
     assert spies["_chunk_combine_kernel"].launches == (2 if chunks > 1 else 0)
@@ -71,7 +71,7 @@ def test_cseq_equals_non_cseq(other, device, monkeypatch):
     dout, dlast = torch.randn(1, 6, 27, generator=gen).to(device), torch.randn(1, 6, 4, generator=gen).to(device)
     res = []
     for cfg in (dict(cseq=1, cseq_chunk=8), other):
-        monkeypatch.setattr(scan, "_CFG", cfg)
+        monkeypatch.setattr(scan_config, "_CFG", cfg)
         res.append(run(ins, True, "triton", dout, dlast))
     assert rel_rms(res[0][0], res[1][0]) < 1e-6 and rel_rms(res[0][1], res[1][1]) < 1e-6
     for k in res[0][2]:
@@ -81,7 +81,7 @@ def test_cseq_equals_non_cseq(other, device, monkeypatch):
 def test_cseq_without_last_state(device, monkeypatch):
     """No last_state (the backward gets no dlast; the last chunk's end adjoint is zero) and a forward-only call
     (no saved states)."""
-    monkeypatch.setattr(scan, "_CFG", dict(cseq=1, cseq_chunk=8))
+    monkeypatch.setattr(scan_config, "_CFG", dict(cseq=1, cseq_chunk=8))
     ins = make_inputs(1, 6, 18, 4, "g2", device=device)
     dout = torch.randn(1, 6, 18, generator=torch.Generator().manual_seed(8)).to(device)
     names = [k for k, v in ins.items() if v is not None]
@@ -104,9 +104,9 @@ def test_cseq_without_last_state(device, monkeypatch):
 
 def test_cseq_opcheck(device, monkeypatch):
     """The fake implementation knows the cseq chunk_states shape (saved_state_count)."""
-    monkeypatch.setattr(scan, "_CFG", dict(cseq=1, cseq_chunk=8))
+    monkeypatch.setattr(scan_config, "_CFG", dict(cseq=1, cseq_chunk=8))
     ins = make_inputs(1, 4, 20, 3, "g2", device=device)
-    assert scan.saved_state_count(20, 3) == 2
+    assert scan_config.saved_state_count(20, 3) == 2
     args = tuple(v.requires_grad_() for v in ins.values()) + (True, True, True, "triton")
     torch.library.opcheck(torch.ops.m2s2l.selective_scan_fwd.default, args,
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
@@ -115,22 +115,22 @@ def test_cseq_opcheck(device, monkeypatch):
 def test_cseq_config(monkeypatch):
     """On from seqlen 1024 with chunks of 32 (the H200 measurements in cseq_chunk's docstring); cseq_min_len;
     cseq=0|1; the chunk grows to keep at most cseq_max_chunks chunks."""
-    monkeypatch.setattr(scan, "_CFG", {})
-    assert scan.cseq_chunk(1023) == 0 and scan.saved_state_count(1023, 16) == -(-1023 // 16) - 1
-    assert scan.cseq_chunk(1024) == 32 and scan.saved_state_count(4096, 16) == 4096 // 32 - 1
-    monkeypatch.setattr(scan, "_CFG", dict(cseq_min_len=2048, cseq_chunk=128))
-    assert scan.cseq_chunk(2047) == 0 and scan.cseq_chunk(2048) == 128
-    monkeypatch.setattr(scan, "_CFG", dict(cseq=1, cseq_chunk=128))
-    assert scan.cseq_chunk(7) == 128 and scan.saved_state_count(7, 16) == 0
-    assert scan.cseq_chunk(2 ** 20 + 5) == 1025 and -(-(2 ** 20 + 5) // 1025) <= 1024
-    monkeypatch.setattr(scan, "_CFG", dict(cseq=0, cseq_min_len=1))
-    assert scan.cseq_chunk(4096) == 0
+    monkeypatch.setattr(scan_config, "_CFG", {})
+    assert scan_config.cseq_chunk(1023) == 0 and scan_config.saved_state_count(1023, 16) == -(-1023 // 16) - 1
+    assert scan_config.cseq_chunk(1024) == 32 and scan_config.saved_state_count(4096, 16) == 4096 // 32 - 1
+    monkeypatch.setattr(scan_config, "_CFG", dict(cseq_min_len=2048, cseq_chunk=128))
+    assert scan_config.cseq_chunk(2047) == 0 and scan_config.cseq_chunk(2048) == 128
+    monkeypatch.setattr(scan_config, "_CFG", dict(cseq=1, cseq_chunk=128))
+    assert scan_config.cseq_chunk(7) == 128 and scan_config.saved_state_count(7, 16) == 0
+    assert scan_config.cseq_chunk(2 ** 20 + 5) == 1025 and -(-(2 ** 20 + 5) // 1025) <= 1024
+    monkeypatch.setattr(scan_config, "_CFG", dict(cseq=0, cseq_min_len=1))
+    assert scan_config.cseq_chunk(4096) == 0
     # the persistent cseq backward: 16 programs per SM, its scratch capped at 256 MiB (long chunks of long sequences)
-    sms = scan._num_sms(torch.device("cpu"))
+    sms = scan_config._num_sms(torch.device("cpu"))
     slot32 = 31 * 32 * 16 * 4          # a 32-step chunk, 32 x 16 tile
-    assert scan._seq_bwd_rows(10 ** 6, 64, slot32, 1, torch.device("cpu"), "cseq_bwd") == 16 * sms // 64
+    assert scan_config._seq_bwd_rows(10 ** 6, 64, slot32, 1, torch.device("cpu"), "cseq_bwd") == 16 * sms // 64
     slot_long = 1024 * 32 * 16 * 4    # a 1025-step chunk
-    rows = scan._seq_bwd_rows(10 ** 6, 64, slot_long, 1, torch.device("cpu"), "cseq_bwd")
+    rows = scan_config._seq_bwd_rows(10 ** 6, 64, slot_long, 1, torch.device("cpu"), "cseq_bwd")
     assert rows * 64 * slot_long <= max(256 << 20, sms * slot_long)
 
 

@@ -1,0 +1,165 @@
+"""Launch configuration of the selective scan: which kernels run (chunked, sequential-in-time, chunk-parallel
+sequential "cseq") and their tile sizes, warps and grids, with the measurements behind each default.
+
+Every choice can be overridden for tuning sweeps through ``M2S2L_SCAN_CFG`` (read once at import into ``_CFG``;
+``bench/tune_scan.py`` and the tests replace its contents in place). ``scan.py`` holds the launchers.
+"""
+import functools
+import os
+
+import torch
+import triton
+
+from .._config import env_int_config
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _env_config():
+    """Optional overrides for tuning sweeps, e.g.
+    M2S2L_SCAN_CFG="chunk=16,fwd_block_d=16,bwd_block_d=8,fwd_warps=4,bwd_warps=4" (chunk is capped by the sequence
+    length; block sizes must be powers of two); the sequential forward: seq=0|1 (both directions), seq_max_len,
+    seq_block_d, seq_warps; the sequential backward: seq_bwd=0|1 (overrides seq for the backward only),
+    seq_bwd_block_d, seq_bwd_warps, seq_bwd_progs_per_sm, seq_bwd_programs (total program target), seq_bwd_maxnreg
+    (register cap passed to the compiler; unset = none: sm_90 AOT shows 255 registers unconstrained); the
+    chunk-parallel sequential scan (``cseq_chunk``): cseq=0|1, cseq_min_len, cseq_chunk, cseq_max_chunks,
+    cseq_block_d, cseq_warps, cseq_bwd_block_d, cseq_bwd_warps, cseq_bwd_programs, cseq_combine_block_d."""
+    return env_int_config("M2S2L_SCAN_CFG")
+
+
+_CFG = _env_config()
+
+
+def _pow2(x):
+    return triton.next_power_of_2(max(int(x), 1))
+
+
+def chunk_len(seqlen, dstate):
+    """Chunk length T_C shared by the forward (where it saves states) and the backward."""
+    bn = max(2, _pow2(dstate))
+    tc = _CFG.get("chunk") or (16 if bn <= 16 else (8 if bn <= 64 else 4))
+    return max(2, min(tc, _pow2(seqlen)))
+
+
+def cseq_chunk(seqlen):
+    """Chunk length Lc of the chunk-parallel sequential scan ("cseq") for this seqlen, or 0 when it is not used.
+
+    cseq splits time into chunks of Lc steps and runs the sequential kernels on every (batch row, chunk, channel
+    block) at once: the forward in two passes (chunk end states from zero, then the outputs from the combined
+    chunk start states), the backward likewise (chunk start adjoints from zero, then the full backward per chunk);
+    the diagonal A makes a chunk's effect on the state h_end = exp(A * sum(delta)) h_start + h_local. Both
+    directions use it for the same lengths, so the backward gets the forward's chunk-boundary states.
+    On by default for seqlen >= 1024 (cseq_min_len) with Lc = 32 (cseq_chunk): NVIDIA H200, bench/tune_scan.py
+    --cseq, bf16, N 16, same run: (16, 192, 4096) fwd 1.055 -> 0.641 ms, fwd+bwd 6.50 -> 2.92 ms; (8, 2048, 2048)
+    fwd 3.155 -> 1.510, fwd+bwd 12.68 -> 7.45 ms (Lc 32 was the best fwd+bwd chunk on both; forward alone prefers
+    256-512, but the backward needs the forward's chunking). Shorter sequences were not measured with it and keep
+    the other kernels. M2S2L_SCAN_CFG cseq=1 forces it on for every length, cseq=0 off, cseq_min_len=M sets the
+    threshold. Lc is grown so that there are at most cseq_max_chunks (default 1024) chunks (saved states and the
+    combine's serial steps stay bounded)."""
+    on = _CFG.get("cseq")
+    if on is None:
+        on = seqlen >= _CFG.get("cseq_min_len", 1024)
+    if not on:
+        return 0
+    lc = max(1, _CFG.get("cseq_chunk", 32))
+    return max(lc, triton.cdiv(seqlen, max(1, _CFG.get("cseq_max_chunks", 1024))))
+
+
+def saved_state_count(seqlen, dstate):
+    """The number of chunk states ``selective_scan_fwd(..., save_states=True)`` returns per (batch row, channel)
+    (the chunk_states shape is (batch, count, dim, dstate); count 0 means None)."""
+    lc = cseq_chunk(seqlen)
+    return triton.cdiv(seqlen, lc or chunk_len(seqlen, dstate)) - 1
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 132
+
+
+def _fill(bd, cpg, rows, device, min_bd):
+    """Halve the channel block while the grid has fewer than 4 programs per SM (e.g. (16, 192, 4096): 192
+    programs of 16 channels left an H200 (132 SMs, 2-3 resident programs each) under half busy)."""
+    while bd > min_bd and rows * triton.cdiv(cpg, bd) < 4 * _num_sms(device):
+        bd //= 2
+    return bd
+
+
+def _block_d(cpg, seqlen, dstate, budget, key, rows, device):
+    if key in _CFG:
+        return _CFG[key]
+    if _INTERPRET:  # CPU tests: numpy cost is per op, not per element, so take whole groups
+        return max(2, min(_pow2(cpg), 256))
+    tile = chunk_len(seqlen, dstate) * max(2, _pow2(dstate))
+    return _fill(max(2, min(_pow2(cpg), max(budget // tile, 1), 64)), cpg, rows, device, 4)
+
+
+def use_seq_fwd(seqlen):
+    """Whether the forward runs the sequential-in-time kernel (short sequences; the chunked scan's per-chunk
+    shared-memory/shuffle traffic dominates there). Override: M2S2L_SCAN_CFG seq=0|1 or seq_max_len=..."""
+    if "seq" in _CFG:
+        return bool(_CFG["seq"])
+    return seqlen <= _CFG.get("seq_max_len", 32)
+
+
+def _seq_block_d(cpg, dstate, rows, device, key="seq_block_d"):
+    if key in _CFG:
+        return _CFG[key]
+    if _INTERPRET:
+        return max(2, min(_pow2(cpg), 256))
+    return _fill(max(2, min(_pow2(cpg), max(2048 // max(2, _pow2(dstate)), 1), 64)), cpg, rows, device, 16)
+
+
+def _seq_warps(block_d, dstate):
+    """2 warps for tiles up to 64 x 16 (measured on an H200 with tune_scan.py: (16384, 128, 8) 0.188 ms vs 0.340
+    ms at 4 warps, (4096, 256, 16) 0.218 vs 0.323); larger tiles keep 4 (not measured)."""
+    return 2 if block_d * max(2, _pow2(dstate)) <= 1024 else 4
+
+
+def use_seq_bwd(seqlen):
+    """Whether the backward runs the sequential-in-time kernel: as the forward (``use_seq_fwd``) unless
+    M2S2L_SCAN_CFG seq_bwd=0|1 says otherwise."""
+    if "seq_bwd" in _CFG:
+        return bool(_CFG["seq_bwd"])
+    return use_seq_fwd(seqlen)
+
+
+def _seq_bwd_block_d(cpg, dstate, key="seq_bwd_block_d"):
+    """A whole group's channels when that tile has at most 2048 state values (128 x 16 at dstate 16): dB/dC then
+    need no atomics. Else tiles of 512 values (32 x 16), one warp. H200 sweep (bench/tune_scan.py --modes bwd,
+    bf16): (16384, 128, 8) 1.12 ms at 128 x 16 vs 1.46 at 32 x 16; (262144, 64, 4) 4.46 vs 5.93; (65536, 128, 4)
+    2.27 vs 2.90; where the group is wider than 128 channels 32 x 16 was best ((16384, 256, 4) 1.46 vs 1.65 at
+    128; (4096, 256, 16) 1.56 vs 1.73)."""
+    if key in _CFG:
+        return _CFG[key]
+    if _INTERPRET:
+        return max(2, min(_pow2(cpg), 256))
+    n2 = max(2, _pow2(dstate))
+    if _pow2(cpg) * n2 <= 2048:
+        return max(2, _pow2(cpg))
+    return max(2, min(_pow2(cpg), max(512 // n2, 1), 64))
+
+
+def _seq_bwd_warps(block_d, dstate, key="seq_bwd_warps"):
+    return _CFG.get(key, max(1, min(8, block_d * max(2, _pow2(dstate)) // 512)))
+
+
+def _seq_bwd_rows(batch, n_gd, slot_bytes, warps, device, prefix="seq_bwd"):
+    """Batch-row stride of the persistent backward; programs = rows x n_gd. Target: seq_bwd_programs, else
+    seq_bwd_progs_per_sm x SMs, else 8 warps per SM (what fits at the 255 registers the sm_90 AOT compile shows, so
+    one wave) with the scratch capped at 32 MiB (to stay in L2)."""
+    sms = _num_sms(device)
+    if prefix + "_programs" in _CFG:
+        target = _CFG[prefix + "_programs"]
+    elif prefix + "_progs_per_sm" in _CFG:
+        target = _CFG[prefix + "_progs_per_sm"] * sms
+    elif prefix == "cseq_bwd":
+        # H200, tune_scan --cseq: 16 programs per SM (LM fwd+bwd at 32-step chunks 7.45 ms vs 9.09 ms with the 32 MiB
+        # cap below; 134 MB of scratch there); capped at 256 MiB of scratch, which binds only for longer chunks
+        # (seqlen > 32768 grows the chunk: 2^20 steps -> 1025-step chunks) or dstate > 32
+        target = min(16 * sms, max(sms, (256 << 20) // max(slot_bytes, 1)))
+    else:
+        target = min(max(1, 8 // warps) * sms, max(sms, (32 << 20) // max(slot_bytes, 1)))
+    return max(1, min(batch, target // n_gd))
