@@ -195,8 +195,9 @@ def main(argv=None):
     amp = a.amp and device.type == "cuda"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     res = {"preset": a.preset, "device": name, "amp": amp, "compile": a.compile, "cuda_graphs": a.cuda_graphs,
-           "channels_last": a.channels_last, "ln_backend": a.ln_backend, "fuse_bn": not a.no_fuse_bn, "mamba_layout": a.mamba_layout,
-           "backend": a.backend, "pure_torch": a.pure_torch, "image_size": model.config.image_size, "clip_len": model.config.clip_len,
+           "channels_last": a.channels_last, "ln_backend": a.ln_backend, "fuse_bn": not a.no_fuse_bn,
+           "mamba_layout": a.mamba_layout, "backend": a.backend, "pure_torch": a.pure_torch,
+           "image_size": model.config.image_size, "clip_len": model.config.clip_len,
            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None, "modes": {}}
     todo = {"clip": lambda: (clip_mode(model, device, amp), 1),
             "stream": lambda: (stream_mode(model, device, 1, amp, a.compile, a.cuda_graphs, a.pure_torch,
