@@ -76,10 +76,12 @@ class StreamScorer:
     streams in lock-step and returns the same keys as (B,) arrays / (B, H, W).
 
     The scorer runs its own eval copy of ``model`` with BatchNorm folded into the convolutions (``fuse_bn=True``,
-    :func:`m2s2l.models.fuse.fused_for_inference`); ``fuse_bn=False`` scores with ``model`` itself."""
+    :func:`m2s2l.models.fuse.fused_for_inference`); ``fuse_bn=False`` scores with ``model`` itself.
+    ``cuda_graphs=True`` (CUDA only) captures the scoring step as a CUDA graph at the first scored frame (and again
+    when the batch size changes) and replays it for every later frame."""
 
     def __init__(self, model, calibration=None, device=None, hysteresis=3, threshold_z=None, amp=False,
-                 compile=False, flow_method="dis", fuse_bn=True):
+                 compile=False, flow_method="dis", fuse_bn=True, cuda_graphs=False):
         if hysteresis < 1:
             raise ValueError(f"hysteresis must be >= 1 frame, got {hysteresis}")
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -109,6 +111,11 @@ class StreamScorer:
         # custom ops are opaque to the compiler); on CPU the fused scan loop is ~8x faster than eager (bench/fps.py)
         # after a compile of minutes (first scored frame)
         self._compiled = torch.compile(self.step) if compile else None
+        # cuda_graphs: the scoring step is captured once per batch size as a CUDA graph and replayed (static input
+        # buffers, the state copied in, the graph's outputs read back): one launch a frame instead of hundreds
+        if cuda_graphs and self.device.type != "cuda":
+            raise ValueError(f"cuda_graphs needs a CUDA device, got device={self.device}")
+        self._cuda_graphs, self._graph = bool(cuda_graphs), None
         self.reset()
 
     def reset(self):
@@ -199,11 +206,41 @@ class StreamScorer:
 
     def _run_step(self, frames):
         motion_in = self.flow if self.step.flow else self.prev
+        args = (frames, motion_in, *self.state)
+        if not self._cuda_graphs:
+            return self._call(*args)
+        g = self._graph
+        if g is None or any(a.shape != b.shape or a.dtype != b.dtype for a, b in zip(args, g[1])):
+            g = self._graph = None  # a new batch size / dtype: capture again (frees the old graph first)
+            g = self._graph = self._capture(args)
+        graph, static_in, static_out = g
+        for dst, src in zip(static_in, args):
+            dst.copy_(src)
+        graph.replay()
+        return static_out
+
+    def _call(self, *args):
         if self._compiled is None:
-            return self.step(frames, motion_in, *self.state)
+            return self.step(*args)
         from .export import pure_torch_ops
         with pure_torch_ops():
-            return self._compiled(frames, motion_in, *self.state)
+            return self._compiled(*args)
+
+    def _capture(self, args):
+        """(graph, static inputs, static outputs) of one scoring step on inputs shaped like ``args``; two eager
+        warm-up calls on a side stream first (kernel compilation, cuDNN algorithm choice, allocator)."""
+        static_in = [a.clone() for a in args]
+        cur = torch.cuda.current_stream(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(cur)
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._call(*static_in)
+        cur.wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = self._call(*static_in)
+        return graph, static_in, static_out
 
     def _alerts(self, raw):
         B = raw.shape[0]
@@ -260,7 +297,7 @@ def run_score(args):
     if cal is None:
         print("warning: the checkpoint has no calibration: no normalised scores and no alerts", file=sys.stderr)
     scorer = StreamScorer(model, cal, device, hysteresis=args.hysteresis, threshold_z=args.threshold_z,
-                          amp=args.amp, compile=args.compile,
+                          amp=args.amp, compile=args.compile, cuda_graphs=args.cuda_graphs,
                           flow_method=(ckpt.get("train_args") or {}).get("flow_method", "dis"))
     os.makedirs(args.out, exist_ok=True)
     csv_path = os.path.join(args.out, "scores.csv")
@@ -303,4 +340,6 @@ def add_parser(subparsers):
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     p.add_argument("--compile", action="store_true", help="torch.compile the step (pure-PyTorch Mamba ops): much "
                    "faster on CPU after a compile of minutes at the first scored frame")
+    p.add_argument("--cuda-graphs", action="store_true", help="CUDA: replay the scoring step as a CUDA graph "
+                   "(captured at the first scored frame; far fewer launches per frame)")
     p.set_defaults(func=run_score)
