@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Issue 7 / 2 on the GPU box (repo root), one call (~5 min): the session-6 inference changes measured against their
 # baselines in the same call -- (1) GPU tests of the Mamba "channel" layout, BatchNorm folding and StreamScorer's
-# CUDA graphs; (2) fps of
-# m2s2l_paper (bf16, CUDA graphs, channels_last) with Mamba.layout time vs auto and BatchNorm folded vs not; (3) the
-# Mamba block table (speed.py --ops mamba: "triton" = time layout, "triton-chan" = channel layout). JSON under $OUT.
+# CUDA graphs; (2) fps of m2s2l_paper (bf16, CUDA graphs, channels_last) with Mamba.layout time vs auto and
+# BatchNorm folded vs not; (3) the Mamba block table (speed.py --ops mamba: "triton" = time layout, "triton-chan" = channel layout). JSON under $OUT.
 #   bash bench/gpu_layout_check.sh
 set -u
 OUT=${OUT:-/tmp/m2s2l_out}; mkdir -p "$OUT"
