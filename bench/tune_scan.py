@@ -127,7 +127,8 @@ def seq_bwd_candidates(stage, best=None):
     program count and register cap around stage a's best."""
     if stage == "a":
         return [dict(seq_bwd_block_d=bd, seq_bwd_warps=w) for bd, w in
-                ((32, 1), (16, 1), (64, 2), (32, 2), (64, 4), (16, 2), (32, 4), (128, 4), (64, 1), (8, 1))]
+                ((32, 1), (128, 8), (32, 8), (16, 1), (64, 2), (32, 2), (64, 4), (16, 2), (32, 4), (128, 4),
+                 (64, 8), (64, 1), (8, 1))]  # 8 warps: half the barriers (session-6 AOT report)
     best = best or {}
     return ([dict(best, seq_bwd_progs_per_sm=p) for p in (4, 8, 16, 32, 2)]
             + [dict(best, seq_bwd_maxnreg=r) for r in (128, 168, 96)])
