@@ -155,9 +155,11 @@ def test_step_matches_forward(backend, device, monkeypatch):
 
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
-def test_chunked_forward_with_cache_matches_full(backend, device):
-    """forward(chunk, inference_cache) carries the state: prefill 5 tokens, a chunk of 2, then steps."""
-    m = _block(Mamba, 16, d_conv=4, backend=backend).to(device)
+@pytest.mark.parametrize("layout", ["time", "channel"])
+def test_chunked_forward_with_cache_matches_full(backend, layout, device):
+    """forward(chunk, inference_cache) carries the state: prefill 5 tokens, a chunk of 2, then steps (both
+    activation layouts: the chunks' conv and scan start from the cache)."""
+    m = _block(Mamba, 16, d_conv=4, backend=backend, layout=layout).to(device)
     x = torch.randn(2, 11, 16, device=device)
     with torch.no_grad():
         full = m(x)
