@@ -237,4 +237,4 @@ class Mamba(nn.Module):
 
     def extra_repr(self):
         return (f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, d_conv={self.d_conv}, "
-                f"dt_rank={self.dt_rank}, backend={self.backend!r}, layout={self.layout!r}")
+                f"dt_rank={self.dt_rank}, backend={self.backend!r}, layout={getattr(self, 'layout', 'time')!r}")
