@@ -46,17 +46,20 @@ def load_clips(data, split, names, size, channels, workers=2):
     return {n: read_clip(clips[n], size, channels, workers=workers) for n in names}
 
 
-def inject(frames_by_clip, seed, clip_len):
-    """Pseudo-anomalies per clip: ``(store, kind_labels {name: (n,) str}, events {name: [...]})``."""
+def inject(frames_by_clip, seed, clip_len, difficulty="standard"):
+    """Pseudo-anomalies per clip: ``(store, kind_labels {name: (n,) str}, events {name: [...]})``;
+    ``difficulty`` names a preset of ``m2s2l.engine.pseudo.PRESETS``."""
     from m2s2l.data.store import FrameStore
-    from m2s2l.engine.pseudo import inject_pseudo_anomalies
+    from m2s2l.engine.pseudo import PRESETS, inject_pseudo_anomalies
+    if difficulty not in PRESETS:
+        raise ValueError(f"difficulty must be one of {sorted(PRESETS)}, got {difficulty!r}")
     arrays, labels, kinds, events = [], {}, {}, {}
     for name, a in frames_by_clip.items():
         rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
         hwc = a.transpose(0, 2, 3, 1)
         hwc = hwc[..., 0] if hwc.shape[-1] == 1 else hwc
         out, lab, ev = inject_pseudo_anomalies(np.ascontiguousarray(hwc), rng, start_min=clip_len,
-                                               return_events=True)
+                                               return_events=True, **PRESETS[difficulty])
         arrays.append(out[:, None] if out.ndim == 3 else out.transpose(0, 3, 1, 2))
         labels[name], events[name] = lab, ev
         k = np.full(len(lab), "", object)
@@ -112,6 +115,8 @@ def main(argv=None):
     p.add_argument("--clips", default=None, help="comma-separated validation clips (default: the checkpoint's "
                    "calibration clips)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--difficulty", default="standard", help="pseudo-anomaly preset of m2s2l.engine.pseudo.PRESETS: "
+                   "standard | hard (smaller, slower intruders; 2x frame skips)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu (torch backend) | cuda (Triton kernels, float32: seconds "
@@ -134,7 +139,7 @@ def main(argv=None):
         raise ValueError("no validation clips: pass --clips (the checkpoint has no calibration clips)")
     t0 = time.time()
     store, kinds, events = inject(load_clips(args.data, args.split, names, cfg.image_size, cfg.in_channels),
-                                  args.seed, T)
+                                  args.seed, T, args.difficulty)
     if getattr(cfg, "motion_target", "diff") == "flow":  # flow of the frames as injected (same method as training)
         store.compute_flow((ckpt.get("train_args") or {}).get("flow_method", "dis"))
     n_scored = sum(max(0, n - T) for n in store.lengths)
@@ -163,7 +168,8 @@ def main(argv=None):
     if args.json:
         out = {"selected": chosen, "rule": "best micro AUC; ties (3 decimals) -> fewer terms, then list order",
                "checkpoint": os.path.abspath(args.ckpt), "model": ckpt.get("model"), "data": os.path.abspath(args.data),
-               "split": args.split, "clips": names, "seed": args.seed, "clip_len": T, "n_frames_scored": n_scored,
+               "split": args.split, "clips": names, "seed": args.seed, "difficulty": args.difficulty, "clip_len": T,
+               "n_frames_scored": n_scored,
                "events": events, "variants": results, "seconds": round(t_score, 1)}
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as fh:

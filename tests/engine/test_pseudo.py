@@ -11,7 +11,7 @@ from m2s2l.cli import main
 from m2s2l.data.synthetic import make_dataset
 from m2s2l.engine.checkpoint import make_checkpoint, save_checkpoint
 from m2s2l.engine.evaluate import score_variants
-from m2s2l.engine.pseudo import inject_pseudo_anomalies
+from m2s2l.engine.pseudo import PRESETS, inject_pseudo_anomalies
 from m2s2l.models import create_model
 from m2s2l.models.scoring import SCORE_VARIANTS, neg_psnr, patch_max_db
 
@@ -65,6 +65,22 @@ def test_skip_event_replays_frames_faster_and_patch_moves():
             assert 2.5 * 1.5 * 64 / 256 <= e["speed_px_per_frame"] <= 5 * 1.5 * 64 / 256
             diff = [np.argwhere(out[a + j] != frames[a + j]).mean(0) for j in (0, L - 1)]
             assert np.linalg.norm(diff[1] - diff[0]) > 0.5 * e["speed_px_per_frame"] * (L - 1)
+
+
+def test_hard_preset_makes_smaller_slower_intruders_and_2x_skips():
+    frames = noise_clip(n=400, shape=(256, 256))
+    _, lab, events = inject_pseudo_anomalies(frames, 5, n_patch=4, n_skip=2, return_events=True, **PRESETS["hard"])
+    patches = [e for e in events if e["kind"] == "patch"]
+    skips = [e for e in events if e["kind"] == "skip"]
+    assert patches and skips and lab.sum() == sum(e["length"] for e in events)
+    for e in patches:
+        assert 10 <= e["size"][0] <= 20 and 5 <= e["size"][1] <= 20
+        assert 1.5 * 1.5 <= e["speed_px_per_frame"] <= 3.0 * 1.5
+    assert {e["skip"] for e in skips} == {2}
+    _, _, std = inject_pseudo_anomalies(frames, 5, n_patch=4, n_skip=2, return_events=True, **PRESETS["standard"])
+    assert all(e["size"][0] >= 20 for e in std if e["kind"] == "patch")
+    with pytest.raises(ValueError, match="size"):
+        inject_pseudo_anomalies(frames, 0, size=(0, 10))
 
 
 def test_injection_bad_inputs():
@@ -142,6 +158,14 @@ def test_select_score_end_to_end(synth, tmp_path):
     best = max(r["micro_auc"] for r in res["variants"].values())
     assert round(res["variants"][chosen]["micro_auc"], 3) == round(best, 3)
     assert all(e["start"] >= 4 for ev in res["events"].values() for e in ev)
+    assert res["difficulty"] == "standard"
+    hard = tmp_path / "hard.json"
+    select_score.main(["--ckpt", ck, "--data", root, "--json", str(hard), "--threads", "1", "--difficulty", "hard"])
+    res_h = json.load(open(hard))
+    assert res_h["difficulty"] == "hard" and res_h["events"] != res["events"]
+    assert all(e["skip"] == 2 for ev in res_h["events"].values() for e in ev if e["kind"] == "skip")
+    with pytest.raises(ValueError, match="difficulty"):
+        select_score.main(["--ckpt", ck, "--data", root, "--difficulty", "nope"])
 
 
 def test_select_rule_prefers_fewer_terms_on_ties():
