@@ -162,7 +162,7 @@ def main(argv=None):
     p.add_argument("--channels-last", action="store_true", help="model weights and frames in channels_last "
                    "(NHWC convolutions)")
     p.add_argument("--mamba-layout", default=None, help="time | channel | auto: Mamba.layout of every Mamba block "
-                   "(the scan inputs' memory layout; default: the blocks' own, time)")
+                   "(the scan inputs' memory layout; default: the blocks' own, auto)")
     p.add_argument("--no-fuse-bn", action="store_true", help="keep the BatchNorm kernels (default: fold them into "
                    "the convolutions, as m2s2l score / StreamScorer do)")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="after timing, profile N calls of each mode "

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from m2s2l import ops
-from m2s2l.ops._backend import BACKENDS
+from m2s2l.ops._backend import BACKENDS, resolve_backend
 
 
 def check_hidden(name, x, d_model, seqlen=None):
@@ -32,9 +32,14 @@ def check_hidden(name, x, d_model, seqlen=None):
 # projection GEMMs: each channel's steps contiguous (what the chunked long-sequence kernels read); "channel" = the
 # channels of one step contiguous (the GEMMs' natural (batch*seqlen, d) output, no transposing copies of B and C):
 # the sequential short-sequence kernels then load each step's channels as one contiguous vector instead of one
-# cache line per channel; "auto" = "channel" for seqlen <= SHORT_SEQLEN (the scan's sequential-kernel range).
+# cache line per channel; "auto" (the default) = "channel" where it measured faster on an H200 (session 7,
+# docs/BENCHMARKS.md: Mamba block bf16, video (16384, 8, 64) fwd 1.16x / fwd+bwd 1.10x, long (8, 2048, 1024) fwd
+# 1.61x / fwd+bwd 1.07x; m2s2l_paper 32-stream scoring 1.25x): the Triton scan on seqlen <= SHORT_SEQLEN (its
+# sequential kernels) or seqlen >= LONG_SEQLEN (its chunk-parallel kernels); "time" elsewhere (33..1023 steps
+# not measured) and on the PyTorch reference.
 LAYOUTS = ("time", "channel", "auto")
 SHORT_SEQLEN = 32
+LONG_SEQLEN = 1024
 
 
 def check_layout(layout):
@@ -71,7 +76,7 @@ class Mamba(nn.Module):
         ceil(d_model / 16). bias: bias of in_proj/out_proj (False). conv_bias: bias of the conv (True).
         dt_min, dt_max, dt_init_floor, dt_scale: mamba-ssm's dt initialisation.
         backend: "auto" | "triton" | "cuda" | "torch", passed to every op (settable attribute).
-        layout: "time" (default) | "channel" | "auto": memory layout of the scan's inputs (``LAYOUTS`` above;
+        layout: "auto" (default) | "time" | "channel": memory layout of the scan's inputs (``LAYOUTS`` above;
         settable attribute; the CUDA-extension backend always uses "time"). Same results up to rounding.
         layer_idx: kept for mamba-ssm compatibility (unused). device, dtype: factory kwargs; A_log and D
         are always created in float32.
@@ -86,7 +91,7 @@ class Mamba(nn.Module):
 
     def __init__(self, d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto", bias=False, conv_bias=True,
                  dt_min=1e-3, dt_max=0.1, dt_init_floor=1e-4, dt_scale=1.0, backend="auto", layer_idx=None,
-                 device=None, dtype=None, layout="time"):
+                 device=None, dtype=None, layout="auto"):
         super().__init__()
         fk = {"device": device, "dtype": dtype}
         if d_conv < 1:
@@ -125,7 +130,7 @@ class Mamba(nn.Module):
         """
         check_hidden("hidden_states", hidden_states, self.d_model)
         batch, seqlen, _ = hidden_states.shape
-        chan = self._channel_layout(seqlen)
+        chan = self._channel_layout(seqlen, hidden_states.device)
         xz = self._in_proj(hidden_states, chan)                                  # (batch, 2*d_inner, seqlen)
         x, z = xz.chunk(2, dim=1)
         conv_state = ssm_state = None
@@ -138,12 +143,15 @@ class Mamba(nn.Module):
             y = y[:, :, -1:]
         return self.out_proj(y.transpose(1, 2))
 
-    def _channel_layout(self, seqlen):
+    def _channel_layout(self, seqlen, device):
         """Whether this call runs in the "channel" layout (``LAYOUTS``)."""
         layout = getattr(self, "layout", "time")  # modules pickled before the attribute existed
-        if self.backend == "cuda":
+        if self.backend == "cuda" or layout == "time":
             return False
-        return layout == "channel" or (layout == "auto" and seqlen <= SHORT_SEQLEN)
+        if layout == "channel":
+            return True
+        return (resolve_backend(self.backend, device) == "triton"
+                and (seqlen <= SHORT_SEQLEN or seqlen >= LONG_SEQLEN))
 
     def _in_proj(self, h, channel=False):
         """One GEMM: (batch, seqlen, d_model) -> (batch, 2*d_inner, seqlen), seqlen-contiguous (as mamba-ssm) or,

@@ -76,9 +76,10 @@ def test_channel_layout_matches_time_layout(backend, layout, seqlen, device, mon
                         lambda u, delta, *a, **k: seen.append((u.stride(1), delta.stride(1))) or fwd(u, delta, *a, **k))
     block = _block(Mamba, 24, d_state=8, bias=True).to(device)
     block.backend = backend
+    assert block.layout == "auto"                                   # the default
+    block.layout = "time"
     x = torch.randn(3, seqlen, 24, generator=torch.Generator().manual_seed(2)).to(device)
     ref = _loss_grads(block, x)
-    assert block.layout == "time"
     block.layout = layout
     got = _loss_grads(block, x)
     _assert_close_all(got, ref)
@@ -87,6 +88,26 @@ def test_channel_layout_matches_time_layout(backend, layout, seqlen, device, mon
     torch.testing.assert_close(block(x, last_only=True), ref[0][:, -1:], rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="layout must be one of"):
         Mamba(8, layout="nhwc")
+
+
+def test_auto_layout_choice():
+    """layout="auto": channel-contiguous only where the Triton scan measured faster with it (seqlen <= 32 or
+    >= 1024), never on the PyTorch reference or the CUDA extension; "time"/"channel" are taken as given."""
+    from m2s2l.modules.mamba import LONG_SEQLEN, SHORT_SEQLEN
+    m = Mamba(8)
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    assert m.layout == "auto"
+    if triton_available():
+        assert [m._channel_layout(L, gpu) for L in (1, SHORT_SEQLEN, SHORT_SEQLEN + 1, LONG_SEQLEN - 1,
+                                                    LONG_SEQLEN, 10 ** 6)] == [True, True, False, False, True, True]
+    m.backend = "torch"
+    assert not m._channel_layout(8, gpu) and not m._channel_layout(8, cpu)
+    m.layout = "channel"
+    assert m._channel_layout(8, cpu) and m._channel_layout(300, cpu)
+    m.backend, m.layout = "cuda", "auto"
+    assert not m._channel_layout(8, gpu)
+    m.backend, m.layout = "auto", "time"
+    assert not m._channel_layout(8, gpu)
 
 
 def _mamba_direction(bi, g):
