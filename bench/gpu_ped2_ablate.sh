@@ -12,6 +12,11 @@
 # CUDA MPS is started when the box allows it (the runs then share the GPU instead of time-slicing it).
 # Runs go to runs/abl_<name>/, logs to /tmp/m2s2l/train_<name>.log; follow with `bash bench/gpu_ablate_wait.sh`
 # and `bash bench/gpu_ped2_ablate_eval.sh`.
+# CHAIN_EVAL=1: when every run has ended, the device itself starts `bench/gpu_ped2_ablate_eval.sh` (with the same
+# SHIPPED / DIFFICULTIES), writing to /tmp/m2s2l_chain; `gpu_ablate_wait.sh` then waits for it too and copies its
+# results into the calling command's $OUT. Unpack the test parts BEFORE this call: a finished run's evaluation then
+# needs no further call (a machine handed back between calls loses everything on its disk; session 7 lost a
+# trained run that way).
 set -u
 OUT=${OUT:-/tmp/m2s2l_out}; LOG=/tmp/m2s2l; mkdir -p "$OUT" "$LOG"
 export PYTHONPATH=$PWD:${PYTHONPATH:-}
@@ -48,4 +53,13 @@ for v in ${VARIANTS:-control flow wmot2}; do
     > $LOG/train_$v.log 2>&1; echo rc=\$? >> $LOG/train_$v.log" > /dev/null 2>&1 &
   echo "started $v: ${SETS[$v]:-(recipe as is)}"
 done
+if [ "${CHAIN_EVAL:-0}" = 1 ]; then
+  [ -d _data/ped2_test ] || echo "CHAIN_EVAL: _data/ped2_test is missing: the chained evaluation will fail"
+  rm -rf /tmp/m2s2l_chain; mkdir -p /tmp/m2s2l_chain
+  setsid nohup bash -c "while ls $LOG/train_*.log > /dev/null 2>&1 && \
+      [ \$(grep -L '^rc=' $LOG/train_*.log | wc -l) -gt 0 ]; do sleep 10; done; \
+    OUT=/tmp/m2s2l_chain bash bench/gpu_ped2_ablate_eval.sh > /tmp/m2s2l_chain/eval.log 2>&1; \
+    echo rc=\$? > /tmp/m2s2l_chain/done" > /dev/null 2>&1 &
+  echo "chained evaluation armed"
+fi
 bash bench/gpu_ablate_wait.sh "${WAIT_S:-500}"
