@@ -3,7 +3,9 @@ delta_bias, delta_softplus=True) on the LM, spatial and temporal (video) shapes.
 
 Impls: "triton" (m2s2l.ops.selective_scan_fn, backend="triton"), "triton-kern" (the launchers alone),
 "cuda-ext" / "cuda-kern" (the same for our CUDA extension m2s2l._C, backend="cuda", when it is built),
-"torch" (the float32 reference loop; slow shapes timed with one call, fwd+bwd only where the autograd graph
+"triton-chan" (the op on u, delta, z stored channel-contiguous, stride (dim*L, 1, dim): the layout a Mamba
+block with ``layout="channel"`` hands it), "triton-tr" (time-layout inputs copied to that layout inside the timed
+call: what converting in the op would cost and gain), "torch" (the float32 reference loop; slow shapes timed with one call, fwd+bwd only where the autograd graph
 is small), "mamba-ssm" (its CUDA selective_scan_fn, when ``mamba_ssm.ops.selective_scan_interface`` imports).
 Bytes (ideal): fwd = u, delta, z, B, C read + out written; fwd+bwd adds u, delta, z, B, C, dout read and
 du, ddelta, dz, dB, dC written. Exps (ideal): one exp(delta*A) per (batch, dim, seqlen, N) forward, two for
@@ -58,6 +60,23 @@ def _fwdbwd(fn, ins, dout, **kw):
     return run
 
 
+def _channel_major(t):
+    """The same values with channels contiguous: (batch, dim, L) with strides (dim * L, 1, dim)."""
+    return t.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_(t.requires_grad)
+
+
+def _chan_inputs(ins):
+    return {k: _channel_major(v) if k in ("u", "delta", "z") else v for k, v in ins.items()}
+
+
+def _converting(fn):
+    """fn called on u, delta, z converted to the channel-contiguous layout inside the call (the copies timed)."""
+    def call(u, delta, A, B, C, D, z, delta_bias, **kw):
+        cm = lambda t: t.transpose(1, 2).contiguous().transpose(1, 2)  # noqa: E731
+        return fn(cm(u), cm(delta), A, B, C, D, cm(z), delta_bias, **kw)
+    return call
+
+
 def _kernels(ins, dout):
     """The Triton launchers alone (no validation, no custom-op/autograd dispatch): the kernels' own time."""
     from m2s2l.triton_kernels.selective_scan.scan import selective_scan_bwd, selective_scan_fwd
@@ -105,6 +124,10 @@ def cases(device, dtypes, modes, quick):
         if on_gpu or interpret_mode():
             impls["triton"] = wrap(selective_scan_fn, backend="triton")
             impls["triton-kern"] = _kernels(ins, dout)
+            chan = _chan_inputs(ins)
+            impls["triton-chan"] = (_fwdbwd(selective_scan_fn, chan, dout, backend="triton") if grad
+                                    else _fwd(selective_scan_fn, chan, backend="triton"))
+            impls["triton-tr"] = wrap(_converting(selective_scan_fn), backend="triton")
         if on_gpu and cuda_ext() is not None:
             impls["cuda-ext"] = wrap(selective_scan_fn, backend="cuda")
             impls["cuda-kern"] = _cuda_kernels(ins, dout)
