@@ -5,8 +5,8 @@ Impls: "triton" (m2s2l.ops.selective_scan_fn, backend="triton"), "triton-kern" (
 "cuda-ext" / "cuda-kern" (the same for our CUDA extension m2s2l._C, backend="cuda", when it is built),
 "triton-chan" (the op on u, delta, z stored channel-contiguous, stride (dim*L, 1, dim): the layout a Mamba
 block with ``layout="channel"`` hands it), "triton-tr" (time-layout inputs copied to that layout inside the timed
-call: what converting in the op would cost and gain), "torch" (the float32 reference loop; slow shapes timed with one call, fwd+bwd only where the autograd graph
-is small), "mamba-ssm" (its CUDA selective_scan_fn, when ``mamba_ssm.ops.selective_scan_interface`` imports).
+call: what converting in the op would cost and gain), "torch" (the float32 reference loop; slow shapes timed
+with one call, fwd+bwd only where the autograd graph is small), "mamba-ssm" (its CUDA selective_scan_fn, when ``mamba_ssm.ops.selective_scan_interface`` imports).
 Bytes (ideal): fwd = u, delta, z, B, C read + out written; fwd+bwd adds u, delta, z, B, C, dout read and
 du, ddelta, dz, dB, dC written. Exps (ideal): one exp(delta*A) per (batch, dim, seqlen, N) forward, two for
 fwd+bwd (the backward must recompute them); the softplus/silu exponentials are per (batch, dim, seqlen) and
