@@ -14,7 +14,8 @@ custom ops, which fvcore cannot see into, are counted by the handles below:
 Elementwise ops and reductions (activations, residual adds, softplus/exp inside modules, means) are not
 counted, as is usual for fvcore numbers; they are listed under "uncounted_elementwise_ops". Any other op
 fvcore does not know is an error and is listed under "unsupported_ops" (it must stay empty).
-With --json the last printed line is a JSON object.
+With --json the last printed line is a JSON object. --all-steps counts the architecture as drawn (every temporal block
+on every step) instead of what runs (only the used last step of each branch's last block).
 """
 import argparse
 import json
@@ -75,6 +76,16 @@ HANDLES = {"m2s2l::selective_scan_fwd": scan_flop_jit, "m2s2l::causal_conv1d_fwd
            "m2s2l::layer_norm_fwd": layer_norm_flop_jit}
 
 
+def set_all_steps(model):
+    """Every temporal Mamba block on every step (the architecture as drawn; the model computes only the steps it
+    uses: the gate z, out_proj and residual of each branch's last block on the last step)."""
+    from m2s2l.models.temporal import MultiTemporalMamba
+    for m in model.modules():
+        if isinstance(m, MultiTemporalMamba):
+            m.last_only = False
+    return model
+
+
 def count(model, inputs):
     """-> (fvcore FlopCountAnalysis, uncounted elementwise Counter, unsupported Counter)."""
     from fvcore.nn import FlopCountAnalysis
@@ -92,6 +103,9 @@ def main(argv=None):
     p.add_argument("--preset", default="m2s2l_paper")
     p.add_argument("--json", action="store_true", help="last line: JSON summary")
     p.add_argument("--depth", type=int, default=3, help="module depth of the table")
+    p.add_argument("--all-steps", action="store_true",
+                   help="the architecture's count: every temporal block on every step (MultiTemporalMamba.last_only "
+                        "= False), as if the unused steps of each branch's last block were computed")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                    help="config overrides, e.g. image_size=128 (Python literals)")
     a = p.parse_args(argv)
@@ -111,6 +125,8 @@ def main(argv=None):
     logging.getLogger("fvcore").setLevel(logging.ERROR)
     torch.manual_seed(0)
     model = create_model(a.preset, backend="torch", **overrides).eval()
+    if a.all_steps:
+        set_all_steps(model)
     inputs = model.example_inputs(1)
     with torch.no_grad():
         fca, elementwise, other = count(model, inputs)

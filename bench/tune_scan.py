@@ -4,6 +4,7 @@
                               [--budget-s 270] [--json PATH] [--quick] [--cseq]
     python bench/tune_scan.py --shapes spatial,LM --modes fwd,fwdbwd --cseq --budget-s 240
     python bench/tune_scan.py --shapes temporal8,temporal16,train64,train128,train256 --modes bwd --budget-s 400
+    python bench/tune_scan.py --shapes temporal8,stream64 --modes fwd --progs --layout channel
     python bench/tune_scan.py --aot "" | --aot "fwd_block_d=8,chunk=8"    (no GPU: sm_90 compiler report)
 
 Setup as bench/cases_scan.py (bf16, N = 16, input-dependent B/C (batch, 1, N, L), z, D, delta_bias, softplus);
@@ -55,7 +56,7 @@ if not torch.cuda.is_available() and "--aot" not in sys.argv:
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # this checkout's m2s2l (and, through it, its triton_kernels/), not an editable install of another worktree
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from cases_scan import SHAPES, _inputs  # noqa: E402
+from cases_scan import SHAPES, _chan_inputs, _inputs  # noqa: E402
 from common import SWEEP_HEADER, best_of, device_name, rel_rms, time_ms  # noqa: E402
 from common import sweep as common_sweep  # noqa: E402
 
@@ -65,6 +66,8 @@ from m2s2l.triton_kernels.selective_scan.naive import selective_scan_ref  # noqa
 QUICK = [("tiny-long", (1, 4, 40)), ("tiny-video", (2, 4, 8))]  # interpreter cost grows with programs x steps
 # the temporal level-0..2 scans of training (batch 16, T = 4): many length-4 sequences
 TRAIN_SHAPES = [("train64", (262144, 64, 4)), ("train128", (65536, 128, 4)), ("train256", (16384, 256, 4))]
+# the temporal scans of 32 streams scored at once (bench/fps.py --modes batched, m2s2l_paper, T = 4): levels 0-1
+STREAM_SHAPES = [("stream64", (524288, 64, 4)), ("stream128", (131072, 128, 4))]
 QUICK_CSEQ = dict(cseq=1, cseq_chunk=16)  # --quick --cseq: 3 chunks on tiny-long
 QUICK_BWD = [("tiny-video", (3, 8, 8)), ("tiny-train", (5, 4, 4))]
 KEYS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
@@ -109,6 +112,13 @@ def fwd_candidates(L, only_cseq=False):
                 (32, 4, 4), (32, 8, 8), (8, 16, 4), (16, 16, 4))]
     before = [dict(fwd_block_d=16)]  # the launchers at 27867ee (before the grid-fill rule; same on the LM shape)
     return [{}] + cseq_fwd_candidates() + before + seq + chunked
+
+
+def progs_candidates(L):
+    """``--progs``: the persistent sequential forward's program count (programs per SM; 0 = one program per row,
+    the launch before session 8), for the kernel the shape runs (sequential <= 32 steps, else cseq)."""
+    key = "seq_fwd_progs_per_sm" if L <= 32 else "cseq_fwd_progs_per_sm"
+    return [{}] + [{key: p} for p in (0, 4, 6, 8, 12, 16, 24, 32)]
 
 
 def bwd_candidates(L):
@@ -330,11 +340,12 @@ def aot_report(shapes, cfg, num_sms=132):
 
 def pick_shapes(arg):
     """The (name, shape) pairs named in ``arg`` (comma-separated, case-insensitive); SystemExit on an unknown name."""
-    known = {n.lower(): (n, s) for n, s in SHAPES + TRAIN_SHAPES}
+    known = {n.lower(): (n, s) for n, s in SHAPES + TRAIN_SHAPES + STREAM_SHAPES}
     names = [x.strip().lower() for x in arg.split(",") if x.strip()]
     bad = [x for x in names if x not in known]
     if bad or not names:
-        sys.exit(f"--shapes: unknown {bad or arg!r}; known: {', '.join(n for n, _ in SHAPES + TRAIN_SHAPES)}")
+        sys.exit(f"--shapes: unknown {bad or arg!r}; known: "
+                 f"{', '.join(n for n, _ in SHAPES + TRAIN_SHAPES + STREAM_SHAPES)}")
     return [known[x] for x in dict.fromkeys(names)]
 
 
@@ -347,6 +358,11 @@ def main():
     ap.add_argument("--quick", action="store_true", help="tiny shapes, 2 configs a stage (CPU smoke test)")
     ap.add_argument("--cseq", action="store_true",
                     help="sequences > 32 steps: only the default and the chunk-parallel sequential scan configs")
+    ap.add_argument("--progs", action="store_true",
+                    help="forward only: the persistent sequential forward's programs per SM (default first)")
+    ap.add_argument("--layout", choices=("time", "channel"), default="time",
+                    help="u/delta/z seqlen-contiguous (mamba-ssm's layout) or channel-contiguous (Mamba.layout "
+                         "'channel', what the model runs at <= 32 steps)")
     ap.add_argument("--aot", default=None, metavar="CFG",
                     help="no GPU needed: compile what the launchers pick under CFG ('' = defaults, else "
                          "M2S2L_SCAN_CFG syntax) for sm_90 and print registers/spills/occupancy; no timing")
@@ -370,6 +386,8 @@ def main():
     for si, (name, shape) in enumerate(shapes):
         share = (args.budget_s - (time.time() - t0)) / (len(shapes) - si)
         ins = _inputs(shape, torch.bfloat16, device, grad=False)
+        if args.layout == "channel":
+            ins = _chan_inputs(ins)
         dout = torch.randn(shape, device=device, dtype=torch.float32).to(torch.bfloat16)
         ref_err = check_default_vs_ref(ins)
         print(f"# {name} {shape}: default forward vs float32 reference (2 rows): rel RMS {ref_err:.2e}"
@@ -383,7 +401,7 @@ def main():
             summary.append(bwd_stage(name, shape, runs, t_shape + bshare, args.quick, device, all_rows))
             t_shape, share = time.time(), share - (time.time() - t_shape)
         if "fwd" in modes:
-            fcands = fwd_candidates(L, args.cseq)[: 2 if args.quick else None]
+            fcands = (progs_candidates(L) if args.progs else fwd_candidates(L, args.cseq))[: 2 if args.quick else None]
             if args.quick and args.cseq and L > 32:
                 fcands = [{}, QUICK_CSEQ]
             end = t_shape + share * (0.45 if "fwdbwd" in modes else 1.0)

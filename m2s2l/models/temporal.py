@@ -9,7 +9,8 @@ class MambaBlock(nn.Module):
     """Pre-norm residual block: x + mixer(LayerNorm(x)), x (batch, seqlen, dim).
 
     The norm is ``m2s2l.modules.LayerNorm`` (nn.LayerNorm's parameters and numerics; the Triton kernel for
-    short rows) with the mixer's backend. ``forward(x, last_only=True)`` returns only the last step,
+    short rows) with the mixer's backend; under autocast it outputs the autocast dtype, which the mixer's in_proj
+    would cast its input to anyway. ``forward(x, last_only=True)`` returns only the last step,
     (batch, 1, dim) = ``forward(x)[:, -1:]`` up to rounding, with the mixer's output projection and the residual
     computed for that step alone (the mixer must take ``last_only``, as ``Mamba`` does)."""
 
@@ -19,9 +20,12 @@ class MambaBlock(nn.Module):
         self.mixer = mixer
 
     def forward(self, x, last_only=False):
+        # under autocast the mixer's first use of the normed x is a GEMM that casts it to the autocast dtype:
+        # the norm writes that dtype directly (same values; nn.LayerNorm would return float32 on CUDA)
+        dt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
         if last_only:
-            return x[:, -1:] + self.mixer(self.norm(x), last_only=True)
-        return x + self.mixer(self.norm(x))
+            return x[:, -1:] + self.mixer(self.norm(x, out_dtype=dt), last_only=True)
+        return x + self.mixer(self.norm(x, out_dtype=dt))
 
 
 class MultiTemporalMamba(nn.Module):
@@ -32,8 +36,9 @@ class MultiTemporalMamba(nn.Module):
     and its last step (the state after the newest frame) is kept. The per-scale summaries are
     concatenated and fused by a linear layer, added to the newest frame's features (residual).
 
-    Only the last step of each branch is used, so the branch's last block runs with ``last_only`` (its output
-    projection and residual on that step alone). The one layout copy left is ``seq`` ((B, T, C, H, W) ->
+    Only the last step of each branch is used, so the branch's last block runs with ``last_only`` (its gate z,
+    output projection and residual on that step alone; attribute ``last_only = False`` runs every step, e.g. to
+    count the architecture's FLOPs). The one layout copy left is ``seq`` ((B, T, C, H, W) ->
     (B*H*W, T, C): the blocks need rows of C contiguous values); pooling, the last-step slices and the
     output (a (B, H, W, C) tensor seen as (B, C, H, W)) are computed or viewed without further copies."""
 
@@ -45,6 +50,7 @@ class MultiTemporalMamba(nn.Module):
                                                    backend=backend)) for _ in range(depth)])
             for _ in self.scales)
         self.fuse = nn.Linear(dim * len(self.scales), dim)
+        self.last_only = True  # False: every block on every step (same result up to rounding; FLOP counts)
 
     def forward(self, feats):
         B, T, C, H, W = feats.shape
@@ -53,8 +59,8 @@ class MultiTemporalMamba(nn.Module):
         for s, branch in zip(self.scales, self.branches):
             x = seq if s == 1 else seq.reshape(B * H * W, T // s, s, C).mean(2)
             for i, block in enumerate(branch):
-                x = block(x, last_only=i == len(branch) - 1)            # last block: (B*H*W, 1, C)
-            summaries.append(x[:, 0])                                   # (B*H*W, C)
+                x = block(x, last_only=self.last_only and i == len(branch) - 1)  # last block: (B*H*W, 1, C)
+            summaries.append(x[:, -1])                                  # (B*H*W, C)
         fused = seq[:, -1] + self.fuse(torch.cat(summaries, dim=-1))             # (B*H*W, C)
         return fused.reshape(B, H, W, C).permute(0, 3, 1, 2)
 

@@ -46,16 +46,20 @@ class LayerNorm(nn.LayerNorm):
             raise ValueError(f"normalized_shape must be one size (the last axis), got {self.normalized_shape}")
         self.backend = check_backend(backend)
 
-    def forward(self, input):
+    def forward(self, input, out_dtype=None):
+        """``out_dtype``: the output's dtype instead of nn.LayerNorm's (for a consumer that casts it anyway, e.g.
+        a GEMM under autocast: writing that dtype directly gives the same values without a float32 round trip)."""
         C = self.normalized_shape[0]
         if not isinstance(input, torch.Tensor):
             raise TypeError(f"input must be a torch.Tensor of shape (..., {C}), got {type(input).__name__}")
         if (self.backend == "torch" or torch.jit.is_tracing()
                 or (self.backend in ("auto", "cuda") and input.dtype not in FLOAT_DTYPES)):
-            return super().forward(input)  # tracing (ONNX export, fvcore): aten::layer_norm with a static shape
+            out = super().forward(input)  # tracing (ONNX export, fvcore): aten::layer_norm with a static shape
+            return out if out_dtype is None else out.to(out_dtype)
         if input.dim() < 1 or input.shape[-1] != C:
             raise ValueError(f"input must have shape (..., {C}), got {tuple(input.shape)}")
-        out_dtype = torch.float32 if autocast_to_float32(input.device.type) else None
+        if out_dtype is None and autocast_to_float32(input.device.type):
+            out_dtype = torch.float32
         return ops.layer_norm(input, self.weight, self.bias, self.eps, backend=self.backend, out_dtype=out_dtype)
 
     def extra_repr(self):

@@ -53,6 +53,39 @@ def test_cpu_autocast_like_nn_layer_norm(backend):
             torch.testing.assert_close(y.float(), y_ref.float(), rtol=1.6e-2, atol=1.6e-2)
 
 
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_out_dtype_equals_cast(backend, device):
+    """out_dtype=bf16 gives nn.LayerNorm's float32 output cast to bf16 (what a GEMM under autocast would do to
+    it), bit for bit (to one bf16 ulp under the interpreter), with the same gradients; MambaBlock relies on it."""
+    ref, ours = pair(32)
+    ref, ours = ref.to(device), ours.to(device)
+    ours.backend = backend
+    x = (torch.randn(4, 9, 32, device=device) * 2 + 1).requires_grad_()
+    dy = torch.randn(4, 9, 32, device=device).bfloat16()
+    y_ref, y = ref(x).to(torch.bfloat16), ours(x, out_dtype=torch.bfloat16)
+    assert y.dtype == torch.bfloat16
+    if backend == "torch" or device.type == "cuda":
+        assert torch.equal(y, y_ref)
+    else:  # Triton's CPU interpreter rounds float32 -> bf16 toward zero (the GPU rounds to nearest even)
+        torch.testing.assert_close(y.float(), y_ref.float(), rtol=2 ** -7, atol=0)
+    g_ref = torch.autograd.grad((y_ref * dy).float().sum(), [x] + list(ref.parameters()))
+    g = torch.autograd.grad((y * dy).float().sum(), [x] + list(ours.parameters()))
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_autocast_out_dtype(dtype):
+    """Under CUDA autocast, out_dtype=dtype == nn.LayerNorm's float32 output cast to dtype, bit for bit."""
+    ref, ours = pair(64)
+    ref, ours = ref.cuda(), ours.cuda()
+    x = torch.randn(1000, 4, 64, device="cuda").to(dtype)
+    with torch.autocast("cuda", dtype=dtype):
+        y_ref, y = ref(x).to(dtype), ours(x, out_dtype=dtype)
+    assert y.dtype == dtype and torch.equal(y, y_ref)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_cuda_autocast_like_nn_layer_norm(dtype):

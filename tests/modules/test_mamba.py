@@ -11,11 +11,13 @@ from m2s2l.ops import triton_available
 needs_triton = pytest.mark.skipif(not triton_available(), reason="needs triton")
 
 
-def _loss_grads(block, x, seed=1):
-    """Output and gradients (input + every parameter) of (out * g).sum() for a fixed random g."""
+def _loss_grads(fn, x, seed=1, block=None):
+    """Output and gradients (input + every parameter of ``block``, default ``fn`` itself) of (fn(x) * g).sum() for
+    a fixed random g."""
+    block = fn if block is None else block
     block.zero_grad(set_to_none=True)
     x = x.detach().clone().requires_grad_(True)
-    out = block(x)
+    out = fn(x)
     g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)).to(out)
     (out * g).sum().backward()
     grads = {"x": x.grad}
@@ -88,6 +90,30 @@ def test_channel_layout_matches_time_layout(backend, layout, seqlen, device, mon
     torch.testing.assert_close(block(x, last_only=True), ref[0][:, -1:], rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="layout must be one of"):
         Mamba(8, layout="nhwc")
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
+@pytest.mark.parametrize("layout", ["time", "channel"])
+def test_last_only_output_and_gradients(backend, layout, device, monkeypatch):
+    """forward(x, last_only=True) == forward(x)[:, -1:] with the same gradients (input and every parameter, the
+    in_proj weight's z rows only through the last step), and the scan gets z as the last step's gate broadcast
+    over time (stride 0: in_proj computed z for one step)."""
+    import m2s2l.ops.selective_scan as ss
+    zs = []
+    fwd = ss.selective_scan_fn
+    monkeypatch.setattr(ss, "selective_scan_fn", lambda *a, **k: zs.append(k.get("z")) or fwd(*a, **k))
+    monkeypatch.setattr("m2s2l.modules.mamba.ops.selective_scan_fn", ss.selective_scan_fn)
+    block = _block(Mamba, 24, d_state=8, bias=True).to(device)
+    block.backend, block.layout = backend, layout
+    x = torch.randn(3, 9, 24, generator=torch.Generator().manual_seed(5)).to(device)
+
+    def last_step(xx):
+        return block(xx)[:, -1:]
+    block_last = lambda xx: block(xx, last_only=True)  # noqa: E731
+    ref = _loss_grads(last_step, x, block=block)
+    got = _loss_grads(block_last, x, block=block)
+    _assert_close_all(got, ref)
+    assert zs[0].stride(2) != 0 and zs[-1].stride(2) == 0 and zs[-1].shape == (3, 48, 9)
 
 
 def test_auto_layout_choice():

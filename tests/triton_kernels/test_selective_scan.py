@@ -170,6 +170,8 @@ SEQ_CASES = [
     (2, 5, 4, 4, "g1", "fp32", False, True, dict(seq_bwd_block_d=2)),  # 3 blocks a group: atomic dB/dC
     (2, 5, 4, 4, "fixed", "fp32", False, True, dict(seq_bwd_block_d=2)),
     (3, 4, 4, 4, "g2", "fp32", False, True, dict(seq_bwd_programs=2)),  # 2 programs, 3 rows each
+    (5, 6, 7, 4, "g2", "fp32", True, True, dict(seq_fwd_programs=2)),  # persistent forward: 2 programs, 3/2 rows
+    (3, 8, 9, 16, "fixed", "bf16", False, True, dict(seq_fwd_programs=1, seq_block_d=4)),  # fixed B/C hoisted
     (5, 6, 4, 4, "g1", "fp32", True, True, dict(seq_bwd_block_d=4, seq_bwd_programs=1)),
     (2, 8, 7, 4, "g2", "fp32", True, True, dict(seq=0)),  # chunked both ways on a short sequence
     (2, 6, 20, 17, "fixed", "fp32", False, True, dict(seq=0)),
@@ -223,6 +225,22 @@ def test_seq_bwd_gpu_tile_rule(monkeypatch):
     assert [scan_config._seq_bwd_warps(b, 16) for b in (32, 64, 128)] == [1, 2, 4]
     monkeypatch.setattr(scan_config, "_CFG", {"seq_bwd_block_d": 16})
     assert scan_config._seq_bwd_block_d(128, 16) == 16
+
+
+def test_seq_fwd_programs_rule(monkeypatch):
+    """The persistent sequential forward's grid: SEQ_FWD_PROGS_PER_SM x SMs programs over the channel blocks, at
+    most one per row; seq_fwd_progs_per_sm=0 is one program per row; seq_fwd_programs sets the count."""
+    monkeypatch.setattr(scan_config, "_CFG", {})
+    dev = torch.device("cpu")  # 132 SMs assumed off-GPU
+    per_sm = scan_config.SEQ_FWD_PROGS_PER_SM
+    assert scan_config.seq_fwd_programs(10 ** 6, 1, dev) == per_sm * 132
+    assert scan_config.seq_fwd_programs(10 ** 6, 4, dev) == per_sm * 132 // 4
+    assert scan_config.seq_fwd_programs(7, 1, dev) == 7
+    cseq = scan_config.CSEQ_FWD_PROGS_PER_SM
+    assert scan_config.seq_fwd_programs(10 ** 6, 1, dev, "cseq_fwd") == (cseq * 132 if cseq > 0 else 10 ** 6)
+    monkeypatch.setattr(scan_config, "_CFG", {"seq_fwd_progs_per_sm": 0, "cseq_fwd_programs": 3})
+    assert scan_config.seq_fwd_programs(10 ** 6, 1, dev) == 10 ** 6
+    assert scan_config.seq_fwd_programs(10 ** 6, 1, dev, "cseq_fwd") == 3
 
 
 def test_torch_backend_matches_triton(device):
