@@ -115,10 +115,11 @@ def fwd_candidates(L, only_cseq=False):
 
 
 def progs_candidates(L):
-    """``--progs``: the persistent sequential forward's program count (programs per SM; 0 = one program per row,
-    the launch before session 8), for the kernel the shape runs (sequential <= 32 steps, else cseq)."""
-    key = "seq_fwd_progs_per_sm" if L <= 32 else "cseq_fwd_progs_per_sm"
-    return [{}] + [{key: p} for p in (0, 4, 6, 8, 12, 16, 24, 32)]
+    """``--progs``: the persistent sequential forward (programs per SM; the default is one program per row), for the
+    kernel the shape runs (sequential <= 32 steps, else cseq), and at 6 per SM with a register cap."""
+    pre = "seq_fwd" if L <= 32 else "cseq_fwd"
+    return ([{}] + [{pre + "_progs_per_sm": p} for p in (6, 12, 24)]
+            + [{pre + "_progs_per_sm": 6, "seq_fwd_maxnreg": r} for r in (128, 96)])
 
 
 def bwd_candidates(L):

@@ -228,18 +228,16 @@ def test_seq_bwd_gpu_tile_rule(monkeypatch):
 
 
 def test_seq_fwd_programs_rule(monkeypatch):
-    """The persistent sequential forward's grid: SEQ_FWD_PROGS_PER_SM x SMs programs over the channel blocks, at
-    most one per row; seq_fwd_progs_per_sm=0 is one program per row; seq_fwd_programs sets the count."""
+    """The sequential forward's grid: one program per row by default; seq_fwd_progs_per_sm=P gives P x SMs
+    programs over the channel blocks (persistent), at most one per row; <prefix>_programs sets the count."""
     monkeypatch.setattr(scan_config, "_CFG", {})
     dev = torch.device("cpu")  # 132 SMs assumed off-GPU
-    per_sm = scan_config.SEQ_FWD_PROGS_PER_SM
-    assert scan_config.seq_fwd_programs(10 ** 6, 1, dev) == per_sm * 132
-    assert scan_config.seq_fwd_programs(10 ** 6, 4, dev) == per_sm * 132 // 4
-    assert scan_config.seq_fwd_programs(7, 1, dev) == 7
-    cseq = scan_config.CSEQ_FWD_PROGS_PER_SM
-    assert scan_config.seq_fwd_programs(10 ** 6, 1, dev, "cseq_fwd") == (cseq * 132 if cseq > 0 else 10 ** 6)
-    monkeypatch.setattr(scan_config, "_CFG", {"seq_fwd_progs_per_sm": 0, "cseq_fwd_programs": 3})
     assert scan_config.seq_fwd_programs(10 ** 6, 1, dev) == 10 ** 6
+    assert scan_config.seq_fwd_programs(10 ** 6, 1, dev, "cseq_fwd") == 10 ** 6
+    monkeypatch.setattr(scan_config, "_CFG", {"seq_fwd_progs_per_sm": 6, "cseq_fwd_programs": 3})
+    assert scan_config.seq_fwd_programs(10 ** 6, 1, dev) == 6 * 132
+    assert scan_config.seq_fwd_programs(10 ** 6, 4, dev) == 6 * 132 // 4
+    assert scan_config.seq_fwd_programs(7, 1, dev) == 7
     assert scan_config.seq_fwd_programs(10 ** 6, 1, dev, "cseq_fwd") == 3
 
 

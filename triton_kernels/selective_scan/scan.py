@@ -161,20 +161,23 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, initi
     if seq:
         warps = scan_config._CFG.get("cseq_warps" if Lc else "seq_warps", _seq_warps(BLOCK_D, N))
         pkey = "cseq_fwd" if Lc else "seq_fwd"
+        regcap = {"maxnreg": scan_config._CFG["seq_fwd_maxnreg"]} if "seq_fwd_maxnreg" in scan_config._CFG else {}
         hb = dsum = dmy
         if nc > 1:  # pass 1: chunks 0 .. nc-2 from zero -> local end states; combine -> states entering chunks 1..
             hb = torch.empty(batch, nc - 1, dim, N, device=u.device, dtype=torch.float32)
             dsum = torch.empty(batch, nc - 1, dim, device=u.device, dtype=torch.float32)
             pass1 = dict(meta, HAS_D=False, HAS_Z=False, HAS_H0=False, STORE_LAST=False)
             rows = batch * (nc - 1)
-            _fwd_seq_kernel[(seq_fwd_programs(rows, G * nblk, u.device, pkey), G * nblk)](
-                *ptrs, hb, dsum, L, Lc, nc, nc - 1, rows, dim, cpg, nblk, *strides, **pass1, STATE_ONLY=True,
-                CSEQ=False, num_warps=warps)
+            progs = seq_fwd_programs(rows, G * nblk, u.device, pkey)
+            _fwd_seq_kernel[(progs, G * nblk)](*ptrs, hb, dsum, L, Lc, nc, nc - 1, rows, dim, cpg, nblk, *strides,
+                                               **pass1, STATE_ONLY=True, CSEQ=False, PERSISTENT=progs < rows,
+                                               num_warps=warps, **regcap)
             _combine_chunks(h0, hb, dsum, A, reverse=False)
             hc = hb if save_states else None
-        _fwd_seq_kernel[(seq_fwd_programs(batch * nc, G * nblk, u.device, pkey), G * nblk)](
-            *ptrs, hb, dsum, L, Lc if nc > 1 else L, nc, nc, batch * nc, dim, cpg, nblk, *strides, **meta,
-            STATE_ONLY=False, CSEQ=nc > 1, num_warps=warps)
+        progs = seq_fwd_programs(batch * nc, G * nblk, u.device, pkey)
+        _fwd_seq_kernel[(progs, G * nblk)](*ptrs, hb, dsum, L, Lc if nc > 1 else L, nc, nc, batch * nc, dim, cpg, nblk,
+                                           *strides, **meta, STATE_ONLY=False, CSEQ=nc > 1,
+                                           PERSISTENT=progs < batch * nc, num_warps=warps, **regcap)
     else:
         _fwd_kernel[(batch, G * nblk)](*ptrs, L, nchunks, dim, cpg, nblk, *strides, **meta,
                                        num_warps=scan_config._CFG.get("fwd_warps", 4))

@@ -25,6 +25,95 @@ from .scan_common import (_channel_offsets, _channel_params, _delta, _flush_grad
                           _row_ptrs, _store_or_add, _var_bc_ptrs, _zero_grads)
 
 
+@triton.jit
+def _fwd_seq_row(pid, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, hlast_ptr, hc_ptr,
+                 hb_ptr, dsum_ptr,
+                 L, LC, NC, n_cp, dim, cpg, nblk,
+                 su_b, su_d, su_t, sdt_b, sdt_d, sdt_t, sz_b, sz_d, sz_t,
+                 sB0, sB1, sB2, sB3, sC0, sC1, sC2, sC3,
+                 N: tl.constexpr, BLOCK_D: tl.constexpr, T_C: tl.constexpr, BLOCK_N: tl.constexpr,
+                 B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
+                 STORE_LAST: tl.constexpr, SAVE_CHUNKS: tl.constexpr, STATE_ONLY: tl.constexpr,
+                 CSEQ: tl.constexpr):
+    """One row (batch row, time chunk) pid0 = ``pid`` of ``_fwd_seq_kernel`` (inlined there)."""
+    i_b, i_c = (pid // n_cp).to(tl.int64), pid % n_cp
+    i_gd = tl.program_id(1)
+    t0 = i_c.to(tl.int64) * LC  # first step of the chunk
+    n_t = tl.minimum(L - i_c * LC, LC)  # steps in the chunk
+    i_g, o_c, m_d, o_d, o_n, m_n = _channel_offsets(i_gd, nblk, cpg, N, BLOCK_D, BLOCK_N)
+    m_dn = m_d[:, None] & m_n[None, :]
+    b_A, b_A2, b_D, b_bias = _channel_params(A_ptr, D_ptr, bias_ptr, o_d, o_n, m_d, m_dn, N, BLOCK_D, HAS_D, HAS_BIAS)
+    o_dn = (i_b * dim + o_d[:, None]) * N + o_n[None, :]
+    f_c = (o_n * 0 + i_c)[None, :]  # the chunk index as a [1, BLOCK_N] tile (the interpreter masks with tiles)
+    b_h = _load_state(h0_ptr, o_dn, m_dn & (f_c == 0), HAS_H0, BLOCK_D, BLOCK_N)
+    if CSEQ:
+        o_hb = ((i_b * (NC - 1) + i_c - 1) * dim + o_d[:, None]) * N + o_n[None, :]
+        b_h += tl.load(hb_ptr + o_hb, mask=m_dn & (f_c > 0), other=0.0)
+    if B_VAR:
+        p_B = _var_bc_ptrs(B_ptr, i_b, i_g, o_n, sB0, sB1, sB2) + t0 * sB3
+    else:
+        b_B = _load_fixed_bc(B_ptr, o_d, o_n, m_dn, sB0, sB1)
+    if C_VAR:
+        p_C = _var_bc_ptrs(C_ptr, i_b, i_g, o_n, sC0, sC1, sC2) + t0 * sC3
+    else:
+        b_C = _load_fixed_bc(C_ptr, o_d, o_n, m_dn, sC0, sC1)
+    p_u, p_dt, p_z = _row_ptrs(u_ptr, dt_ptr, z_ptr, i_b, o_d, su_b, su_d, sdt_b, sdt_d, sz_b, sz_d)
+    p_u, p_dt, p_z = p_u + t0 * su_t, p_dt + t0 * sdt_t, p_z + t0 * sz_t
+    p_o = out_ptr + (i_b * dim + o_d) * L + t0
+    b_dts = tl.zeros([BLOCK_D], dtype=tl.float32)
+    # software prefetch: step t + 1's inputs are loaded while step t is computed
+    n_u = tl.load(p_u, mask=m_d, other=0.0)
+    n_dt = tl.load(p_dt, mask=m_d, other=0.0)
+    if HAS_Z and not STATE_ONLY:
+        n_z = tl.load(p_z, mask=m_d, other=0.0)
+    if B_VAR:
+        n_B = tl.load(p_B, mask=m_n, other=0.0)
+    if C_VAR and not STATE_ONLY:
+        n_C = tl.load(p_C, mask=m_n, other=0.0)
+    for t in range(0, n_t):
+        if SAVE_CHUNKS:
+            if (t > 0) & (t % T_C == 0):
+                hc_off = ((i_b * ((L + T_C - 1) // T_C - 1) + t // T_C - 1) * dim + o_d[:, None]) * N + o_n[None, :]
+                tl.store(hc_ptr + hc_off, b_h, mask=m_dn)
+        b_u, b_dt = n_u.to(tl.float32), n_dt.to(tl.float32)
+        m_dn1 = m_d & (o_c * 0 + t + 1 < n_t)
+        m_nn1 = m_n & (o_n * 0 + t + 1 < n_t)
+        n_u = tl.load(p_u + (t + 1) * su_t, mask=m_dn1, other=0.0)
+        n_dt = tl.load(p_dt + (t + 1) * sdt_t, mask=m_dn1, other=0.0)
+        if B_VAR:
+            b_Bt = n_B.to(tl.float32)[None, :]
+            n_B = tl.load(p_B + (t + 1) * sB3, mask=m_nn1, other=0.0)
+        else:
+            b_Bt = b_B
+        b_dtr, b_dt = _delta(b_dt, b_bias, HAS_BIAS, SOFTPLUS)
+        b_h = tl.exp2(b_dt[:, None] * b_A2) * b_h + (b_dt * b_u)[:, None] * b_Bt
+        if STATE_ONLY:
+            b_dts += b_dt
+        else:
+            if HAS_Z:
+                b_z = n_z.to(tl.float32)
+                n_z = tl.load(p_z + (t + 1) * sz_t, mask=m_dn1, other=0.0)
+            if C_VAR:
+                b_Ct = n_C.to(tl.float32)[None, :]
+                n_C = tl.load(p_C + (t + 1) * sC3, mask=m_nn1, other=0.0)
+            else:
+                b_Ct = b_C
+            b_y = tl.sum(b_h * b_Ct, 1)
+            if HAS_D:
+                b_y += b_D * b_u
+            if HAS_Z:
+                b_y = b_y * b_z * tl.sigmoid(b_z)
+            tl.store(p_o + t, b_y.to(out_ptr.dtype.element_ty), mask=m_d)
+    if STATE_ONLY:  # n_cp = NC - 1 programs a row: pid0 = b * (NC - 1) + c
+        tl.store(hb_ptr + (pid.to(tl.int64) * dim + o_d[:, None]) * N + o_n[None, :], b_h, mask=m_dn)
+        tl.store(dsum_ptr + pid.to(tl.int64) * dim + o_d, b_dts, mask=m_d)
+    if STORE_LAST:
+        tl.store(hlast_ptr + o_dn, b_h, mask=m_dn & (f_c == NC - 1))
+
+
+
+
 @triton.jit(do_not_specialize=["L", "NC", "n_cp", "n_tot"])
 def _fwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, hlast_ptr, hc_ptr,
                     hb_ptr, dsum_ptr,
@@ -35,94 +124,31 @@ def _fwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
                     STORE_LAST: tl.constexpr, SAVE_CHUNKS: tl.constexpr, STATE_ONLY: tl.constexpr,
-                    CSEQ: tl.constexpr):
+                    CSEQ: tl.constexpr, PERSISTENT: tl.constexpr):
     """Sequential-in-time forward: the [BLOCK_D, BLOCK_N] state stays in registers and the program steps through
     time, loading [BLOCK_D] of u/delta/z and [BLOCK_N] of B/C per step (no scan, no cross-thread traffic except
     the sum over N). Same outputs as ``_fwd_kernel``, including the chunk states (SAVE_CHUNKS, NC == 1 only).
 
-    Program (p, i_gd) walks the rows pid0 = p, p + P, ... < n_tot (P programs on axis 0; persistent, so the
-    channel block's A/D/delta_bias and fixed B/C load once per program, not once per row); row pid0 is batch row
-    pid0 // n_cp, time chunk c = pid0 % n_cp of NC chunks of LC steps (NC = 1, LC = L: the whole sequence). STATE_ONLY (chunk-parallel pass 1): from a zero state, no outputs; stores the
+    Program (pid0, i_gd): batch row pid0 // n_cp, time chunk c = pid0 % n_cp of NC chunks of LC steps (NC = 1,
+    LC = L: the whole sequence); PERSISTENT: program (p, i_gd) walks the rows pid0 = p, p + P, ... < n_tot (P
+    programs on axis 0). STATE_ONLY (chunk-parallel pass 1): from a zero state, no outputs; stores the
     chunk's end state into hb[b, c] (batch, NC - 1, dim, N) and its delta sum into dsum[b, c] (batch, NC - 1, dim).
     CSEQ (pass 2): chunk c > 0 starts from hb[b, c - 1] (the combined boundary state), chunk 0 from h0; last_state
     is stored by the last chunk."""
-    i_gd = tl.program_id(1)
-    i_g, o_c, m_d, o_d, o_n, m_n = _channel_offsets(i_gd, nblk, cpg, N, BLOCK_D, BLOCK_N)
-    m_dn = m_d[:, None] & m_n[None, :]
-    b_A, b_A2, b_D, b_bias = _channel_params(A_ptr, D_ptr, bias_ptr, o_d, o_n, m_d, m_dn, N, BLOCK_D, HAS_D, HAS_BIAS)
-    if not B_VAR:
-        b_B = _load_fixed_bc(B_ptr, o_d, o_n, m_dn, sB0, sB1)
-    if not C_VAR:
-        b_C = _load_fixed_bc(C_ptr, o_d, o_n, m_dn, sC0, sC1)
-    # persistent over rows (pid0 = b * n_cp + c): the channel block's A/D/bias (and fixed B/C) load once per program
-    p0, n_prog = tl.program_id(0), tl.num_programs(0)
-    for k in range(0, (n_tot - p0 + n_prog - 1) // n_prog):
-        pid = p0 + k * n_prog
-        i_b, i_c = (pid // n_cp).to(tl.int64), pid % n_cp
-        t0 = i_c.to(tl.int64) * LC  # first step of the chunk
-        n_t = tl.minimum(L - i_c * LC, LC)  # steps in the chunk
-        o_dn = (i_b * dim + o_d[:, None]) * N + o_n[None, :]
-        f_c = (o_n * 0 + i_c)[None, :]  # the chunk index as a [1, BLOCK_N] tile (the interpreter masks with tiles)
-        b_h = _load_state(h0_ptr, o_dn, m_dn & (f_c == 0), HAS_H0, BLOCK_D, BLOCK_N)
-        if CSEQ:
-            o_hb = ((i_b * (NC - 1) + i_c - 1) * dim + o_d[:, None]) * N + o_n[None, :]
-            b_h += tl.load(hb_ptr + o_hb, mask=m_dn & (f_c > 0), other=0.0)
-        if B_VAR:
-            p_B = _var_bc_ptrs(B_ptr, i_b, i_g, o_n, sB0, sB1, sB2) + t0 * sB3
-        if C_VAR:
-            p_C = _var_bc_ptrs(C_ptr, i_b, i_g, o_n, sC0, sC1, sC2) + t0 * sC3
-        p_u, p_dt, p_z = _row_ptrs(u_ptr, dt_ptr, z_ptr, i_b, o_d, su_b, su_d, sdt_b, sdt_d, sz_b, sz_d)
-        p_u, p_dt, p_z = p_u + t0 * su_t, p_dt + t0 * sdt_t, p_z + t0 * sz_t
-        p_o = out_ptr + (i_b * dim + o_d) * L + t0
-        b_dts = tl.zeros([BLOCK_D], dtype=tl.float32)
-        # software prefetch: step t + 1's inputs are loaded while step t is computed
-        n_u = tl.load(p_u, mask=m_d, other=0.0)
-        n_dt = tl.load(p_dt, mask=m_d, other=0.0)
-        if HAS_Z and not STATE_ONLY:
-            n_z = tl.load(p_z, mask=m_d, other=0.0)
-        if B_VAR:
-            n_B = tl.load(p_B, mask=m_n, other=0.0)
-        if C_VAR and not STATE_ONLY:
-            n_C = tl.load(p_C, mask=m_n, other=0.0)
-        for t in range(0, n_t):
-            if SAVE_CHUNKS:
-                if (t > 0) & (t % T_C == 0):
-                    hc_off = ((i_b * ((L + T_C - 1) // T_C - 1) + t // T_C - 1) * dim + o_d[:, None]) * N + o_n[None, :]
-                    tl.store(hc_ptr + hc_off, b_h, mask=m_dn)
-            b_u, b_dt = n_u.to(tl.float32), n_dt.to(tl.float32)
-            m_dn1 = m_d & (o_c * 0 + t + 1 < n_t)
-            m_nn1 = m_n & (o_n * 0 + t + 1 < n_t)
-            n_u = tl.load(p_u + (t + 1) * su_t, mask=m_dn1, other=0.0)
-            n_dt = tl.load(p_dt + (t + 1) * sdt_t, mask=m_dn1, other=0.0)
-            if B_VAR:
-                b_Bt = n_B.to(tl.float32)[None, :]
-                n_B = tl.load(p_B + (t + 1) * sB3, mask=m_nn1, other=0.0)
-            else:
-                b_Bt = b_B
-            b_dtr, b_dt = _delta(b_dt, b_bias, HAS_BIAS, SOFTPLUS)
-            b_h = tl.exp2(b_dt[:, None] * b_A2) * b_h + (b_dt * b_u)[:, None] * b_Bt
-            if STATE_ONLY:
-                b_dts += b_dt
-            else:
-                if HAS_Z:
-                    b_z = n_z.to(tl.float32)
-                    n_z = tl.load(p_z + (t + 1) * sz_t, mask=m_dn1, other=0.0)
-                if C_VAR:
-                    b_Ct = n_C.to(tl.float32)[None, :]
-                    n_C = tl.load(p_C + (t + 1) * sC3, mask=m_nn1, other=0.0)
-                else:
-                    b_Ct = b_C
-                b_y = tl.sum(b_h * b_Ct, 1)
-                if HAS_D:
-                    b_y += b_D * b_u
-                if HAS_Z:
-                    b_y = b_y * b_z * tl.sigmoid(b_z)
-                tl.store(p_o + t, b_y.to(out_ptr.dtype.element_ty), mask=m_d)
-        if STATE_ONLY:  # n_cp = NC - 1 programs a row: pid0 = b * (NC - 1) + c
-            tl.store(hb_ptr + (pid.to(tl.int64) * dim + o_d[:, None]) * N + o_n[None, :], b_h, mask=m_dn)
-            tl.store(dsum_ptr + pid.to(tl.int64) * dim + o_d, b_dts, mask=m_d)
-        if STORE_LAST:
-            tl.store(hlast_ptr + o_dn, b_h, mask=m_dn & (f_c == NC - 1))
+    if PERSISTENT:  # fewer programs than rows (the row body is the same inlined function)
+        p0, n_prog = tl.program_id(0), tl.num_programs(0)
+        for k in range(0, (n_tot - p0 + n_prog - 1) // n_prog):
+            _fwd_seq_row(
+                p0 + k * n_prog, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr,
+                hlast_ptr, hc_ptr, hb_ptr, dsum_ptr, L, LC, NC, n_cp, dim, cpg, nblk, su_b, su_d, su_t, sdt_b, sdt_d,
+                sdt_t, sz_b, sz_d, sz_t, sB0, sB1, sB2, sB3, sC0, sC1, sC2, sC3, N, BLOCK_D, T_C, BLOCK_N, B_VAR,
+                C_VAR, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, STORE_LAST, SAVE_CHUNKS, STATE_ONLY, CSEQ)
+    else:
+        _fwd_seq_row(
+            tl.program_id(0), u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, hlast_ptr,
+            hc_ptr, hb_ptr, dsum_ptr, L, LC, NC, n_cp, dim, cpg, nblk, su_b, su_d, su_t, sdt_b, sdt_d, sdt_t, sz_b,
+            sz_d, sz_t, sB0, sB1, sB2, sB3, sC0, sC1, sC2, sC3, N, BLOCK_D, T_C, BLOCK_N, B_VAR, C_VAR, HAS_D, HAS_Z,
+            HAS_BIAS, SOFTPLUS, HAS_H0, STORE_LAST, SAVE_CHUNKS, STATE_ONLY, CSEQ)
 
 
 @triton.jit(do_not_specialize=["L", "NC", "n_cp", "c0", "n_rowtot", "n_rows"])
