@@ -4,7 +4,7 @@
                               [--budget-s 270] [--json PATH] [--quick] [--cseq]
     python bench/tune_scan.py --shapes spatial,LM --modes fwd,fwdbwd --cseq --budget-s 240
     python bench/tune_scan.py --shapes temporal8,temporal16,train64,train128,train256 --modes bwd --budget-s 400
-    python bench/tune_scan.py --shapes temporal8,stream64 --modes fwd --progs --layout channel
+    python bench/tune_scan.py --shapes temporal8,stream64 --modes fwd --layout channel
     python bench/tune_scan.py --aot "" | --aot "fwd_block_d=8,chunk=8"    (no GPU: sm_90 compiler report)
 
 Setup as bench/cases_scan.py (bf16, N = 16, input-dependent B/C (batch, 1, N, L), z, D, delta_bias, softplus);
@@ -112,14 +112,6 @@ def fwd_candidates(L, only_cseq=False):
                 (32, 4, 4), (32, 8, 8), (8, 16, 4), (16, 16, 4))]
     before = [dict(fwd_block_d=16)]  # the launchers at 27867ee (before the grid-fill rule; same on the LM shape)
     return [{}] + cseq_fwd_candidates() + before + seq + chunked
-
-
-def progs_candidates(L):
-    """``--progs``: the persistent sequential forward (programs per SM; the default is one program per row), for the
-    kernel the shape runs (sequential <= 32 steps, else cseq), and at 6 per SM with a register cap."""
-    pre = "seq_fwd" if L <= 32 else "cseq_fwd"
-    return ([{}] + [{pre + "_progs_per_sm": p} for p in (6, 12, 24)]
-            + [{pre + "_progs_per_sm": 6, "seq_fwd_maxnreg": r} for r in (128, 96)])
 
 
 def bwd_candidates(L):
@@ -359,8 +351,6 @@ def main():
     ap.add_argument("--quick", action="store_true", help="tiny shapes, 2 configs a stage (CPU smoke test)")
     ap.add_argument("--cseq", action="store_true",
                     help="sequences > 32 steps: only the default and the chunk-parallel sequential scan configs")
-    ap.add_argument("--progs", action="store_true",
-                    help="forward only: the persistent sequential forward's programs per SM (default first)")
     ap.add_argument("--layout", choices=("time", "channel"), default="time",
                     help="u/delta/z seqlen-contiguous (mamba-ssm's layout) or channel-contiguous (Mamba.layout "
                          "'channel', what the model runs at <= 32 steps)")
@@ -402,7 +392,7 @@ def main():
             summary.append(bwd_stage(name, shape, runs, t_shape + bshare, args.quick, device, all_rows))
             t_shape, share = time.time(), share - (time.time() - t_shape)
         if "fwd" in modes:
-            fcands = (progs_candidates(L) if args.progs else fwd_candidates(L, args.cseq))[: 2 if args.quick else None]
+            fcands = fwd_candidates(L, args.cseq)[: 2 if args.quick else None]
             if args.quick and args.cseq and L > 32:
                 fcands = [{}, QUICK_CSEQ]
             end = t_shape + share * (0.45 if "fwdbwd" in modes else 1.0)

@@ -170,8 +170,6 @@ SEQ_CASES = [
     (2, 5, 4, 4, "g1", "fp32", False, True, dict(seq_bwd_block_d=2)),  # 3 blocks a group: atomic dB/dC
     (2, 5, 4, 4, "fixed", "fp32", False, True, dict(seq_bwd_block_d=2)),
     (3, 4, 4, 4, "g2", "fp32", False, True, dict(seq_bwd_programs=2)),  # 2 programs, 3 rows each
-    (5, 6, 7, 4, "g2", "fp32", True, True, dict(seq_fwd_programs=2)),  # persistent forward: 2 programs, 3/2 rows
-    (3, 8, 9, 16, "fixed", "bf16", False, True, dict(seq_fwd_programs=1, seq_block_d=4)),  # fixed B/C hoisted
     (5, 6, 4, 4, "g1", "fp32", True, True, dict(seq_bwd_block_d=4, seq_bwd_programs=1)),
     (2, 8, 7, 4, "g2", "fp32", True, True, dict(seq=0)),  # chunked both ways on a short sequence
     (2, 6, 20, 17, "fixed", "fp32", False, True, dict(seq=0)),
@@ -225,20 +223,6 @@ def test_seq_bwd_gpu_tile_rule(monkeypatch):
     assert [scan_config._seq_bwd_warps(b, 16) for b in (32, 64, 128)] == [1, 2, 4]
     monkeypatch.setattr(scan_config, "_CFG", {"seq_bwd_block_d": 16})
     assert scan_config._seq_bwd_block_d(128, 16) == 16
-
-
-def test_seq_fwd_programs_rule(monkeypatch):
-    """The sequential forward's grid: one program per row by default; seq_fwd_progs_per_sm=P gives P x SMs
-    programs over the channel blocks (persistent), at most one per row; <prefix>_programs sets the count."""
-    monkeypatch.setattr(scan_config, "_CFG", {})
-    dev = torch.device("cpu")  # 132 SMs assumed off-GPU
-    assert scan_config.seq_fwd_programs(10 ** 6, 1, dev) == 10 ** 6
-    assert scan_config.seq_fwd_programs(10 ** 6, 1, dev, "cseq_fwd") == 10 ** 6
-    monkeypatch.setattr(scan_config, "_CFG", {"seq_fwd_progs_per_sm": 6, "cseq_fwd_programs": 3})
-    assert scan_config.seq_fwd_programs(10 ** 6, 1, dev) == 6 * 132
-    assert scan_config.seq_fwd_programs(10 ** 6, 4, dev) == 6 * 132 // 4
-    assert scan_config.seq_fwd_programs(7, 1, dev) == 7
-    assert scan_config.seq_fwd_programs(10 ** 6, 1, dev, "cseq_fwd") == 3
 
 
 def test_torch_backend_matches_triton(device):

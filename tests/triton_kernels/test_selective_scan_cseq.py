@@ -39,8 +39,6 @@ CASES = [
      dict(cseq_chunk=2, cseq_max_chunks=3)),  # Lc grown to 14: 3 chunks
     (1, 8, 25, 16, "g2", "bf16", True, True, True, True, True, False, dict(cseq_chunk=8)),
     (2, 4, 11, 4, "g1", "fp16", True, True, True, True, True, False, dict(cseq_chunk=4)),
-    # the persistent forward (both passes): 2 programs over 2 x 3 (batch, chunk) rows (pass 1: 2 x 2)
-    (2, 6, 11, 4, "g2", "fp32", True, True, True, True, True, True, dict(cseq_chunk=4, cseq_fwd_programs=2)),
 ]
 
 

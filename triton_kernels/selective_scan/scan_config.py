@@ -19,9 +19,7 @@ def _env_config():
     """Optional overrides for tuning sweeps, e.g.
     M2S2L_SCAN_CFG="chunk=16,fwd_block_d=16,bwd_block_d=8,fwd_warps=4,bwd_warps=4" (chunk is capped by the sequence
     length; block sizes must be powers of two); the sequential forward: seq=0|1 (both directions), seq_max_len,
-    seq_block_d, seq_warps, seq_fwd_progs_per_sm / seq_fwd_programs (persistent grid; cseq_fwd_* for cseq),
-    seq_fwd_maxnreg (register cap of the sequential forward); the sequential backward: seq_bwd=0|1 (overrides seq
-    for the backward only),
+    seq_block_d, seq_warps; the sequential backward: seq_bwd=0|1 (overrides seq for the backward only),
     seq_bwd_block_d, seq_bwd_warps, seq_bwd_progs_per_sm, seq_bwd_programs (total program target), seq_bwd_maxnreg
     (register cap passed to the compiler; unset = none: sm_90 AOT shows 255 registers unconstrained); the
     chunk-parallel sequential scan (``cseq_chunk``): cseq=0|1, cseq_min_len, cseq_chunk, cseq_max_chunks,
@@ -118,23 +116,6 @@ def _seq_warps(block_d, dstate):
     """2 warps for tiles up to 64 x 16 (measured on an H200 with tune_scan.py: (16384, 128, 8) 0.188 ms vs 0.340
     ms at 4 warps, (4096, 256, 16) 0.218 vs 0.323); larger tiles keep 4 (not measured)."""
     return 2 if block_d * max(2, _pow2(dstate)) <= 1024 else 4
-
-
-def seq_fwd_programs(rows, n_gd, device, prefix="seq_fwd"):
-    """Programs on axis 0 of the sequential forward over its ``rows`` (batch row, time chunk) pairs (``n_gd``
-    channel blocks on axis 1); fewer than ``rows`` launches ``_fwd_seq_kernel`` PERSISTENT (each program walks
-    rows p, p + P, ...). M2S2L_SCAN_CFG ``<prefix>_programs`` (axis-0 programs, e.g. for tests), else
-    ``<prefix>_progs_per_sm`` x SMs programs in all (prefix seq_fwd or cseq_fwd); 0 = one program per row.
-
-    Default 0 (one program per row): the persistent variant costs registers (sm_90 AOT: 96 -> 161-168 for the
-    N = 16, 64-channel tile, 20 -> 12 resident warps per SM) and measured slower end to end on an H200 (session 8,
-    docs/BENCHMARKS.md: m2s2l_paper 32 streams batched 1425 frames/s at 16 programs per SM vs 1876 before it)."""
-    if prefix + "_programs" in _CFG:
-        return max(1, min(rows, _CFG[prefix + "_programs"]))
-    per_sm = _CFG.get(prefix + "_progs_per_sm", 0)
-    if per_sm <= 0:
-        return rows
-    return max(1, min(rows, per_sm * _num_sms(device) // max(n_gd, 1)))
 
 
 def use_seq_bwd(seqlen):

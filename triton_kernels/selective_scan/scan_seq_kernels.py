@@ -25,18 +25,27 @@ from .scan_common import (_channel_offsets, _channel_params, _delta, _flush_grad
                           _row_ptrs, _store_or_add, _var_bc_ptrs, _zero_grads)
 
 
-@triton.jit
-def _fwd_seq_row(pid, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, hlast_ptr, hc_ptr,
-                 hb_ptr, dsum_ptr,
-                 L, LC, NC, n_cp, dim, cpg, nblk,
-                 su_b, su_d, su_t, sdt_b, sdt_d, sdt_t, sz_b, sz_d, sz_t,
-                 sB0, sB1, sB2, sB3, sC0, sC1, sC2, sC3,
-                 N: tl.constexpr, BLOCK_D: tl.constexpr, T_C: tl.constexpr, BLOCK_N: tl.constexpr,
-                 B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
-                 STORE_LAST: tl.constexpr, SAVE_CHUNKS: tl.constexpr, STATE_ONLY: tl.constexpr,
-                 CSEQ: tl.constexpr):
-    """One row (batch row, time chunk) pid0 = ``pid`` of ``_fwd_seq_kernel`` (inlined there)."""
+@triton.jit(do_not_specialize=["L", "NC", "n_cp"])
+def _fwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, hlast_ptr, hc_ptr,
+                    hb_ptr, dsum_ptr,
+                    L, LC, NC, n_cp, dim, cpg, nblk,
+                    su_b, su_d, su_t, sdt_b, sdt_d, sdt_t, sz_b, sz_d, sz_t,
+                    sB0, sB1, sB2, sB3, sC0, sC1, sC2, sC3,
+                    N: tl.constexpr, BLOCK_D: tl.constexpr, T_C: tl.constexpr, BLOCK_N: tl.constexpr,
+                    B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+                    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
+                    STORE_LAST: tl.constexpr, SAVE_CHUNKS: tl.constexpr, STATE_ONLY: tl.constexpr,
+                    CSEQ: tl.constexpr):
+    """Sequential-in-time forward: the [BLOCK_D, BLOCK_N] state stays in registers and the program steps through
+    time, loading [BLOCK_D] of u/delta/z and [BLOCK_N] of B/C per step (no scan, no cross-thread traffic except
+    the sum over N). Same outputs as ``_fwd_kernel``, including the chunk states (SAVE_CHUNKS, NC == 1 only).
+
+    Program (pid0, i_gd): batch row pid0 // n_cp, time chunk c = pid0 % n_cp of NC chunks of LC steps (NC = 1,
+    LC = L: the whole sequence). STATE_ONLY (chunk-parallel pass 1): from a zero state, no outputs; stores the
+    chunk's end state into hb[b, c] (batch, NC - 1, dim, N) and its delta sum into dsum[b, c] (batch, NC - 1, dim).
+    CSEQ (pass 2): chunk c > 0 starts from hb[b, c - 1] (the combined boundary state), chunk 0 from h0; last_state
+    is stored by the last chunk."""
+    pid = tl.program_id(0)
     i_b, i_c = (pid // n_cp).to(tl.int64), pid % n_cp
     i_gd = tl.program_id(1)
     t0 = i_c.to(tl.int64) * LC  # first step of the chunk
@@ -110,45 +119,6 @@ def _fwd_seq_row(pid, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
         tl.store(dsum_ptr + pid.to(tl.int64) * dim + o_d, b_dts, mask=m_d)
     if STORE_LAST:
         tl.store(hlast_ptr + o_dn, b_h, mask=m_dn & (f_c == NC - 1))
-
-
-
-
-@triton.jit(do_not_specialize=["L", "NC", "n_cp", "n_tot"])
-def _fwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, hlast_ptr, hc_ptr,
-                    hb_ptr, dsum_ptr,
-                    L, LC, NC, n_cp, n_tot, dim, cpg, nblk,
-                    su_b, su_d, su_t, sdt_b, sdt_d, sdt_t, sz_b, sz_d, sz_t,
-                    sB0, sB1, sB2, sB3, sC0, sC1, sC2, sC3,
-                    N: tl.constexpr, BLOCK_D: tl.constexpr, T_C: tl.constexpr, BLOCK_N: tl.constexpr,
-                    B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-                    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
-                    STORE_LAST: tl.constexpr, SAVE_CHUNKS: tl.constexpr, STATE_ONLY: tl.constexpr,
-                    CSEQ: tl.constexpr, PERSISTENT: tl.constexpr):
-    """Sequential-in-time forward: the [BLOCK_D, BLOCK_N] state stays in registers and the program steps through
-    time, loading [BLOCK_D] of u/delta/z and [BLOCK_N] of B/C per step (no scan, no cross-thread traffic except
-    the sum over N). Same outputs as ``_fwd_kernel``, including the chunk states (SAVE_CHUNKS, NC == 1 only).
-
-    Program (pid0, i_gd): batch row pid0 // n_cp, time chunk c = pid0 % n_cp of NC chunks of LC steps (NC = 1,
-    LC = L: the whole sequence); PERSISTENT: program (p, i_gd) walks the rows pid0 = p, p + P, ... < n_tot (P
-    programs on axis 0). STATE_ONLY (chunk-parallel pass 1): from a zero state, no outputs; stores the
-    chunk's end state into hb[b, c] (batch, NC - 1, dim, N) and its delta sum into dsum[b, c] (batch, NC - 1, dim).
-    CSEQ (pass 2): chunk c > 0 starts from hb[b, c - 1] (the combined boundary state), chunk 0 from h0; last_state
-    is stored by the last chunk."""
-    if PERSISTENT:  # fewer programs than rows (the row body is the same inlined function)
-        p0, n_prog = tl.program_id(0), tl.num_programs(0)
-        for k in range(0, (n_tot - p0 + n_prog - 1) // n_prog):
-            _fwd_seq_row(
-                p0 + k * n_prog, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr,
-                hlast_ptr, hc_ptr, hb_ptr, dsum_ptr, L, LC, NC, n_cp, dim, cpg, nblk, su_b, su_d, su_t, sdt_b, sdt_d,
-                sdt_t, sz_b, sz_d, sz_t, sB0, sB1, sB2, sB3, sC0, sC1, sC2, sC3, N, BLOCK_D, T_C, BLOCK_N, B_VAR,
-                C_VAR, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, STORE_LAST, SAVE_CHUNKS, STATE_ONLY, CSEQ)
-    else:
-        _fwd_seq_row(
-            tl.program_id(0), u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, hlast_ptr,
-            hc_ptr, hb_ptr, dsum_ptr, L, LC, NC, n_cp, dim, cpg, nblk, su_b, su_d, su_t, sdt_b, sdt_d, sdt_t, sz_b,
-            sz_d, sz_t, sB0, sB1, sB2, sB3, sC0, sC1, sC2, sC3, N, BLOCK_D, T_C, BLOCK_N, B_VAR, C_VAR, HAS_D, HAS_Z,
-            HAS_BIAS, SOFTPLUS, HAS_H0, STORE_LAST, SAVE_CHUNKS, STATE_ONLY, CSEQ)
 
 
 @triton.jit(do_not_specialize=["L", "NC", "n_cp", "c0", "n_rowtot", "n_rows"])
