@@ -59,7 +59,8 @@ class MultiTemporalMamba(nn.Module):
         for s, branch in zip(self.scales, self.branches):
             x = seq if s == 1 else seq.reshape(B * H * W, T // s, s, C).mean(2)
             for i, block in enumerate(branch):
-                x = block(x, last_only=self.last_only and i == len(branch) - 1)  # last block: (B*H*W, 1, C)
+                last = getattr(self, "last_only", True) and i == len(branch) - 1   # (modules pickled before it)
+                x = block(x, last_only=last)                                 # last block: (B*H*W, 1, C)
             summaries.append(x[:, -1])                                  # (B*H*W, C)
         fused = seq[:, -1] + self.fuse(torch.cat(summaries, dim=-1))             # (B*H*W, C)
         return fused.reshape(B, H, W, C).permute(0, 3, 1, 2)

@@ -205,6 +205,9 @@ def test_temporal_last_only_equals_full_branches(backend):
     ref = full_temporal_forward(tm, feats)
     assert out.shape == ref.shape == (B, *model.feature_shapes()[level])
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    tm.last_only = False                       # every block on every step (bench/flops.py --all-steps)
+    torch.testing.assert_close(tm(feats), ref, rtol=1e-5, atol=1e-5)
+    tm.last_only = True
     if backend != "torch":
         return
     params = [p for p in tm.parameters()]
