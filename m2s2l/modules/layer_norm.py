@@ -52,6 +52,8 @@ class LayerNorm(nn.LayerNorm):
         C = self.normalized_shape[0]
         if not isinstance(input, torch.Tensor):
             raise TypeError(f"input must be a torch.Tensor of shape (..., {C}), got {type(input).__name__}")
+        if out_dtype is not None and out_dtype not in FLOAT_DTYPES:
+            raise TypeError(f"out_dtype must be None or one of {[str(d) for d in FLOAT_DTYPES]}, got {out_dtype!r}")
         if (self.backend == "torch" or torch.jit.is_tracing()
                 or (self.backend in ("auto", "cuda") and input.dtype not in FLOAT_DTYPES)):
             out = super().forward(input)  # tracing (ONNX export, fvcore): aten::layer_norm with a static shape

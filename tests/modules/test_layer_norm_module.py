@@ -146,4 +146,9 @@ def test_bad_arguments():
         ln(torch.randn(3, 7))
     with pytest.raises(TypeError, match="input"):
         ln([1.0] * 8)
+    for backend in ("triton", "torch"):
+        ln.backend = backend
+        with pytest.raises(TypeError, match="out_dtype"):
+            ln(torch.randn(3, 8), out_dtype=torch.int32)
+    ln.backend = "triton"
     assert "backend='triton'" in repr(ln)
