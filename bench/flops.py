@@ -78,7 +78,7 @@ HANDLES = {"m2s2l::selective_scan_fwd": scan_flop_jit, "m2s2l::causal_conv1d_fwd
 
 def set_all_steps(model):
     """Every temporal Mamba block on every step (the architecture as drawn; the model computes only the steps it
-    uses: the gate z, out_proj and residual of each branch's last block on the last step)."""
+    uses: out_proj and the residual of each branch's last block on the last step)."""
     from m2s2l.models.temporal import MultiTemporalMamba
     for m in model.modules():
         if isinstance(m, MultiTemporalMamba):

@@ -36,9 +36,9 @@ class MultiTemporalMamba(nn.Module):
     and its last step (the state after the newest frame) is kept. The per-scale summaries are
     concatenated and fused by a linear layer, added to the newest frame's features (residual).
 
-    Only the last step of each branch is used, so the branch's last block runs with ``last_only`` (its gate z,
-    output projection and residual on that step alone; attribute ``last_only = False`` runs every step, e.g. to
-    count the architecture's FLOPs). The one layout copy left is ``seq`` ((B, T, C, H, W) ->
+    Only the last step of each branch is used, so the branch's last block runs with ``last_only`` (its output
+    projection and residual on that step alone; attribute ``last_only = False`` runs every step, e.g. to count
+    the architecture's FLOPs). The one layout copy left is ``seq`` ((B, T, C, H, W) ->
     (B*H*W, T, C): the blocks need rows of C contiguous values); pooling, the last-step slices and the
     output (a (B, H, W, C) tensor seen as (B, C, H, W)) are computed or viewed without further copies."""
 

@@ -125,26 +125,14 @@ class Mamba(nn.Module):
 
         inference_cache: optional ``(conv_state, ssm_state)`` from ``allocate_inference_cache``; the chunk
         starts from these states and they are overwritten in place with the states after the chunk.
-        last_only: return only the last step's output, (batch, 1, d_model): the gate z and out_proj are computed
-        for that step alone (the scan still runs over the whole chunk; z reaches it as the last step's gate
-        broadcast over time -- a stride-0 view, read once -- so its last output is exact and the others, which
-        nothing reads, are not); the result equals ``forward(...)[:, -1:]`` up to rounding, gradients included.
+        last_only: return only the last step's output, (batch, 1, d_model): out_proj runs on that step alone
+        (the scan still runs over the whole chunk; the result equals ``forward(...)[:, -1:]`` up to rounding).
         """
         check_hidden("hidden_states", hidden_states, self.d_model)
         batch, seqlen, _ = hidden_states.shape
         chan = self._channel_layout(seqlen, hidden_states.device)
-        if last_only:  # x on every step, z on the last one (half the in_proj output on the other steps)
-            di = self.d_inner
-            x = self._in_proj(hidden_states, chan, slice(0, di))                 # (batch, d_inner, seqlen)
-            # the last step as a 2-D (batch, d_model) operand: a plain GEMM (a (batch, 1, d_model) slice went to a
-            # batched GEMM of 1-row matrices, 0.48 ms a call on the 32-stream video shapes, H200)
-            b = None if self.in_proj.bias is None else self.in_proj.bias[di:]
-            z = F.linear(hidden_states[:, -1], self.in_proj.weight[di:], b)[:, :, None].expand(batch, di, seqlen)
-            if resolve_backend(self.backend, hidden_states.device) == "cuda":
-                z = z.contiguous()  # the CUDA extension reads z with seqlen stride 1
-        else:
-            xz = self._in_proj(hidden_states, chan)                              # (batch, 2*d_inner, seqlen)
-            x, z = xz.chunk(2, dim=1)
+        xz = self._in_proj(hidden_states, chan)                                  # (batch, 2*d_inner, seqlen)
+        x, z = xz.chunk(2, dim=1)
         conv_state = ssm_state = None
         if inference_cache is not None:
             conv_state, ssm_state = self._check_cache(inference_cache, batch)
@@ -165,19 +153,15 @@ class Mamba(nn.Module):
         return (resolve_backend(self.backend, device) == "triton"
                 and (seqlen <= SHORT_SEQLEN or seqlen >= LONG_SEQLEN))
 
-    def _in_proj(self, h, channel=False, rows=None):
+    def _in_proj(self, h, channel=False):
         """One GEMM: (batch, seqlen, d_model) -> (batch, 2*d_inner, seqlen), seqlen-contiguous (as mamba-ssm) or,
-        with ``channel``, a view of the (batch, seqlen, 2*d_inner) product (channel-contiguous). ``rows``: a
-        slice of in_proj's output features (e.g. the x half), computed alone."""
+        with ``channel``, a view of the (batch, seqlen, 2*d_inner) product (channel-contiguous)."""
         batch, seqlen, _ = h.shape
-        w, b = self.in_proj.weight, self.in_proj.bias
-        if rows is not None:
-            w, b = w[rows], (None if b is None else b[rows])
         if channel:
-            return F.linear(h, w, b).transpose(1, 2)
-        xz = (w @ h.reshape(batch * seqlen, -1).t()).view(-1, batch, seqlen).transpose(0, 1)
-        if b is not None:
-            xz = xz + b.to(xz.dtype)[:, None]
+            return F.linear(h, self.in_proj.weight, self.in_proj.bias).transpose(1, 2)
+        xz = (self.in_proj.weight @ h.reshape(batch * seqlen, -1).t()).view(-1, batch, seqlen).transpose(0, 1)
+        if self.in_proj.bias is not None:
+            xz = xz + self.in_proj.bias.to(xz.dtype)[:, None]
         return xz
 
     def _conv(self, x, weight, bias, conv_state):

@@ -44,7 +44,7 @@ def test_paper_preset_flops():
     assert f32.total() == 4 * f16.total(), "FLOPs must be exactly linear in H*W"
     run_gflops = f32.total() * (256 // 32) ** 2 / 1e9
     # the architecture (every temporal block on every step) is the paper's size; what runs is less (the last
-    # block of each temporal branch computes its gate, out_proj and residual on the one step that is used)
+    # block of each temporal branch computes its out_proj and residual on the one step that is used)
     a32, _, _ = _count(flops, "m2s2l_paper", 32, all_steps=True)
     gflops = a32.total() * (256 // 32) ** 2 / 1e9
     assert abs(gflops - 20.1) <= 0.05 * 20.1, f"m2s2l_paper: {gflops:.2f} GFLOPs, want 20.1 +-5%"
