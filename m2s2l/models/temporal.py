@@ -56,11 +56,11 @@ class MultiTemporalMamba(nn.Module):
         B, T, C, H, W = feats.shape
         seq = feats.permute(0, 3, 4, 1, 2).reshape(B * H * W, T, C)      # (B*H*W, T, C)
         summaries = []
+        last_only = getattr(self, "last_only", True)  # (modules pickled before the attribute existed)
         for s, branch in zip(self.scales, self.branches):
             x = seq if s == 1 else seq.reshape(B * H * W, T // s, s, C).mean(2)
             for i, block in enumerate(branch):
-                last = getattr(self, "last_only", True) and i == len(branch) - 1   # (modules pickled before it)
-                x = block(x, last_only=last)                                 # last block: (B*H*W, 1, C)
+                x = block(x, last_only=last_only and i == len(branch) - 1)  # last block: (B*H*W, 1, C)
             summaries.append(x[:, -1])                                  # (B*H*W, C)
         fused = seq[:, -1] + self.fuse(torch.cat(summaries, dim=-1))             # (B*H*W, C)
         return fused.reshape(B, H, W, C).permute(0, 3, 1, 2)

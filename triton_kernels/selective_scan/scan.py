@@ -28,7 +28,8 @@ from .scan_config import (_INTERPRET, _block_d, _pow2, _seq_block_d, _seq_bwd_bl
                           _seq_bwd_warps, _seq_warps, chunk_len, cseq_chunk, use_seq_bwd)
 from .scan_config import saved_state_count, use_seq_fwd  # noqa: F401  (public: m2s2l.ops, tests, bench)
 from .scan_kernels import _bwd_kernel, _combine, _fwd_kernel
-from .scan_seq_kernels import _bwd_seq_kernel, _chunk_combine_kernel, _fwd_seq_kernel, _fwd_seq_nd_kernel
+from .scan_seq_kernels import _bwd_seq_kernel, _chunk_combine_kernel, _fwd_seq_kernel
+from .scan_seq_nd_kernels import _fwd_seq_nd_kernel
 
 
 def _vectorize_interpreter_scan():
