@@ -5,7 +5,6 @@
     python bench/tune_scan.py --shapes spatial,LM --modes fwd,fwdbwd --cseq --budget-s 240
     python bench/tune_scan.py --shapes temporal8,temporal16,train64,train128,train256 --modes bwd --budget-s 400
     python bench/tune_scan.py --shapes temporal8,stream64 --modes fwd --layout channel
-    python bench/tune_scan.py --shapes temporal8,temporal16,LM,spatial --modes fwd,fwdbwd --nd
     python bench/tune_scan.py --aot "" | --aot "fwd_block_d=8,chunk=8"    (no GPU: sm_90 compiler report)
 
 Setup as bench/cases_scan.py (bf16, N = 16, input-dependent B/C (batch, 1, N, L), z, D, delta_bias, softplus);
@@ -109,16 +108,6 @@ def fwd_candidates(L, only_cseq=False):
                 (32, 4, 4), (32, 8, 8), (8, 16, 4), (16, 16, 4))]
     before = [dict(fwd_block_d=16)]  # the launchers at 27867ee (before the grid-fill rule; same on the LM shape)
     return [{}] + cseq_fwd_candidates() + before + seq + chunked
-
-
-def nd_candidates(L):
-    """``--nd``: the [N, channels] sequential forward (``scan_config.use_seq_nd``) against the default, with and
-    without B/C prefetch and at half / double the channel tile (for the kernel the shape runs: sequential <= 32
-    steps, else cseq)."""
-    pre = "seq" if L <= 32 else "cseq"
-    nd = dict(seq_nd=1) if L <= 32 else dict(seq_nd=1, cseq=1)
-    return [{}, nd, dict(nd, seq_nd_prefetch=1), dict(nd, **{pre + "_block_d": 32, pre + "_warps": 1}),
-            dict(nd, **{pre + "_block_d": 128, pre + "_warps": 4})]
 
 
 def bwd_candidates(L):
@@ -243,8 +232,6 @@ def main():
     ap.add_argument("--quick", action="store_true", help="tiny shapes, 2 configs a stage (CPU smoke test)")
     ap.add_argument("--cseq", action="store_true",
                     help="sequences > 32 steps: only the default and the chunk-parallel sequential scan configs")
-    ap.add_argument("--nd", action="store_true",
-                    help="fwd/fwdbwd: the default against the [N, channels] sequential forward (seq_nd) configs only")
     ap.add_argument("--layout", choices=("time", "channel"), default="time",
                     help="u/delta/z seqlen-contiguous (mamba-ssm's layout) or channel-contiguous (Mamba.layout "
                          "'channel', what the model runs at <= 32 steps)")
@@ -286,7 +273,7 @@ def main():
             summary.append(bwd_stage(name, shape, runs, t_shape + bshare, args.quick, device, all_rows))
             t_shape, share = time.time(), share - (time.time() - t_shape)
         if "fwd" in modes:
-            fcands = (nd_candidates(L) if args.nd else fwd_candidates(L, args.cseq))[: 2 if args.quick else None]
+            fcands = fwd_candidates(L, args.cseq)[: 2 if args.quick else None]
             if args.quick and args.cseq and L > 32:
                 fcands = [{}, QUICK_CSEQ]
             end = t_shape + share * (0.45 if "fwdbwd" in modes else 1.0)
@@ -305,8 +292,6 @@ def main():
             else:
                 bc = [{}, before, best_fwd] + (cseq_fwdbwd_candidates({}) if L > 32 else []) + [
                     dict(best_fwd, **c) for c in bwd_candidates(L)]
-            if args.nd:
-                bc = nd_candidates(L)
             bc = [c for i, c in enumerate(bc) if c not in bc[:i]][: 2 if args.quick else None]
             if args.quick and args.cseq and L > 32:
                 bc = [{}, QUICK_CSEQ]

@@ -1,12 +1,13 @@
-"""``m2s2l`` command line: train | eval | demo (| score | export when m2s2l.engine.stream / .export exist).
+"""``m2s2l`` command line: train | eval | demo | score | export | calibrate.
 
     m2s2l train --data DIR --config m2s2l_paper --out RUN [--epochs 60 --batch-size 16 --lr 2e-4 ...]
     torchrun --nproc_per_node=N -m m2s2l train ...       (or: m2s2l train --gpus N ...)  DDP, global batch = B*N
     m2s2l eval --data DIR --ckpt RUN/model.pt --out EVAL [--smooth SIGMA] [--labels FILE] [--score VARIANT]
     m2s2l demo [--out DIR] [--quick]
+    m2s2l calibrate --ckpt IN --data DIR --out OUT [--clips A,B] [--set score_w_motion=1]   (alert threshold)
 
 Extra subcommands: a module ``m2s2l.engine.<name>`` defining ``add_parser(subparsers)`` (which registers its
-parser and sets ``func`` with ``set_defaults``) is picked up for ``score`` (stream) and ``export``.
+parser and sets ``func`` with ``set_defaults``) is picked up for ``score`` (stream), ``export`` and ``calibrate``.
 """
 import argparse
 import importlib
@@ -99,7 +100,8 @@ def build_parser():
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_demo)
-    for name, module in (("score", "m2s2l.engine.stream"), ("export", "m2s2l.engine.export")):
+    for name, module in (("score", "m2s2l.engine.stream"), ("export", "m2s2l.engine.export"),
+                         ("calibrate", "m2s2l.engine.calibrate")):
         try:
             mod = importlib.import_module(module)
         except ImportError:

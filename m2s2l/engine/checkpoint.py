@@ -156,12 +156,18 @@ def _config_kwargs(name, config):
 def load_checkpoint(path, device="cpu"):
     """Load ``path`` and rebuild its model: returns ``(model, ckpt)``, the model in eval mode on ``device``
     with float32 weights (half-precision checkpoints are cast back)."""
-    import m2s2l.models  # noqa: F401  (registers the presets)
-    from m2s2l.models import create_model
     ckpt = read_checkpoint(path)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "state_dict" not in ckpt:
         raise ValueError(f"{path!r} is not an m2s2l checkpoint (needs 'model', 'config', 'state_dict')")
+    return model_from_checkpoint(ckpt, device), ckpt
+
+
+def model_from_checkpoint(ckpt, device="cpu"):
+    """The model a checkpoint dict describes (its ``model`` name and ``config``), weights loaded as float32,
+    in eval mode on ``device``."""
+    import m2s2l.models  # noqa: F401  (registers the presets)
+    from m2s2l.models import create_model
     model = create_model(ckpt["model"], **_config_kwargs(ckpt["model"], ckpt["config"]))
     sd = model.state_dict()
     model.load_state_dict({k: v.to(sd[k].dtype) if k in sd else v for k, v in ckpt["state_dict"].items()})
-    return model.to(device).eval(), ckpt
+    return model.to(device).eval()

@@ -65,6 +65,7 @@ SCORE_VARIANTS = {
     "mot_patch16": ((1.0, "mot", 16),),
     "mot_patch32": ((1.0, "mot", 32),),
     "default": None,
+    "app_psnr+mot_patch16": ((0.5, "app", 0), (0.5, "mot", 16)),  # the preset's default score, by name
     "app_patch16+mot_patch16": ((0.5, "app", 16), (0.5, "mot", 16)),
     "app_psnr+mot_patch32": ((0.5, "app", 0), (0.5, "mot", 32)),
     "app_patch32+mot_patch32": ((0.5, "app", 32), (0.5, "mot", 32)),

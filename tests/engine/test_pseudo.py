@@ -124,6 +124,12 @@ def test_score_variants_match_model_score_and_formulas():
     torch.testing.assert_close(v["app_patch16+mot_patch16"], 0.5 * v["app_patch16"] + 0.5 * v["mot_patch16"])
     torch.testing.assert_close(v["app_psnr+mot_patch32"], 0.5 * v["app_psnr"] + 0.5 * v["mot_patch32"])
     assert not torch.equal(v["app_patch16"], v["app_psnr"])
+    # the preset default's formula by name: equals the default score of a 0.5/0.5 model with 16-px patches
+    torch.manual_seed(0)
+    m16 = create_model("m2s2l_lite", image_size=32, score_patch=16, backend="torch").eval()
+    assert (m16.config.score_w_appearance, m16.config.score_w_motion) == (0.5, 0.5)
+    v16 = score_variants(m16, batch, ["default", "app_psnr+mot_patch16"])
+    torch.testing.assert_close(v16["app_psnr+mot_patch16"], v16["default"])
     assert set(score_variants(model, batch, ["mot_patch32"])) == {"mot_patch32"}
     with pytest.raises(ValueError, match="score variant"):
         score_variants(model, batch, ["nope"])

@@ -34,6 +34,9 @@ def test_config_calibration_and_weights(shipped):
     for k in ("mean", "std", "threshold"):
         assert math.isfinite(cal[k]), k
     assert cal["std"] > 0 and cal["threshold"] > cal["mean"]
+    # the score chosen on the held-out clips (docs/RESULTS.md, session 9): the motion term alone, calibrated on them
+    assert (cfg.score_w_appearance, cfg.score_w_motion, cfg.score_patch) == (0.0, 1.0, 16)
+    assert cal["source"] == "val" and cal["clips"] == ["05", "13"] == ckpt["extra"]["val_clips"]
     assert not model.training
     for name, t in model.state_dict().items():
         if t.is_floating_point():

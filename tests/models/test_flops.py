@@ -14,6 +14,8 @@ import torch
 
 from m2s2l.models import create_model
 
+pytest.importorskip("fvcore")  # a test extra (CI has it); the GPU box may not
+
 _PATH = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "flops.py")
 
 

@@ -194,13 +194,14 @@ def test_temporal_last_only_equals_full_branches(backend):
     from m2s2l.ops._backend import interpret_mode
     if backend == "triton" and not torch.cuda.is_available() and not interpret_mode():
         pytest.skip("Triton on CPU needs TRITON_INTERPRET=1")
-    model = tiny(temporal_depth=2, temporal_scales=(1, 2, 4))
+    dev = "cuda" if backend == "triton" and not interpret_mode() else "cpu"  # the GPU suite: no interpreter
+    model = tiny(temporal_depth=2, temporal_scales=(1, 2, 4)).to(dev)
     model.set_backend(backend)
     level = 1 if backend == "torch" else 2
     tm = model.temporal[level]
     g = torch.Generator().manual_seed(3)
     B = 2 if backend == "torch" else 1
-    feats = torch.randn(B, 4, *model.feature_shapes()[level], generator=g)
+    feats = torch.randn(B, 4, *model.feature_shapes()[level], generator=g).to(dev)
     out = tm(feats)
     ref = full_temporal_forward(tm, feats)
     assert out.shape == ref.shape == (B, *model.feature_shapes()[level])

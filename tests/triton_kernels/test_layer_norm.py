@@ -204,8 +204,9 @@ def test_bad_inputs_name_the_argument(device):
         layer_norm(torch.randn(1, 16385, device=device), backend="triton")
 
 
-def test_speed_bench_smoke(tmp_path):
-    """bench/layer_norm_speed.py runs end to end on CPU (--small; Triton interpreted) and writes its JSON."""
+def test_speed_bench_smoke(tmp_path, device):
+    """bench/layer_norm_speed.py runs end to end (--small) and writes its JSON: on CPU with Triton interpreted, on
+    the GPU (M2S2L_TEST_GPU=1, no interpreter) with CUDA tensors."""
     import importlib.util
     import json
     import os
@@ -214,6 +215,7 @@ def test_speed_bench_smoke(tmp_path):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "ln.json"
-    rows = bench.main(["--device", "cpu", "--backend", "triton", "--small", "--json", str(out)])
-    assert len(rows) == 4 * 2 * 2 and json.load(open(out))["rows"] == json.loads(json.dumps(rows))
+    rows = bench.main(["--device", str(device), "--backend", "triton", "--small", "--json", str(out)])
+    impls = 4 if device.type == "cuda" else 2  # bf16 on CUDA adds the float32-output pair (autocast)
+    assert len(rows) == 4 * 2 * impls and json.load(open(out))["rows"] == json.loads(json.dumps(rows))
     assert all(r["ms_p50"] > 0 and r["vs_peer"] > 0 for r in rows)

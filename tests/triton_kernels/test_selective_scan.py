@@ -148,7 +148,7 @@ class _Spy:
 
 @pytest.fixture
 def spies(monkeypatch):
-    s = {n: _Spy(getattr(scan, n)) for n in ("_fwd_kernel", "_fwd_seq_kernel", "_fwd_seq_nd_kernel", "_bwd_kernel",
+    s = {n: _Spy(getattr(scan, n)) for n in ("_fwd_kernel", "_fwd_seq_kernel", "_bwd_kernel",
                                              "_bwd_seq_kernel")}
     for n, spy in s.items():
         monkeypatch.setattr(scan, n, spy)
@@ -196,46 +196,6 @@ def test_short_sequences(case, device, spies, monkeypatch):
     assert spies["_fwd_kernel"].launches == int(not seq_fwd)
     assert spies["_bwd_seq_kernel"].launches == int(bool(seq_bwd))
     assert spies["_bwd_kernel"].launches == int(not seq_bwd)
-
-
-# the [N, channels] sequential forward (seq_nd=1), with and without B/C prefetch: groups, fixed/3-D/mixed B and C,
-# odd N (17: BLOCK_N 32), N 64, one step, no h0, non-contiguous inputs, half dtypes, several channel blocks
-SEQ_ND_CASES = [
-    (2, 6, 1, 4, "g2", "fp32", False, True, {}),
-    (2, 5, 2, 17, "g1", "fp32", False, True, {}),
-    (1, 4, 31, 4, "3d", "fp32", False, False, {}),
-    (1, 3, 5, 64, "g1", "fp32", False, True, {}),
-    (2, 6, 6, 1, "fixed", "fp32", False, True, {}),
-    (2, 6, 6, 4, "mixed", "fp32", False, True, {}),
-    (2, 8, 7, 4, "g2", "fp32", True, True, dict(seq_block_d=2)),
-    (2, 8, 9, 16, "g2", "bf16", False, True, {}),
-    (2, 8, 9, 16, "g2", "fp16", True, True, {}),
-]
-
-
-@pytest.mark.parametrize("prefetch", [0, 1], ids=["noprefetch", "prefetch"])
-@pytest.mark.parametrize("case", SEQ_ND_CASES, ids=seq_id)
-def test_seq_nd_forward(case, prefetch, device, spies, monkeypatch):
-    """M2S2L_SCAN_CFG seq_nd=1: out, last_state and every gradient vs float64 (the backward consumes the chunk
-    states the nd forward wrote); the nd kernel ran instead of _fwd_seq_kernel."""
-    b, d, L, n, bc, dt, nc, h0, cfg = case
-    monkeypatch.setattr(scan_config, "_CFG", dict(cfg, seq_nd=1, seq_nd_prefetch=prefetch))
-    check(make_inputs(b, d, L, n, bc, dt, h0=h0, noncontig=nc, device=device), dt)
-    assert spies["_fwd_seq_nd_kernel"].launches == 1 and spies["_fwd_seq_kernel"].launches == 0
-
-
-def test_seq_nd_equals_seq(device, monkeypatch):
-    """The two sequential forwards agree to float32 rounding (outputs, last state, gradients)."""
-    ins = make_inputs(3, 8, 6, 16, "g2", device=device)
-    gen = torch.Generator().manual_seed(4)
-    dout, dlast = torch.randn(3, 8, 6, generator=gen).to(device), torch.randn(3, 8, 16, generator=gen).to(device)
-    res = []
-    for cfg in ({}, dict(seq_nd=1)):
-        monkeypatch.setattr(scan_config, "_CFG", cfg)
-        res.append(run(ins, True, "triton", dout, dlast))
-    assert rel_rms(res[0][0], res[1][0]) < 1e-6 and rel_rms(res[0][1], res[1][1]) < 1e-6
-    for k in res[0][2]:
-        assert rel_rms(res[1][2][k], res[0][2][k]) < 1e-5, k
 
 
 def test_seq_bwd_equals_chunked_bwd(device, monkeypatch):

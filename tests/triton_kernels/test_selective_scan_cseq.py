@@ -11,7 +11,7 @@ from m2s2l.triton_kernels.selective_scan.naive import selective_scan_ref
 
 from test_selective_scan import _Spy, check, make_inputs, rel_rms, run, run_configs
 
-KERNELS = ("_fwd_kernel", "_fwd_seq_kernel", "_fwd_seq_nd_kernel", "_bwd_kernel", "_bwd_seq_kernel",
+KERNELS = ("_fwd_kernel", "_fwd_seq_kernel", "_bwd_kernel", "_bwd_seq_kernel",
            "_chunk_combine_kernel")
 
 
@@ -61,18 +61,6 @@ def test_cseq_against_reference(case, device, spies, monkeypatch):
     assert spies["_fwd_seq_kernel"].launches == two and spies["_bwd_seq_kernel"].launches == two
     assert spies["_chunk_combine_kernel"].launches == (2 if chunks > 1 else 0)
     assert spies["_fwd_kernel"].launches == 0 and spies["_bwd_kernel"].launches == 0
-
-
-@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[5], CASES[9], CASES[11]], ids=case_id)
-def test_cseq_nd_forward(case, device, spies, monkeypatch):
-    """seq_nd=1 with cseq: both forward passes (local chunk states, then outputs from the combined boundary
-    states) in the [N, channels] kernel; out, last_state and every gradient vs float64."""
-    b, d, L, n, bc, dt, z, D, bias, h0, sp, nc, cfg = case
-    monkeypatch.setattr(scan_config, "_CFG", dict(cfg, cseq=1, seq_nd=1))
-    check(make_inputs(b, d, L, n, bc, dt, z, D, bias, h0, device=device, noncontig=nc), dt, softplus=sp)
-    chunks = -(-L // scan_config.cseq_chunk(L))
-    assert spies["_fwd_seq_nd_kernel"].launches == (2 if chunks > 1 else 1)
-    assert spies["_fwd_seq_kernel"].launches == 0
 
 
 @pytest.mark.parametrize("other", [dict(seq=1), {}], ids=["whole-seq", "default"])

@@ -19,7 +19,7 @@ def _env_config():
     """Optional overrides for tuning sweeps, e.g.
     M2S2L_SCAN_CFG="chunk=16,fwd_block_d=16,bwd_block_d=8,fwd_warps=4,bwd_warps=4" (chunk is capped by the sequence
     length; block sizes must be powers of two); the sequential forward: seq=0|1 (both directions), seq_max_len,
-    seq_block_d, seq_warps, seq_nd=0|1 and seq_nd_prefetch=0|1 (``use_seq_nd``); the sequential backward: seq_bwd=0|1
+    seq_block_d, seq_warps; the sequential backward: seq_bwd=0|1
     (overrides seq for the backward only),
     seq_bwd_block_d, seq_bwd_warps, seq_bwd_progs_per_sm, seq_bwd_programs (total program target), seq_bwd_maxnreg
     (register cap passed to the compiler; unset = none: sm_90 AOT shows 255 registers unconstrained); the
@@ -103,15 +103,6 @@ def use_seq_fwd(seqlen):
     if "seq" in _CFG:
         return bool(_CFG["seq"])
     return seqlen <= _CFG.get("seq_max_len", 32)
-
-
-def use_seq_nd():
-    """Whether the sequential forward runs ``_fwd_seq_nd_kernel`` (the state tile as [N, channels]: no barrier,
-    shuffle or shared memory per step in the sm_90 compile, 96-127 registers without B/C prefetch, 167 with it)
-    instead of ``_fwd_seq_kernel`` ([channels, N]: 6 bar.sync and 8 shfl per step, 96 registers). Off by default:
-    not yet timed on a GPU. M2S2L_SCAN_CFG seq_nd=1 turns it on (both the short-sequence and the cseq forward);
-    seq_nd_prefetch=1 loads step t+1's B/C while step t computes (more registers)."""
-    return bool(_CFG.get("seq_nd", 0))
 
 
 def _seq_block_d(cpg, dstate, rows, device, key="seq_block_d"):

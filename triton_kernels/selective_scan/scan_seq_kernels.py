@@ -2,8 +2,9 @@
 ``use_seq_fwd(seqlen)`` / ``use_seq_bwd(seqlen)``, by default seqlen <= 32, and launches them).
 
 Forward (``_fwd_seq_kernel``): one program per (batch row, group, channel block); the [BLOCK_D, BLOCK_N] state
-stays in registers and the program steps through time (fla's fused_recurrent layout). The same forward with the
-state as [BLOCK_N, BLOCK_D] (opt-in, ``scan_config.use_seq_nd``) is ``scan_seq_nd_kernels._fwd_seq_nd_kernel``.
+stays in registers and the program steps through time (fla's fused_recurrent layout). (The same forward with the
+state as [BLOCK_N, BLOCK_D] -- no barrier or shuffle per step in the sm_90 compile -- measured 0.25-1.01x of this
+one on the H200 and was removed: docs/BENCHMARKS.md, session 9.)
 
 Backward (``_bwd_seq_kernel``): the adjoint runs backwards in time and needs h_{t-1} and h_t at every step, but
 Triton cannot index a register tile by a loop variable, so the states of one sequence cannot be kept in registers.
