@@ -7,7 +7,7 @@ clips when ``--val-clips`` > 0, else training clips, which is optimistic because
     {"method": "zscore", "mean": mu, "std": sigma,          # z = (raw - mean) / std, video-independent
      "quantile": q, "threshold": raw score at quantile q of the normal scores (alert when raw > threshold),
      "threshold_z": (threshold - mean) / std, "false_alarm_rate": 1 - q  (on the calibration frames),
-     "n_frames": number of calibration frames, "source": "val" | "train", "clips": [...]}
+     "n_frames": number of calibration frames, "source": "val" | "train" | "clips", "clips": [...]}
 
 The trade-off: a higher q gives fewer false alarms on normal footage but later / missed detections;
 q = 0.995 flags ~0.5% of normal frames (about one frame in 200; with hysteresis far fewer alert episodes).
@@ -19,8 +19,9 @@ own normal footage (a camera's first hour), or after changing the score formula,
         --set score_w_appearance=0 --set score_w_motion=1          # clips: the checkpoint's validation clips
 
 Only the score's settings (config keys ``score_*``) may change: they do not touch the weights. The clips scored are
-``--clips`` (names in ROOT's training split, or ROOT itself when it has no ``training/``), else the checkpoint's
-held-out validation clips, else every clip (``source`` "train", optimistic if the model was trained on them).
+``--clips`` (names in ROOT's training split, or ROOT itself when it has no ``training/``; ``source`` "val" when they
+are all held-out validation clips of the checkpoint, else "clips"), else the checkpoint's held-out validation clips
+("val"), else every clip ("train": optimistic if the model was trained on them).
 The output is written atomically; ``extra["recalibrated"]`` records the previous config values, calibration,
 clips and date.
 """
@@ -118,7 +119,8 @@ def run_calibrate(args):
     store = FrameStore.load(args.data, _split_of(args.data), cfg.image_size, cfg.in_channels, workers=args.workers)
     val = list((ckpt.get("extra") or {}).get("val_clips") or [])
     if args.clips:
-        names, source = [c.strip() for c in args.clips.split(",") if c.strip()], "val"
+        names = [c.strip() for c in args.clips.split(",") if c.strip()]
+        source = "val" if set(names) <= set(val) else "clips"
     elif val:
         names, source = val, "val"
     else:

@@ -75,7 +75,7 @@ def test_named_clips_quantile_and_in_place(setup, tmp_path):
     model, ck = load_checkpoint(str(out))
     s = np.concatenate([expected_scores(model, root, n).numpy() for n in ("01", "03")])
     c = ck["calibration"]
-    assert c["clips"] == ["01", "03"] and c["n_frames"] == len(s)
+    assert c["clips"] == ["01", "03"] and c["source"] == "clips" and c["n_frames"] == len(s)
     np.testing.assert_allclose(c["threshold"], np.quantile(s, 0.5), rtol=1e-5, atol=1e-5)
     assert ck["extra"]["recalibrated"][-1]["config_set"] == {}
 
