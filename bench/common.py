@@ -1,5 +1,6 @@
 """Shared benchmark plumbing: the Case record, timing, the copy-bandwidth floor, and the launch-config sweep
-harness of ``tune_scan.py`` / ``tune_conv.py`` (``sweep``, ``fmt_row``, ``best_of``).
+harness of ``tune_scan.py`` / ``tune_conv.py`` (``sweep``, ``fmt_row``, ``best_of``), and ``profile`` (kernels of a
+callable under torch.profiler: ``fps.py``, ``speed.py``).
 
 A ``Case`` is one (op, shape, dtype, mode) with one zero-argument callable per implementation. Timing on a GPU
 uses ``triton.testing.do_bench`` quantiles [0.5, 0.2, 0.8] (ms); implementations listed in ``Case.once`` (slow
@@ -159,3 +160,19 @@ def sweep(name, shape, mode, cands, run, set_cfg, timer, budget_end, always=1, l
         print(fmt_row(row), flush=True)
     set_cfg({})
     return rows
+
+
+def profile(fn, device, n, label, top=12):
+    """Run ``fn`` n times under torch.profiler and print the ``top`` kernels by total device (CUDA) or CPU time."""
+    from torch.profiler import ProfilerActivity
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.profiler.profile(activities=acts) as prof:
+        for _ in range(n):
+            fn()
+        sync(device)
+    key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    try:
+        table = prof.key_averages().table(sort_by=key, row_limit=top, max_name_column_width=60)
+    except Exception:   # older/newer profilers name the column device_time_total
+        table = prof.key_averages().table(sort_by="device_time_total", row_limit=top, max_name_column_width=60)
+    print(f"## profile, {label}, {n} calls\n{table}", flush=True)

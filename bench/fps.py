@@ -22,16 +22,13 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import profile, sync  # noqa: E402
 from m2s2l.engine.evaluate import apply_backend  # noqa: E402
 from m2s2l.engine.export import pure_torch_ops  # noqa: E402
 from m2s2l.engine.stream import StreamStep  # noqa: E402
 from m2s2l.models import create_model  # noqa: E402
 from m2s2l.models.fuse import fused_for_inference  # noqa: E402
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def timed(fn, frames_per_call, device, seconds, warmup=3):
@@ -123,22 +120,6 @@ def flow_mode(model, threads):
     b = np.roll(a, 2, axis=1)
     fn = flow_fn("dis")
     return lambda: fn(a, b)
-
-
-def profile(fn, device, n, label, top=12):
-    """Run ``fn`` n times under torch.profiler and print the ``top`` kernels by total device (CUDA) or CPU time."""
-    from torch.profiler import ProfilerActivity
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with torch.profiler.profile(activities=acts) as prof:
-        for _ in range(n):
-            fn()
-        sync(device)
-    key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
-    try:
-        table = prof.key_averages().table(sort_by=key, row_limit=top, max_name_column_width=60)
-    except Exception:   # older/newer profilers name the column device_time_total
-        table = prof.key_averages().table(sort_by="device_time_total", row_limit=top, max_name_column_width=60)
-    print(f"## profile, {label}, {n} calls\n{table}", flush=True)
 
 
 def main(argv=None):
