@@ -176,3 +176,12 @@ def profile(fn, device, n, label, top=12):
     except Exception:   # older/newer profilers name the column device_time_total
         table = prof.key_averages().table(sort_by="device_time_total", row_limit=top, max_name_column_width=60)
     print(f"## profile, {label}, {n} calls\n{table}", flush=True)
+
+
+def write_json(path, device_label, copy_bw, rows):
+    """The bench JSON: the device, the measured copy bandwidth, torch's version, the command's arguments, the rows."""
+    import json
+    import sys
+    with open(path, "w") as f:
+        json.dump(dict(device=device_label, copy_bw=copy_bw, torch=torch.__version__, argv=sys.argv[1:], rows=rows), f,
+                  indent=1)

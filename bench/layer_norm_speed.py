@@ -15,7 +15,6 @@ floor and the speed-up over the peer. Timing: triton.testing.do_bench on a GPU, 
 Run the tests first (tests/triton_kernels/test_layer_norm.py): a speed-up counts only for a kernel that passes.
 """
 import argparse
-import json
 import os
 import sys
 
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's m2s2l
-from common import DTYPES, copy_bandwidth, device_name, time_ms  # noqa: E402
+from common import DTYPES, copy_bandwidth, device_name, time_ms, write_json  # noqa: E402
 
 from m2s2l.ops import layer_norm  # noqa: E402
 
@@ -107,9 +106,7 @@ def main(argv=None):
     print("# vs peer = peer p50 / p50 (higher is faster): m2s2l vs F.layer_norm, m2s2l>fp32 vs F.ln@amp (CUDA,\n"
           "# half dtypes: the model under autocast). Bytes: x, y (its dtype), and for fwd+bwd x, dy, dx again.")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(device=name, copy_bw=bw, torch=torch.__version__, argv=sys.argv[1:], rows=rows_out), f,
-                      indent=1)
+        write_json(args.json, name, bw, rows_out)
     return rows_out
 
 

@@ -13,14 +13,13 @@ fwd+bwd goes (e.g. the scan's forward passes, chunk combines and backward kernel
 """
 import argparse
 import importlib
-import json
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import copy_bandwidth, device_name, finish_floor, profile, time_ms  # noqa: E402
+from common import copy_bandwidth, device_name, finish_floor, profile, time_ms, write_json  # noqa: E402
 
 
 def load_cases(op, device, dtypes, modes, quick):
@@ -106,9 +105,7 @@ def main(argv=None):
                 rows.append(r)
     print("# * = timed with a single call (slow reference); vs peer = peer p50 / p50 (higher is faster)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(device=name, copy_bw=bw, torch=torch.__version__, argv=sys.argv[1:], rows=rows), f,
-                      indent=1)
+        write_json(args.json, name, bw, rows)
     return rows
 
 
