@@ -160,18 +160,18 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, initi
                 SAVE_CHUNKS=hc is not None)
     if seq:
         warps = scan_config._CFG.get("cseq_warps" if Lc else "seq_warps", _seq_warps(BLOCK_D, N))
-        fwd_seq = _fwd_seq_kernel
         hb = dsum = dmy
         if nc > 1:  # pass 1: chunks 0 .. nc-2 from zero -> local end states; combine -> states entering chunks 1..
             hb = torch.empty(batch, nc - 1, dim, N, device=u.device, dtype=torch.float32)
             dsum = torch.empty(batch, nc - 1, dim, device=u.device, dtype=torch.float32)
             pass1 = dict(meta, HAS_D=False, HAS_Z=False, HAS_H0=False, STORE_LAST=False)
-            fwd_seq[(batch * (nc - 1), G * nblk)](*ptrs, hb, dsum, L, Lc, nc, nc - 1, dim, cpg, nblk, *strides,
-                                                  **pass1, STATE_ONLY=True, CSEQ=False, num_warps=warps)
+            _fwd_seq_kernel[(batch * (nc - 1), G * nblk)](*ptrs, hb, dsum, L, Lc, nc, nc - 1, dim, cpg, nblk,
+                                                          *strides, **pass1, STATE_ONLY=True, CSEQ=False,
+                                                          num_warps=warps)
             _combine_chunks(h0, hb, dsum, A, reverse=False)
             hc = hb if save_states else None
-        fwd_seq[(batch * nc, G * nblk)](*ptrs, hb, dsum, L, Lc if nc > 1 else L, nc, nc, dim, cpg, nblk, *strides,
-                                        **meta, STATE_ONLY=False, CSEQ=nc > 1, num_warps=warps)
+        _fwd_seq_kernel[(batch * nc, G * nblk)](*ptrs, hb, dsum, L, Lc if nc > 1 else L, nc, nc, dim, cpg, nblk,
+                                                *strides, **meta, STATE_ONLY=False, CSEQ=nc > 1, num_warps=warps)
     else:
         _fwd_kernel[(batch, G * nblk)](*ptrs, L, nchunks, dim, cpg, nblk, *strides, **meta,
                                        num_warps=scan_config._CFG.get("fwd_warps", 4))
