@@ -86,10 +86,16 @@ class FrameStore:
 
     # ---------------------------------------------------------------- building
     @classmethod
-    def load(cls, root, split, size, channels, cache_dir=None, workers=8, verbose=False):
+    def load(cls, root, split, size, channels, cache_dir=None, workers=8, verbose=False, names=None):
         """Decode every clip of ``root``/``split`` (see :func:`m2s2l.data.frames.find_clips`) at ``size``
-        (int or (H, W)) with ``channels`` (1 gray | 3 RGB) into a store, via the ``.npy`` cache when given."""
+        (int or (H, W)) with ``channels`` (1 gray | 3 RGB) into a store, via the ``.npy`` cache when given.
+        ``names``: only these clips (in the split's order); a name not in the split raises ValueError."""
         clips = find_clips(root, split)
+        if names is not None:
+            missing = sorted(set(names) - {c.name for c in clips})
+            if missing:
+                raise ValueError(f"clips {missing} not found in {root!r} (clips there: {[c.name for c in clips]})")
+            clips = [c for c in clips if c.name in set(names)]
         hw = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
         key = None
         if cache_dir:

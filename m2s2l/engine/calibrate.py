@@ -98,25 +98,22 @@ def run_calibrate(args):
 
     from m2s2l.data.store import FrameStore
 
-    from .checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
+    from .checkpoint import check_checkpoint, model_from_checkpoint, read_checkpoint, save_checkpoint
     from .distributed import resolve_device
     from .evaluate import apply_backend, score_indices
     from .train import _split_of
-    ckpt = read_checkpoint(args.ckpt)
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "state_dict" not in ckpt:
-        raise ValueError(f"--ckpt {args.ckpt!r} is not an m2s2l checkpoint (needs 'model', 'config', 'state_dict')")
+    ckpt = check_checkpoint(read_checkpoint(args.ckpt), args.ckpt)
     changes = score_overrides(args.set, ckpt["config"])
     old_config = {k: ckpt["config"][k] for k in changes}
     ckpt["config"] = {**ckpt["config"], **changes}
     device = resolve_device(args.device)
-    model = model_from_checkpoint(ckpt, device)  # validates the new score settings
+    model = model_from_checkpoint(ckpt, device, args.ckpt)  # validates the new score settings
     apply_backend(model, args.backend, device)
     cfg = model.config
     prev = ckpt.get("calibration") or {}
     quantile = args.quantile if args.quantile is not None else prev.get("quantile", 0.995)
     if not 0.0 < quantile < 1.0:
         raise ValueError(f"--quantile must be in (0, 1), got {quantile}")
-    store = FrameStore.load(args.data, _split_of(args.data), cfg.image_size, cfg.in_channels, workers=args.workers)
     val = list((ckpt.get("extra") or {}).get("val_clips") or [])
     if args.clips:
         names = [c.strip() for c in args.clips.split(",") if c.strip()]
@@ -124,11 +121,10 @@ def run_calibrate(args):
     elif val:
         names, source = val, "val"
     else:
-        names, source = list(store.names), "train"
-    missing = sorted(set(names) - set(store.names))
-    if missing:
-        raise ValueError(f"--clips: {missing} not found in {args.data!r} (clips there: {store.names})")
-    store = store.subset(names)
+        names, source = None, "train"
+    store = FrameStore.load(args.data, _split_of(args.data), cfg.image_size, cfg.in_channels, workers=args.workers,
+                            names=names)  # decodes only the clips scored
+    names = list(store.names)
     if getattr(cfg, "motion_target", "diff") == "flow":
         store.compute_flow((ckpt.get("train_args") or {}).get("flow_method", "dis"))
     store.to(device)

@@ -157,14 +157,20 @@ def load_checkpoint(path, device="cpu"):
     """Load ``path`` and rebuild its model: returns ``(model, ckpt)``, the model in eval mode on ``device``
     with float32 weights (half-precision checkpoints are cast back)."""
     ckpt = read_checkpoint(path)
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "state_dict" not in ckpt:
+    return model_from_checkpoint(ckpt, device, path), ckpt
+
+
+def check_checkpoint(ckpt, path="checkpoint"):
+    """ValueError unless ``ckpt`` (read from ``path``, named in the message) is an m2s2l checkpoint dict."""
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "state_dict" not in ckpt or "config" not in ckpt:
         raise ValueError(f"{path!r} is not an m2s2l checkpoint (needs 'model', 'config', 'state_dict')")
-    return model_from_checkpoint(ckpt, device), ckpt
+    return ckpt
 
 
-def model_from_checkpoint(ckpt, device="cpu"):
-    """The model a checkpoint dict describes (its ``model`` name and ``config``), weights loaded as float32,
-    in eval mode on ``device``."""
+def model_from_checkpoint(ckpt, device="cpu", path="checkpoint"):
+    """The model a checkpoint dict (read from ``path``, for the error message) describes: its ``model`` name and
+    ``config``, weights loaded as float32, in eval mode on ``device``."""
+    check_checkpoint(ckpt, path)
     import m2s2l.models  # noqa: F401  (registers the presets)
     from m2s2l.models import create_model
     model = create_model(ckpt["model"], **_config_kwargs(ckpt["model"], ckpt["config"]))

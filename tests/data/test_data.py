@@ -181,6 +181,10 @@ def test_store_batch_index_arithmetic(ds, tmp_path):
     assert torch.equal(st.frames, st2.frames) and st2.lengths == st.lengths
     sub = st.subset(["10"])
     assert sub.names == ["10"] and torch.equal(sub.frames, st.frames[12:])
+    only = FrameStore.load(ds, "testing", 8, 1, names=["10", "01"])  # decodes just these, in the split's order
+    assert only.names == ["01", "10"] and torch.equal(only.frames, torch.cat([st.frames[:5], st.frames[12:]]))
+    with pytest.raises(ValueError, match="'99'"):
+        FrameStore.load(ds, "testing", 8, 1, names=["01", "99"])
     assert choose_val_clips([f"{i}" for i in range(16)], 2) == ["4", "12"]
 
 
