@@ -2,6 +2,9 @@
 # One device call (GPU box, repo root): environment facts, the GPU correctness suite, the peers' CUDA build
 # (in the background, ~7 min on 16 cores), then `bench/speed.py` against the peers.
 #   bash bench/gpu_kernels.sh PEERS_DIR OUT_DIR [speed.py args...]
+# Env: BENCH_OPS (default "scan conv mamba"), WHILE_BUILDING (a command run after the tests, while the peers build),
+# PEERS_DEADLINE_S / TOTAL_S (seconds into the call to stop waiting for the build / to end the bench), GPU_TESTS /
+# TESTS_S (the test paths, default tests/triton_kernels tests/modules tests/models, and their time limit, 200 s).
 # PEERS_DIR holds shared/peers/peers.py and the two sdists (copy them into a git-ignored folder and carry it).
 set -u
 PEERS=${1:-_carry/peers}; OUT=${2:-${OUT:-/tmp/m2s2l_out}}; shift 2 || true
@@ -20,8 +23,10 @@ if ! M2S2L_BUILD_CUDA=0 pip install -q -e . --no-deps --no-build-isolation > "$O
   export PYTHONPATH=$PWD:${PYTHONPATH:-}
 fi
 START=$SECONDS
-M2S2L_TEST_GPU=1 timeout 200 python3 -m pytest tests/triton_kernels tests/modules tests/models -q -x -p no:cacheprovider \
+M2S2L_TEST_GPU=1 timeout ${TESTS_S:-200} python3 -m pytest ${GPU_TESTS:-tests/triton_kernels tests/modules tests/models} -q -x -p no:cacheprovider \
   > "$OUT/gpu_tests.log" 2>&1; echo "gpu tests rc=$? ($((SECONDS-START)) s)"; tail -5 "$OUT/gpu_tests.log"
+# optional work while the peers build (e.g. a same-run A/B of launch configs): WHILE_BUILDING="cmd"
+if [ -n "${WHILE_BUILDING:-}" ]; then eval "$WHILE_BUILDING"; echo "while-building rc=$? ($SECONDS s)"; fi
 # wait for the peers' build, but leave time for the bench inside one 10-minute command
 while jobs %1 >/dev/null 2>&1 && [ $SECONDS -lt ${PEERS_DEADLINE_S:-430} ]; do sleep 5; done
 tail -2 "$OUT/peers_build.log" 2>/dev/null

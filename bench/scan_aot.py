@@ -83,7 +83,7 @@ def _capture(shape, bwd):
     u = torch.empty(batch, dim, L, dtype=torch.bfloat16, **m)
     A, D, bias = torch.empty(dim, N, **m), torch.empty(dim, **m), torch.empty(dim, **m)
     Bt = torch.empty(batch, 1, N, L, dtype=torch.bfloat16, **m)
-    names = ["_bwd_kernel", "_bwd_seq_kernel"] if bwd else ["_fwd_kernel", "_fwd_seq_kernel"]
+    names = ["_bwd_kernel", "_bwd_seq_kernel", "_bwd_tile_kernel"] if bwd else ["_fwd_kernel", "_fwd_seq_kernel", "_fwd_tile_kernel"]
     names.append("_chunk_combine_kernel")  # cseq: captured so that it does not run on meta tensors; not reported
     real = {n: getattr(scan, n) for n in names}
     caps = {n: _Capture() for n in names}

@@ -149,7 +149,7 @@ class _Spy:
 @pytest.fixture
 def spies(monkeypatch):
     s = {n: _Spy(getattr(scan, n)) for n in ("_fwd_kernel", "_fwd_seq_kernel", "_bwd_kernel",
-                                             "_bwd_seq_kernel")}
+                                             "_bwd_seq_kernel", "_fwd_tile_kernel", "_bwd_tile_kernel")}
     for n, spy in s.items():
         monkeypatch.setattr(scan, n, spy)
     return s
@@ -160,6 +160,7 @@ SEQ_CASES = [
     (2, 6, 1, 4, "g2", "fp32", False, True, {}),
     (2, 5, 2, 17, "g1", "fp32", False, True, {}),
     (1, 4, 31, 4, "3d", "fp32", False, False, {}),
+    (1, 4, 31, 4, "3d", "fp32", False, False, dict(tile_bwd=0)),  # _bwd_seq_kernel at a length it no longer gets
     (1, 4, 32, 16, "g1", "fp32", False, True, {}),
     (1, 4, 33, 4, "g1", "fp32", False, True, {}),  # past the switch: chunked both ways
     (1, 3, 5, 64, "g1", "fp32", False, True, {}),
@@ -176,6 +177,11 @@ SEQ_CASES = [
     (2, 6, 20, 17, "fixed", "fp32", False, True, dict(seq=0)),
     (2, 8, 9, 16, "g2", "bf16", False, True, dict(seq=0)),
     (2, 6, 5, 4, "g1", "fp32", False, True, dict(seq_bwd=0)),  # sequential forward, chunked backward
+    # the tiled kernels forced on whole short sequences: ragged 4-step tiles saving the chunked backward's states;
+    # 2-step backward tiles, bf16
+    (2, 6, 20, 4, "g1", "fp32", True, True, dict(tile=1, tile_steps=4, seq_bwd=0)),
+    (2, 8, 9, 16, "g2", "bf16", False, True, dict(tile=1, tile_bwd=1, tile_steps=4, tile_bwd_steps=2)),
+    (2, 6, 6, 4, "mixed", "fp32", False, False, dict(tile=1, tile_bwd=1, tile_bwd_prefetch=0)),
 ]
 
 
@@ -192,9 +198,13 @@ def test_short_sequences(case, device, spies, monkeypatch):
     check(make_inputs(b, d, L, n, bc, dt, h0=h0, noncontig=nc, device=device), dt)
     seq_fwd = cfg.get("seq", 1) and L <= 32
     seq_bwd = cfg.get("seq_bwd", seq_fwd) and seq_fwd is not False
-    assert spies["_fwd_seq_kernel"].launches == int(bool(seq_fwd))
+    tile_fwd = bool(seq_fwd) and bool(cfg.get("tile", 0))  # whole short sequences keep _fwd_seq_kernel
+    tile_bwd = bool(seq_bwd) and bool(cfg.get("tile_bwd", L >= 16))  # scan_config.use_tile_bwd's default
+    assert spies["_fwd_seq_kernel"].launches == int(bool(seq_fwd) and not tile_fwd)
+    assert spies["_fwd_tile_kernel"].launches == int(tile_fwd)
     assert spies["_fwd_kernel"].launches == int(not seq_fwd)
-    assert spies["_bwd_seq_kernel"].launches == int(bool(seq_bwd))
+    assert spies["_bwd_seq_kernel"].launches == int(bool(seq_bwd) and not tile_bwd)
+    assert spies["_bwd_tile_kernel"].launches == int(tile_bwd)
     assert spies["_bwd_kernel"].launches == int(not seq_bwd)
 
 

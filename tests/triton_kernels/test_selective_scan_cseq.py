@@ -11,8 +11,8 @@ from m2s2l.triton_kernels.selective_scan.naive import selective_scan_ref
 
 from test_selective_scan import _Spy, check, make_inputs, rel_rms, run, run_configs
 
-KERNELS = ("_fwd_kernel", "_fwd_seq_kernel", "_bwd_kernel", "_bwd_seq_kernel",
-           "_chunk_combine_kernel")
+KERNELS = ("_fwd_kernel", "_fwd_seq_kernel", "_bwd_kernel", "_bwd_seq_kernel", "_fwd_tile_kernel",
+           "_bwd_tile_kernel", "_chunk_combine_kernel")
 
 
 @pytest.fixture
@@ -33,9 +33,17 @@ CASES = [
     (2, 5, 17, 4, "3d", "fp32", True, True, False, False, True, True, dict(cseq_chunk=8)),
     (2, 6, 23, 4, "fixed", "fp32", False, True, True, True, False, True, dict(cseq_chunk=8)),
     (2, 8, 5, 4, "g2", "fp32", True, True, True, True, True, False, dict(cseq_chunk=1)),  # one step a chunk
-    # 3 blocks a group (atomic dB/dC), persistent over 2 programs of (batch, chunk) rows, 3 combine programs
+    # the seq kernels (tile=0): 3 blocks a group (atomic dB/dC), persistent over 2 programs of (batch, chunk) rows,
+    # 3 combine programs
     (1, 5, 13, 4, "g1", "fp32", True, True, True, True, True, False,
-     dict(cseq_chunk=4, cseq_block_d=2, cseq_bwd_block_d=2, cseq_bwd_programs=2, cseq_combine_block_d=2)),
+     dict(cseq_chunk=4, cseq_block_d=2, cseq_bwd_block_d=2, cseq_bwd_programs=2, cseq_combine_block_d=2, tile=0,
+          tile_bwd=0)),
+    (2, 6, 23, 4, "g2", "fp32", True, True, True, True, True, True, dict(cseq_chunk=8, tile=0, tile_bwd=0)),
+    # the tiled kernels: 3 blocks a group (atomic dB/dC), one persistent program (forward) / one row stride
+    # (backward), tiles of 2 / 4 steps (ragged: 5-step chunks)
+    (1, 5, 13, 4, "g1", "fp32", True, True, True, True, True, False,
+     dict(cseq_chunk=5, tile_block_d=2, tile_bwd_block_d=2, tile_progs_per_sm=0, tile_bwd_progs_per_sm=0,
+          tile_steps=2, tile_bwd_steps=4)),
     (1, 6, 40, 4, "fixed", "fp32", True, True, True, True, True, False,
      dict(cseq_chunk=2, cseq_max_chunks=3)),  # Lc grown to 14: 3 chunks
     (1, 8, 25, 16, "g2", "bf16", True, True, True, True, True, False, dict(cseq_chunk=8)),
@@ -58,7 +66,9 @@ def test_cseq_against_reference(case, device, spies, monkeypatch):
     check(make_inputs(b, d, L, n, bc, dt, z, D, bias, h0, device=device, noncontig=nc), dt, softplus=sp)
     chunks = -(-L // scan_config.cseq_chunk(L))
     two = 2 if chunks > 1 else 1
-    assert spies["_fwd_seq_kernel"].launches == two and spies["_bwd_seq_kernel"].launches == two
+    fwd, bwd = ("_fwd_tile_kernel", "_bwd_tile_kernel") if cfg.get("tile", 1) else ("_fwd_seq_kernel", "_bwd_seq_kernel")
+    assert spies[fwd].launches == two and spies[bwd].launches == two
+    assert spies["_fwd_tile_kernel"].launches + spies["_fwd_seq_kernel"].launches == two
     assert spies["_chunk_combine_kernel"].launches == (2 if chunks > 1 else 0)
     assert spies["_fwd_kernel"].launches == 0 and spies["_bwd_kernel"].launches == 0
 
@@ -114,11 +124,14 @@ def test_cseq_opcheck(device, monkeypatch):
 
 
 def test_cseq_config(monkeypatch):
-    """On from seqlen 1024 with chunks of 32 (the H200 measurements in cseq_chunk's docstring); cseq_min_len;
-    cseq=0|1; the chunk grows to keep at most cseq_max_chunks chunks."""
+    """On from seqlen 128 with chunks of 32 (the H200 measurements in cseq_chunk's docstring); cseq_min_len;
+    cseq=0|1; the chunk grows to keep at most cseq_max_chunks chunks; the tiled kernels where cseq runs."""
     monkeypatch.setattr(scan_config, "_CFG", {})
-    assert scan_config.cseq_chunk(1023) == 0 and scan_config.saved_state_count(1023, 16) == -(-1023 // 16) - 1
-    assert scan_config.cseq_chunk(1024) == 32 and scan_config.saved_state_count(4096, 16) == 4096 // 32 - 1
+    assert scan_config.cseq_chunk(127) == 0 and scan_config.saved_state_count(127, 16) == -(-127 // 16) - 1
+    assert scan_config.cseq_chunk(128) == 32 and scan_config.saved_state_count(4096, 16) == 4096 // 32 - 1
+    assert scan_config.use_tile_fwd(True) and not scan_config.use_tile_fwd(False)
+    assert scan_config.use_tile_bwd(4096, True) and scan_config.use_tile_bwd(16, False)
+    assert not scan_config.use_tile_bwd(15, False)
     monkeypatch.setattr(scan_config, "_CFG", dict(cseq_min_len=2048, cseq_chunk=128))
     assert scan_config.cseq_chunk(2047) == 0 and scan_config.cseq_chunk(2048) == 128
     monkeypatch.setattr(scan_config, "_CFG", dict(cseq=1, cseq_chunk=128))
@@ -138,9 +151,10 @@ def test_cseq_config(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape", [(2, 256, 4096), (1, 2048, 2 ** 15 + 3)], ids=lambda s: "x".join(map(str, s)))
 def test_gpu_cseq_matches_default(shape, monkeypatch):
-    """cseq (the default on these lengths) == the chunked-scan kernels (cseq=0) on long bf16 sequences, forward
-    and gradients."""
-    res = run_configs(shape, (dict(cseq=0), {}), monkeypatch)
-    assert rel_rms(res[1][0].float(), res[0][0].float()) < 1e-2 and rel_rms(res[1][1], res[0][1]) < 1e-3
-    for k in res[0][2]:
-        assert rel_rms(res[1][2][k].float(), res[0][2][k].float()) < 3e-2, k
+    """cseq with the tiled kernels (the default on these lengths) == the chunked-scan kernels (cseq=0) and == cseq
+    with the sequential kernels (tile=0, tile_bwd=0) on long bf16 sequences, forward and gradients."""
+    res = run_configs(shape, (dict(cseq=0), {}, dict(tile=0, tile_bwd=0)), monkeypatch)
+    for other in (res[1], res[2]):
+        assert rel_rms(other[0].float(), res[0][0].float()) < 1e-2 and rel_rms(other[1], res[0][1]) < 1e-3
+        for k in res[0][2]:
+            assert rel_rms(other[2][k].float(), res[0][2][k].float()) < 3e-2, k

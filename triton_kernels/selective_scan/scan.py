@@ -25,10 +25,12 @@ import triton
 
 from . import scan_config
 from .scan_config import (_INTERPRET, _block_d, _pow2, _seq_block_d, _seq_bwd_block_d, _seq_bwd_rows,
-                          _seq_bwd_warps, _seq_warps, chunk_len, cseq_chunk, use_seq_bwd)
+                          _seq_bwd_warps, _seq_warps, _tile_block_d, _tile_programs, _tile_steps, _tile_warps,
+                          chunk_len, cseq_chunk, use_seq_bwd, use_tile_bwd, use_tile_fwd)
 from .scan_config import saved_state_count, use_seq_fwd  # noqa: F401  (public: m2s2l.ops, tests, bench)
 from .scan_kernels import _bwd_kernel, _combine, _fwd_kernel
 from .scan_seq_kernels import _bwd_seq_kernel, _chunk_combine_kernel, _fwd_seq_kernel
+from .scan_tile_kernels import _bwd_tile_kernel, _fwd_tile_kernel
 
 
 def _vectorize_interpreter_scan():
@@ -108,6 +110,11 @@ def _layout(u, A, B, C):
     return batch, dim, L, N, B4, b_var, sB, C4, c_var, sC, G, dim // G, chunk_len(L, N)
 
 
+def _maxnreg(key):
+    """{"maxnreg": n} when the launch config sets ``key`` (a register cap for the compiler), else {}."""
+    return {"maxnreg": scan_config._CFG[key]} if key in scan_config._CFG else {}
+
+
 def _dummy(ref):
     return torch.zeros(1, device=ref.device, dtype=torch.float32)
 
@@ -159,19 +166,36 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, initi
                 SOFTPLUS=bool(delta_softplus), HAS_H0=h0 is not None, STORE_LAST=hlast is not None,
                 SAVE_CHUNKS=hc is not None)
     if seq:
-        warps = scan_config._CFG.get("cseq_warps" if Lc else "seq_warps", _seq_warps(BLOCK_D, N))
+        tile = use_tile_fwd(bool(Lc))
+        if tile:  # time-tiled persistent kernel: its own channel block (one channel a thread)
+            BLOCK_D = _tile_block_d(cpg)
+            nblk = triton.cdiv(cpg, BLOCK_D)
+            meta["BLOCK_D"] = BLOCK_D
+            warps = _tile_warps(BLOCK_D)
+            TT = _tile_steps(Lc if nc > 1 else L)
+            slot = TT * (4 * BLOCK_D + 2 * meta["BLOCK_N"])
+        else:
+            warps = scan_config._CFG.get("cseq_warps" if Lc else "seq_warps", _seq_warps(BLOCK_D, N))
+
+        def launch(rows, n_cp, LC, **kw):
+            if not tile:
+                _fwd_seq_kernel[(rows, G * nblk)](*ptrs, hb, dsum, L, LC, nc, n_cp, dim, cpg, nblk, *strides, **kw,
+                                                  num_warps=warps)
+                return
+            n_work = rows * G * nblk
+            progs = max(1, min(n_work, _tile_programs(u.device)))
+            scratch = torch.empty(progs * slot, device=u.device, dtype=torch.float32)
+            _fwd_tile_kernel[(progs,)](*ptrs, hb, dsum, scratch, L, LC, nc, n_cp, n_work, dim, cpg, nblk, G * nblk,
+                                       *strides, **kw, TT=TT, num_warps=warps, **_maxnreg("tile_maxnreg"))
         hb = dsum = dmy
         if nc > 1:  # pass 1: chunks 0 .. nc-2 from zero -> local end states; combine -> states entering chunks 1..
             hb = torch.empty(batch, nc - 1, dim, N, device=u.device, dtype=torch.float32)
             dsum = torch.empty(batch, nc - 1, dim, device=u.device, dtype=torch.float32)
             pass1 = dict(meta, HAS_D=False, HAS_Z=False, HAS_H0=False, STORE_LAST=False)
-            _fwd_seq_kernel[(batch * (nc - 1), G * nblk)](*ptrs, hb, dsum, L, Lc, nc, nc - 1, dim, cpg, nblk,
-                                                          *strides, **pass1, STATE_ONLY=True, CSEQ=False,
-                                                          num_warps=warps)
+            launch(batch * (nc - 1), nc - 1, Lc, **pass1, STATE_ONLY=True, CSEQ=False)
             _combine_chunks(h0, hb, dsum, A, reverse=False)
             hc = hb if save_states else None
-        _fwd_seq_kernel[(batch * nc, G * nblk)](*ptrs, hb, dsum, L, Lc if nc > 1 else L, nc, nc, dim, cpg, nblk,
-                                                *strides, **meta, STATE_ONLY=False, CSEQ=nc > 1, num_warps=warps)
+        launch(batch * nc, nc, Lc if nc > 1 else L, **meta, STATE_ONLY=False, CSEQ=nc > 1)
     else:
         _fwd_kernel[(batch, G * nblk)](*ptrs, L, nchunks, dim, cpg, nblk, *strides, **meta,
                                        num_warps=scan_config._CFG.get("fwd_warps", 4))
@@ -193,7 +217,10 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D=None, z=None, delta_bias=None,
     nc = triton.cdiv(L, Lc) if Lc else 1  # cseq chunks (1: one sequential pass)
     seq = bool(Lc) or use_seq_bwd(L)
     BN = max(2, _pow2(N))
-    if seq:
+    tile = seq and use_tile_bwd(L, bool(Lc))
+    if tile:
+        BLOCK_D = _tile_block_d(cpg, "tile_bwd_block_d")
+    elif seq:
         BLOCK_D = _seq_bwd_block_d(cpg, N, "cseq_bwd_block_d" if Lc else "seq_bwd_block_d")
     else:
         BLOCK_D = _block_d(cpg, L, N, 2048, "bwd_block_d", batch * G, u.device)
@@ -232,26 +259,50 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D=None, z=None, delta_bias=None,
                 HAS_H0=h0 is not None, HAS_DLAST=dl is not None, VAR_ATOMIC=var_atomic)
     if seq:
         n_gd = G * nblk
-        warps = _seq_bwd_warps(BLOCK_D, N, "cseq_bwd_warps" if Lc else "seq_bwd_warps")
         LC = Lc if nc > 1 else L
+        if tile:
+            warps = _tile_warps(BLOCK_D, "tile_bwd_warps")
+            TT = _tile_steps(LC, "tile_bwd_steps", 8)
+            tile_st = BLOCK_D * BN
+            slot = TT * (8 * BLOCK_D + 4 * BN) + (TT + triton.cdiv(LC, TT)) * tile_st
+        else:
+            warps = _seq_bwd_warps(BLOCK_D, N, "cseq_bwd_warps" if Lc else "seq_bwd_warps")
+
+        def launch(progs, scratch, dl_, hb_, c0, n_cp, nr, rows, **kw):
+            if tile:
+                _bwd_tile_kernel[(progs,)](*ptrs, dout, dl_, *grads, scratch, hb_, gb, dsum, L, LC, nc, n_cp, c0, nr,
+                                           dim, cpg, nblk, n_gd, rows, slot, 1, *strides, **kw, TT=TT,
+                                           PREFETCH=bool(scan_config._CFG.get("tile_bwd_prefetch", 1)),
+                                           num_warps=warps, **_maxnreg("tile_bwd_maxnreg"))
+            else:
+                _bwd_seq_kernel[(progs,)](*ptrs, dout, dl_, *grads, scratch, hb_, gb, dsum, L, LC, nc, n_cp, c0, nr,
+                                          dim, cpg, nblk, n_gd, rows, *strides, **kw, num_warps=warps)
         gb = dsum = dmy
         if nc > 1:  # pass 1: chunks 1 .. nc-1's start adjoints from zero; combine -> end adjoints of chunks 0..nc-2
             gb = torch.empty(batch, nc - 1, dim, N, **f32)
             dsum = torch.empty(batch, nc - 1, dim, **f32)
             nr = batch * (nc - 1)
             pass1 = dict(meta, HAS_D=False, HAS_H0=False, HAS_DLAST=False)
-            _bwd_seq_kernel[(nr * n_gd,)](*ptrs, dout, dmy, *grads, dmy, dmy, gb, dsum, L, LC, nc, nc - 1, 1, nr,
-                                          dim, cpg, nblk, n_gd, nr, *strides, **pass1, CSEQ=False, ADJ_ONLY=True,
-                                          num_warps=warps)
+            if tile:
+                rows = max(1, min(nr, _tile_programs(u.device, "tile_bwd_progs_per_sm") // n_gd))
+                scratch = torch.empty(rows * n_gd * slot, **f32)
+            else:
+                rows, scratch = nr, dmy
+            launch(rows * n_gd, scratch, dmy, dmy, 1, nc - 1, nr, rows, **pass1, CSEQ=False, ADJ_ONLY=True)
             _combine_chunks(dl, gb, dsum, ptrs[2], reverse=True)
         nr = batch * nc
-        rows = _seq_bwd_rows(nr, n_gd, (LC - 1) * BLOCK_D * BN * 4, warps, u.device, "cseq_bwd" if Lc else "seq_bwd")
-        scratch = torch.empty(max(1, rows * n_gd * (LC - 1) * BLOCK_D * BN), **f32)
-        cfg = scan_config._CFG
-        extra = {"maxnreg": cfg["seq_bwd_maxnreg"]} if "seq_bwd_maxnreg" in cfg else {}
-        _bwd_seq_kernel[(rows * n_gd,)](*ptrs, dout, opt(dl), *grads, scratch, opt(chunk_states) if nc > 1 else dmy,
-                                        gb, dsum, L, LC, nc, nc, 0, nr, dim, cpg, nblk, n_gd, rows, *strides, **meta,
-                                        CSEQ=nc > 1, ADJ_ONLY=False, num_warps=warps, **extra)
+        if tile:
+            rows = max(1, min(nr, _tile_programs(u.device, "tile_bwd_progs_per_sm") // n_gd))
+            scratch = torch.empty(rows * n_gd * slot, **f32)
+            extra = {}
+        else:
+            rows = _seq_bwd_rows(nr, n_gd, (LC - 1) * BLOCK_D * BN * 4, warps, u.device,
+                                 "cseq_bwd" if Lc else "seq_bwd")
+            scratch = torch.empty(max(1, rows * n_gd * (LC - 1) * BLOCK_D * BN), **f32)
+            cfg = scan_config._CFG
+            extra = {"maxnreg": cfg["seq_bwd_maxnreg"]} if "seq_bwd_maxnreg" in cfg else {}
+        launch(rows * n_gd, scratch, opt(dl), opt(chunk_states) if nc > 1 else dmy, 0, nc, nr, rows, **meta,
+               CSEQ=nc > 1, ADJ_ONLY=False, **extra)
     else:
         bpp = max(1, (batch * G * nblk) // 2048)
         _bwd_kernel[(triton.cdiv(batch, bpp), G * nblk)](

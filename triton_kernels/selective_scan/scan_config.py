@@ -50,7 +50,9 @@ def cseq_chunk(seqlen):
     chunk start states), the backward likewise (chunk start adjoints from zero, then the full backward per chunk);
     the diagonal A makes a chunk's effect on the state h_end = exp(A * sum(delta)) h_start + h_local. Both
     directions use it for the same lengths, so the backward gets the forward's chunk-boundary states.
-    On by default for seqlen >= 1024 (cseq_min_len) with Lc = 32 (cseq_chunk): NVIDIA H200, bench/tune_scan.py
+    On by default for seqlen >= 128 (cseq_min_len; 1024 until the tiled kernels: (64, 192, 256) fwd+bwd 1.247 ms
+    with the chunked kernels -> 0.900 with cseq and the tiled kernels, H200, bench/scan_ab.py) with Lc = 32
+    (cseq_chunk): NVIDIA H200, bench/tune_scan.py
     --cseq, bf16, N 16, same run: (16, 192, 4096) fwd 1.055 -> 0.641 ms, fwd+bwd 6.50 -> 2.92 ms; (8, 2048, 2048)
     fwd 3.155 -> 1.510, fwd+bwd 12.68 -> 7.45 ms (Lc 32 was the best fwd+bwd chunk on both; forward alone prefers
     256-512, but the backward needs the forward's chunking). Shorter sequences were not measured with it and keep
@@ -59,7 +61,7 @@ def cseq_chunk(seqlen):
     combine's serial steps stay bounded)."""
     on = _CFG.get("cseq")
     if on is None:
-        on = seqlen >= _CFG.get("cseq_min_len", 1024)
+        on = seqlen >= _CFG.get("cseq_min_len", 128)
     if not on:
         return 0
     lc = max(1, _CFG.get("cseq_chunk", 32))
@@ -164,3 +166,49 @@ def _seq_bwd_rows(batch, n_gd, slot_bytes, warps, device, prefix="seq_bwd"):
     else:
         target = min(max(1, 8 // warps) * sms, max(sms, (32 << 20) // max(slot_bytes, 1)))
     return max(1, min(batch, target // n_gd))
+
+
+def use_tile_fwd(cseq):
+    """Whether the sequential forward runs the time-tiled kernel of ``scan_tile_kernels.py`` instead of
+    ``_fwd_seq_kernel``: by default where the chunk-parallel scan runs (``cseq``: the long sequences). NVIDIA H200,
+    bf16, bench/scan_ab.py, same run: (8, 2048, 2048) fwd 1.517 -> 0.850 ms, (16, 192, 4096) 0.643 -> 0.382; on
+    whole short sequences it lost ((16384, 128, 8) 0.194 -> 0.385 ms; (4096, 256, 16) 0.221 -> 0.228), so those keep
+    ``_fwd_seq_kernel``. Override: M2S2L_SCAN_CFG tile=0|1."""
+    return bool(_CFG.get("tile", cseq))
+
+
+def use_tile_bwd(seqlen, cseq):
+    """Whether the sequential backward runs the time-tiled kernel of ``scan_tile_kernels.py`` instead of
+    ``_bwd_seq_kernel``: by default under cseq and for whole sequences of at least tile_bwd_min_len (16) steps.
+    NVIDIA H200, bf16, bench/scan_ab.py fwd+bwd, same run: (8, 2048, 2048) 7.36 -> 4.44 ms, (16, 192, 4096)
+    2.85 -> 1.81 (with the tiled forward), (4096, 256, 16) 1.78 -> 1.47; (16384, 128, 8) 1.29 -> 2.11 (lost: 8-step
+    sequences keep ``_bwd_seq_kernel``; lengths 9 .. 15 were not measured). Override: tile_bwd=0|1."""
+    if "tile_bwd" in _CFG:
+        return bool(_CFG["tile_bwd"])
+    return bool(cseq) or seqlen >= _CFG.get("tile_bwd_min_len", 16)
+
+
+def _tile_block_d(cpg, key="tile_block_d"):
+    """Channels a program of the tiled kernels: 32 (one warp); ``key`` overrides."""
+    if key in _CFG:
+        return _CFG[key]
+    if _INTERPRET:
+        return max(2, min(_pow2(cpg), 256))
+    return max(2, min(_pow2(cpg), 32))
+
+
+def _tile_warps(block_d, key="tile_warps"):
+    return _CFG.get(key, max(1, min(8, block_d // 32)))
+
+
+def _tile_steps(seqlen, key="tile_steps", default=16):
+    """Steps staged a tile (TT), capped by the (chunk) length."""
+    return max(2, min(_CFG.get(key, default), _pow2(seqlen)))
+
+
+def _tile_programs(device, key="tile_progs_per_sm", default=32):
+    """Persistent programs of a tiled kernel: ``key`` (programs per SM, default ``default``) x SMs. 32 a SM for
+    both directions (H200, bench/scan_ab.py: LM fwd 0.850 ms at 32 vs 0.877 at 16 and 1.157 at 8; LM fwd+bwd, the
+    backward's count: 4.43 ms at 32, 4.41-4.50 at 24, 4.44 at 16, 4.72 at 8; more programs than fit at once (the
+    backward has 255 registers: 8 a SM) still helped: shorter work lists, less tail)."""
+    return _CFG.get(key, default) * _num_sms(device)

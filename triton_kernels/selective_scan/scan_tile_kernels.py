@@ -1,0 +1,519 @@
+"""The sequential-in-time forward of the selective scan with time-tiled, coalesced input and output
+(``_fwd_tile_kernel``; opt-in through ``scan_config.use_tile_fwd`` until it is timed against ``_fwd_seq_kernel``).
+
+Why: ``_fwd_seq_kernel`` reads u / delta / z one time step at a time, i.e. BLOCK_D values from BLOCK_D rows that
+lie seqlen elements apart, and writes the output the same way; B_t and C_t are BLOCK_N values seqlen apart. Every
+step is a gather over BLOCK_D (+ 2 BLOCK_N) cache lines and a scatter of 2-byte pieces over BLOCK_D lines: on long
+(batch, dim, seqlen) inputs the L1 / L2 request rate, not the exponentials, bounds it (the same kernel on
+channel-contiguous inputs ran the LM shape in 0.83 ms instead of 1.52; docs/BENCHMARKS.md, session 9).
+
+Here the program stages TT steps at a time: it reads [TT, BLOCK_D] tiles of u / delta / z (each channel's TT steps
+are contiguous: one request per channel per tile) and [TT, BLOCK_N] tiles of B / C, writes them to its own slot of a
+float32 scratch buffer with time as the outer index, and then steps through the tile reading one contiguous row
+per step (coalesced; the slot was just written, so it is in L1 or L2). Outputs go the other way: a row per step into
+the slot, the [TT, BLOCK_D] tile to ``out`` at the end of the tile. Two barriers a tile (after staging, after the
+steps). The state tile is [BLOCK_N, BLOCK_D] (channels last), read and written one state column at a time, so that
+Triton's default layout gives each thread one channel with all its states: the sum over N stays in registers. Slot
+rows are addressed with a unit stride passed at run time (``s1``), which hides their contiguity from the compiler:
+a contiguous row would get a vectorised layout of its own and a layout conversion through shared memory per step.
+
+The kernel is persistent: the launcher starts about (programs per SM x SMs) programs; program p takes work items
+p, p + P, ... (work item = one (batch row, time chunk) x one (group, channel block), the channel block fastest so
+that programs running together share the B / C tile) and reuses scratch slot p, so the scratch stays small (and
+in L2) whatever the problem size.
+"""
+import triton
+import triton.language as tl
+
+from .scan_common import (_channel_offsets, _channel_params, _delta, _flush_grads, _load_fixed_bc, _load_state,
+                          _zero_grads)
+
+
+@triton.jit
+def _load_cols(ptr, base, s_n, m_d, o_n, N: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The float32 [BLOCK_N, BLOCK_D] tile of ``ptr + base + n * s_n`` (``base`` [BLOCK_D]: the offset of each
+    channel's first state), built from N [BLOCK_D] loads masked by ``m_d`` (a 2-D load's coalesced layout would
+    split the states over threads and become the layout of the whole recurrence)."""
+    tile = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    for n in tl.static_range(BLOCK_N):
+        if n < N:
+            col = tl.load(ptr + base + n * s_n, mask=m_d, other=0.0).to(tl.float32)
+            tile = tl.where(o_n[:, None] == n, col[None, :], tile)
+    return tile
+
+
+@triton.jit
+def _store_cols(ptr, base, tile, m_d, o_n, N: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Store a [BLOCK_N, BLOCK_D] state tile to ``ptr + base + n`` (the inverse of ``_load_cols``), one [BLOCK_D]
+    store per state; each column is taken out of the tile with an in-thread sum (a thread holds all N states)."""
+    for n in tl.static_range(BLOCK_N):
+        if n < N:
+            col = tl.sum(tl.where(o_n[:, None] == n, tile, 0.0), 0)
+            tl.store(ptr + base + n, col, mask=m_d)
+
+
+@triton.jit
+def _stage(ptr, s_ptr, o_t, o_x, m_t, m_x, full, st, sx, bias, W: tl.constexpr, KIND: tl.constexpr,
+           HAS_BIAS: tl.constexpr = False, SOFTPLUS: tl.constexpr = False):
+    """Copy the [TT, W] tile ``ptr + o_t * st + o_x * sx`` (rows masked by ``m_t``, columns by ``m_x``, zeros
+    outside) into the float32 scratch rows ``s_ptr + o_t * W + x``. ``full``: every row is in range; the load is
+    then masked by column only, which lets it read a column's steps with vector loads. KIND 0 copies; 1 stores
+    the effective delta (+ ``bias`` [W], softplus per the flags); 2 stores z * sigmoid(z); 3 stores
+    sigmoid(delta + bias) (the softplus derivative). The elementwise work of
+    KIND 1 / 2 is done here for the whole tile (independent values, no step-to-step dependency) instead of in the
+    sequential loop."""
+    p = ptr + o_t[:, None] * st + o_x[None, :] * sx
+    if full:
+        x = tl.load(p, mask=m_x[None, :], other=0.0)
+    else:
+        x = tl.load(p, mask=m_t[:, None] & m_x[None, :], other=0.0)
+    x = x.to(tl.float32)
+    if KIND == 1:
+        _, x = _delta(x, bias[None, :], HAS_BIAS, SOFTPLUS)
+    elif KIND == 2:
+        x = x * tl.sigmoid(x)
+    elif KIND == 3:
+        if HAS_BIAS:
+            x += bias[None, :]
+        x = tl.sigmoid(x)
+    tl.store(s_ptr + o_t[:, None] * W + tl.arange(0, W)[None, :], x)
+
+
+@triton.jit(do_not_specialize=["NC", "n_cp", "n_work"])
+def _fwd_tile_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, hlast_ptr, hc_ptr,
+                     hb_ptr, dsum_ptr, scr_ptr,
+                     L, LC, NC, n_cp, n_work, dim, cpg, nblk, n_gd,
+                     su_b, su_d, su_t, sdt_b, sdt_d, sdt_t, sz_b, sz_d, sz_t,
+                     sB0, sB1, sB2, sB3, sC0, sC1, sC2, sC3,
+                     N: tl.constexpr, BLOCK_D: tl.constexpr, T_C: tl.constexpr, BLOCK_N: tl.constexpr,
+                     TT: tl.constexpr,
+                     B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+                     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
+                     STORE_LAST: tl.constexpr, SAVE_CHUNKS: tl.constexpr, STATE_ONLY: tl.constexpr,
+                     CSEQ: tl.constexpr):
+    """Same arguments, outputs and buffers as ``_fwd_seq_kernel`` plus the scratch ``scr_ptr`` (one slot of
+    TT * (4 * BLOCK_D + 2 * BLOCK_N) float32 per program), ``n_work`` (= rows x n_gd work items, rows = batch x
+    n_cp), ``n_gd`` (groups x channel blocks) and ``s1`` (= 1, the slot rows' unit stride; see the module doc).
+    Work item w: (group, channel block) w % n_gd of row w // n_gd = (batch row, time chunk) as in
+    ``_fwd_seq_kernel``'s program (pid0, i_gd)."""
+    pid = tl.program_id(0)
+    n_prog = tl.num_programs(0)
+    s_u = scr_ptr + pid.to(tl.int64) * (TT * (4 * BLOCK_D + 2 * BLOCK_N))
+    s_dt = s_u + TT * BLOCK_D
+    s_z = s_dt + TT * BLOCK_D
+    s_y = s_z + TT * BLOCK_D
+    s_B = s_y + TT * BLOCK_D
+    s_C = s_B + TT * BLOCK_N
+    o_t = tl.arange(0, TT)
+    o_jr = tl.arange(0, BLOCK_D)  # a slot row
+    o_nr = tl.arange(0, BLOCK_N)
+    for w in range(pid, n_work, n_prog):
+        i_gd = w % n_gd
+        pid0 = w // n_gd
+        i_b, i_c = (pid0 // n_cp).to(tl.int64), pid0 % n_cp
+        t0 = i_c.to(tl.int64) * LC  # first step of the chunk
+        n_t = tl.minimum(L - i_c * LC, LC)  # steps in the chunk
+        i_g, o_c, m_d, o_d, o_n, m_n = _channel_offsets(i_gd, nblk, cpg, N, BLOCK_D, BLOCK_N)
+        b_A2 = _load_cols(A_ptr, o_d * N, 1, m_d, o_n, N, BLOCK_N, BLOCK_D) * 1.4426950408889634
+        if HAS_D:
+            b_D = tl.load(D_ptr + o_d, mask=m_d, other=0.0)
+        if HAS_BIAS:
+            b_bias = tl.load(bias_ptr + o_d, mask=m_d, other=0.0)
+        else:
+            b_bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+        b_row = (i_b * dim + o_d) * N  # [BLOCK_D] offsets of this row's states
+        f_c = o_d * 0 + i_c            # the chunk index as a [BLOCK_D] tile (the interpreter masks with tiles)
+        if HAS_H0:
+            b_h = _load_cols(h0_ptr, b_row, 1, m_d & (f_c == 0), o_n, N, BLOCK_N, BLOCK_D)
+        else:
+            b_h = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        if CSEQ:
+            b_h += _load_cols(hb_ptr, ((i_b * (NC - 1) + i_c - 1) * dim + o_d) * N, 1, m_d & (f_c > 0), o_n, N,
+                              BLOCK_N, BLOCK_D)
+        if not B_VAR:
+            b_Bt = _load_cols(B_ptr, o_d * sB0, sB1, m_d, o_n, N, BLOCK_N, BLOCK_D)
+        if not C_VAR:
+            b_Ct = _load_cols(C_ptr, o_d * sC0, sC1, m_d, o_n, N, BLOCK_N, BLOCK_D)
+        p_u = u_ptr + i_b * su_b + t0 * su_t
+        p_dt = dt_ptr + i_b * sdt_b + t0 * sdt_t
+        p_z = z_ptr + i_b * sz_b + t0 * sz_t
+        p_B = B_ptr + i_b * sB0 + i_g * sB1 + t0 * sB3
+        p_C = C_ptr + i_b * sC0 + i_g * sC1 + t0 * sC3
+        p_o = out_ptr + (i_b * dim + o_d) * L + t0
+        b_dts = tl.zeros([BLOCK_D], dtype=tl.float32)
+        for k0 in range(0, n_t, TT):
+            # ---- stage steps k0 .. k0 + TT - 1 of the chunk into the slot (time outer)
+            m_t = o_t + k0 < n_t
+            full = k0 + TT <= n_t
+            _stage(p_u + k0 * su_t, s_u, o_t, o_d, m_t, m_d, full, su_t, su_d, b_bias, BLOCK_D, 0)
+            _stage(p_dt + k0 * sdt_t, s_dt, o_t, o_d, m_t, m_d, full, sdt_t, sdt_d, b_bias, BLOCK_D, 1, HAS_BIAS,
+                   SOFTPLUS)
+            if HAS_Z and not STATE_ONLY:
+                _stage(p_z + k0 * sz_t, s_z, o_t, o_d, m_t, m_d, full, sz_t, sz_d, b_bias, BLOCK_D, 2)
+            if B_VAR:
+                _stage(p_B + k0 * sB3, s_B, o_t, o_n, m_t, m_n, full, sB3, sB2, b_bias, BLOCK_N, 0)
+            if C_VAR and not STATE_ONLY:
+                _stage(p_C + k0 * sC3, s_C, o_t, o_n, m_t, m_n, full, sC3, sC2, b_bias, BLOCK_N, 0)
+            tl.debug_barrier()  # rows are read by other threads than those that staged them
+            # ---- the steps, one slot row each; step j + 1's row is loaded while step j is computed
+            n_in = tl.minimum(TT, n_t - k0)
+            n_u = tl.load(s_u + o_jr)
+            n_dt = tl.load(s_dt + o_jr)
+            if HAS_Z and not STATE_ONLY:
+                n_z = tl.load(s_z + o_jr)
+            if B_VAR:
+                n_B = tl.load(s_B + o_nr)
+            if C_VAR and not STATE_ONLY:
+                n_C = tl.load(s_C + o_nr)
+            for j in range(0, n_in):
+                if SAVE_CHUNKS:
+                    t = k0 + j
+                    if (t > 0) & (t % T_C == 0):
+                        _store_cols(hc_ptr, ((i_b * ((L + T_C - 1) // T_C - 1) + t // T_C - 1) * dim + o_d) * N,
+                                    b_h, m_d, o_n, N, BLOCK_N)
+                j1 = (j + 1) % TT  # the last row's prefetch wraps to row 0 (in bounds; unused)
+                b_u, b_dt = n_u, n_dt
+                n_u = tl.load(s_u + j1 * BLOCK_D + o_jr)
+                n_dt = tl.load(s_dt + j1 * BLOCK_D + o_jr)
+                if B_VAR:
+                    b_Bt = n_B[:, None]
+                    n_B = tl.load(s_B + j1 * BLOCK_N + o_nr)
+                b_h = tl.exp2(b_A2 * b_dt[None, :]) * b_h + b_Bt * (b_dt * b_u)[None, :]  # delta staged effective
+                if STATE_ONLY:
+                    b_dts += b_dt
+                else:
+                    if C_VAR:
+                        b_Ct = n_C[:, None]
+                        n_C = tl.load(s_C + j1 * BLOCK_N + o_nr)
+                    b_y = tl.sum(b_h * b_Ct, 0)
+                    if HAS_D:
+                        b_y += b_D * b_u
+                    if HAS_Z:  # staged as silu(z)
+                        b_y = b_y * n_z
+                        n_z = tl.load(s_z + j1 * BLOCK_D + o_jr)
+                    tl.store(s_y + j * BLOCK_D + o_jr, b_y)
+            tl.debug_barrier()  # the output rows were written by other threads; the next staging overwrites rows
+            if not STATE_ONLY:  # the output tile, a column's steps with vector stores when the tile is full
+                y = tl.load(s_y + o_t[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :])
+                y = y.to(out_ptr.dtype.element_ty)
+                if full:
+                    tl.store(p_o[None, :] + k0 + o_t[:, None], y, mask=m_d[None, :])
+                else:
+                    tl.store(p_o[None, :] + k0 + o_t[:, None], y, mask=m_t[:, None] & m_d[None, :])
+        if STATE_ONLY:  # n_cp = NC - 1 rows a batch row: pid0 = b * (NC - 1) + c
+            _store_cols(hb_ptr, (pid0.to(tl.int64) * dim + o_d) * N, b_h, m_d, o_n, N, BLOCK_N)
+            tl.store(dsum_ptr + pid0.to(tl.int64) * dim + o_d, b_dts, mask=m_d)
+        if STORE_LAST:
+            _store_cols(hlast_ptr, b_row, b_h, m_d & (f_c == NC - 1), o_n, N, BLOCK_N)
+
+
+@triton.jit
+def _stage_dy(p_do, p_z, s_dy, s_zf, o_t, o_d, m_t, m_d, full, so_t, so_d, sz_t, sz_d, W: tl.constexpr,
+              HAS_Z: tl.constexpr):
+    """Stage the backward's per-step output factors of a [TT, W] tile: dy = dout * silu(z) into ``s_dy`` and, with
+    z, zf = dout * d silu(z) / dz into ``s_zf`` (so that dz = y * zf); without z, dy = dout. Masks as ``_stage``."""
+    p = p_do + o_t[:, None] * so_t + o_d[None, :] * so_d
+    q = p_z + o_t[:, None] * sz_t + o_d[None, :] * sz_d
+    if full:
+        do = tl.load(p, mask=m_d[None, :], other=0.0)
+    else:
+        do = tl.load(p, mask=m_t[:, None] & m_d[None, :], other=0.0)
+    do = do.to(tl.float32)
+    o_s = o_t[:, None] * W + tl.arange(0, W)[None, :]
+    if HAS_Z:
+        if full:
+            z = tl.load(q, mask=m_d[None, :], other=0.0)
+        else:
+            z = tl.load(q, mask=m_t[:, None] & m_d[None, :], other=0.0)
+        z = z.to(tl.float32)
+        sig = tl.sigmoid(z)
+        tl.store(s_dy + o_s, do * z * sig)
+        tl.store(s_zf + o_s, do * sig * (1.0 + z * (1.0 - sig)))
+    else:
+        tl.store(s_dy + o_s, do)
+
+
+@triton.jit
+def _unstage(ptr, s_ptr, o_t, o_x, m_t, m_x, full, st, sx, W: tl.constexpr, ATOMIC: tl.constexpr = False):
+    """Write the float32 scratch rows ``s_ptr + o_t * W + x`` as the [TT, W] tile ``ptr + o_t * st + o_x * sx``
+    (in ptr's dtype; rows masked by ``m_t`` unless ``full``, columns by ``m_x``), or add them atomically."""
+    x = tl.load(s_ptr + o_t[:, None] * W + tl.arange(0, W)[None, :])
+    p = ptr + o_t[:, None] * st + o_x[None, :] * sx
+    if ATOMIC:
+        tl.atomic_add(p, x, mask=m_t[:, None] & m_x[None, :])
+    else:
+        x = x.to(ptr.dtype.element_ty)
+        if full:
+            tl.store(p, x, mask=m_x[None, :])
+        else:
+            tl.store(p, x, mask=m_t[:, None] & m_x[None, :])
+
+
+@triton.jit
+def _bwd_rows(s_u, s_dt, s_dy, s_zf, s_sg, s_B, s_C, s_h, j, o_j, o_n, o_s, BLOCK_D: tl.constexpr,
+              BLOCK_N: tl.constexpr, TILE: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr,
+              HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Step j's staged rows for the backward's adjoint (u, effective delta, dy, zf, sigmoid(delta + bias) [BLOCK_D];
+    B, C [BLOCK_N]) and h_{j-1} (area H, slot j); zeros for what the flags leave out."""
+    b_u = tl.load(s_u + j * BLOCK_D + o_j)
+    b_dt = tl.load(s_dt + j * BLOCK_D + o_j)
+    b_dy = tl.load(s_dy + j * BLOCK_D + o_j)
+    if HAS_Z:
+        b_zf = tl.load(s_zf + j * BLOCK_D + o_j)
+    else:
+        b_zf = b_u * 0.0
+    if SOFTPLUS:
+        b_sg = tl.load(s_sg + j * BLOCK_D + o_j)
+    else:
+        b_sg = b_u * 0.0
+    if B_VAR:
+        b_B = tl.load(s_B + j * BLOCK_N + o_n)
+    else:
+        b_B = o_n * 0.0
+    if C_VAR:
+        b_C = tl.load(s_C + j * BLOCK_N + o_n)
+    else:
+        b_C = o_n * 0.0
+    b_hp = tl.load(s_h + j * TILE + o_s)
+    return b_u, b_dt, b_dy, b_zf, b_sg, b_B, b_C, b_hp
+
+
+@triton.jit(do_not_specialize=["NC", "n_cp", "c0", "n_rowtot", "n_rows", "slot", "s1"])
+def _bwd_tile_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, dout_ptr, dlast_ptr,
+                     du_ptr, ddt_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dz_ptr, dbias_ptr, dh0_ptr, scr_ptr,
+                     hb_ptr, gb_ptr, dsum_ptr,
+                     L, LC, NC, n_cp, c0, n_rowtot, dim, cpg, nblk, n_gd, n_rows, slot, s1,
+                     su_b, su_d, su_t, sdt_b, sdt_d, sdt_t, sz_b, sz_d, sz_t, so_b, so_d, so_t,
+                     sB0, sB1, sB2, sB3, sC0, sC1, sC2, sC3, sdB0, sdB1, sdB2, sdB3, sdC0, sdC1, sdC2, sdC3,
+                     N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, TT: tl.constexpr,
+                     B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+                     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
+                     HAS_DLAST: tl.constexpr, VAR_ATOMIC: tl.constexpr, CSEQ: tl.constexpr, ADJ_ONLY: tl.constexpr,
+                     PREFETCH: tl.constexpr):
+    """The backward with time-tiled staging: same arguments, outputs and buffers as ``_bwd_seq_kernel`` (program
+    p owns (group, channel block) p % n_gd and walks rows p // n_gd, + n_rows, ...; a row is one time chunk of one
+    batch row) plus ``slot``, the float32 scratch per program, and TT, the steps a tile.
+
+    A row's steps are walked in tiles of TT. Pass 1 (rows of more than one tile) runs forward over all tiles but
+    the last, keeping only the state at each tile end (slot area HB). Pass 2 takes the tiles in reverse: stage the
+    tile's inputs (u, effective delta, sigmoid(delta + bias), dy = dout * silu(z), zf = dout * silu'(z), B, C;
+    elementwise work done here, for the whole tile), recompute the tile's states from its start state into slot
+    area H (h_0 .. h_{n-2}; the last stays in registers), run the adjoint backwards over the tile with every per-step
+    output (du, d delta, dz, input-dependent dB / dC) written as a slot row, and write those rows out as [TT, ..]
+    tiles (a channel's steps contiguous; dB / dC added atomically when several channel blocks share a group).
+    The state tile is [BLOCK_D, BLOCK_N] in whatever layout the compiler picks for the 2-D parameter loads (the sums
+    over channels for dB / dC and over states for du / d delta are both needed every step). ADJ_ONLY: the
+    chunk-parallel pass 1 (start adjoints from a zero end adjoint), tiles in reverse, no states."""
+    pid = tl.program_id(0)
+    i_gd = pid % n_gd
+    i_r = pid // n_gd
+    i_g, o_c, m_d, o_d, o_n, m_n = _channel_offsets(i_gd, nblk, cpg, N, BLOCK_D, BLOCK_N)
+    m_dn = m_d[:, None] & m_n[None, :]
+    b_A, b_A2, b_D, b_bias = _channel_params(A_ptr, D_ptr, bias_ptr, o_d, o_n, m_d, m_dn, N, BLOCK_D, HAS_D, HAS_BIAS)
+    if not B_VAR:
+        b_B = _load_fixed_bc(B_ptr, o_d, o_n, m_dn, sB0, sB1)
+    if not C_VAR:
+        b_C = _load_fixed_bc(C_ptr, o_d, o_n, m_dn, sC0, sC1)
+    # the slot: rows [TT, BLOCK_D] x 8, rows [TT, BLOCK_N] x 4, then state tiles (H: TT - 1, HB: the rest)
+    TILE: tl.constexpr = BLOCK_D * BLOCK_N
+    RD: tl.constexpr = TT * BLOCK_D
+    RN: tl.constexpr = TT * BLOCK_N
+    s_u = scr_ptr + pid.to(tl.int64) * slot
+    s_dt = s_u + RD
+    s_sg = s_dt + RD
+    s_dy = s_sg + RD
+    s_zf = s_dy + RD
+    s_du = s_zf + RD
+    s_ddt = s_du + RD
+    s_dz = s_ddt + RD
+    s_B = s_dz + RD
+    s_C = s_B + RN
+    s_dB = s_C + RN
+    s_dC = s_dB + RN
+    s_h = s_dC + RN    # area H: TT states (the tile's start state, then h_0 .. h_{n-2})
+    s_hb = s_h + TT * TILE  # area HB: the chunk's start state, then the state at the end of each tile but the last
+    o_t = tl.arange(0, TT)
+    o_j = tl.arange(0, BLOCK_D) * s1  # slot rows; s1 = 1 at run time (hides the contiguity: see below)
+    o_s = o_j[:, None] * BLOCK_N + o_n[None, :]
+    o_dn0 = o_d[:, None] * N + o_n[None, :]
+    acc_dA, acc_dB, acc_dC, acc_dD, acc_db = _zero_grads(BLOCK_D, BLOCK_N)
+    n_it = tl.cdiv(n_rowtot - i_r, n_rows)
+    for k in range(0, n_it):
+        i_row = i_r + k * n_rows
+        i_b, i_c = (i_row // n_cp).to(tl.int64), i_row % n_cp + c0
+        t0 = i_c.to(tl.int64) * LC  # first step of the chunk
+        n_t = tl.minimum(L - i_c * LC, LC)  # steps in the chunk
+        n_tl = tl.cdiv(n_t, TT)
+        r_dn = i_b * dim * N
+        rb_d = (i_b * (NC - 1) + i_c - 1) * dim  # hb[b, c - 1] / gb[b, c - 1] / dsum[b, c - 1]
+        rb_dn = rb_d * N
+        f_c = (o_n * 0 + i_c)[None, :]  # the chunk index as a [1, BLOCK_N] tile (the interpreter masks with tiles)
+        p_u = u_ptr + i_b * su_b + t0 * su_t
+        p_dt = dt_ptr + i_b * sdt_b + t0 * sdt_t
+        p_z = z_ptr + i_b * sz_b + t0 * sz_t
+        p_do = dout_ptr + i_b * so_b + t0 * so_t
+        p_B = B_ptr + i_b * sB0 + i_g * sB1 + t0 * sB3
+        p_C = C_ptr + i_b * sC0 + i_g * sC1 + t0 * sC3
+        if ADJ_ONLY:
+            b_carry = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+            b_dts = tl.zeros([BLOCK_D], dtype=tl.float32)
+            for kk in range(0, n_tl):
+                k0 = (n_tl - 1 - kk) * TT
+                m_t = o_t + k0 < n_t
+                full = k0 + TT <= n_t
+                tl.debug_barrier()  # the previous tile's steps have read the rows
+                _stage(p_dt + k0 * sdt_t, s_dt, o_t, o_d, m_t, m_d, full, sdt_t, sdt_d, b_bias, BLOCK_D, 1, HAS_BIAS,
+                       SOFTPLUS)
+                _stage_dy(p_do + k0 * so_t, p_z + k0 * sz_t, s_dy, s_zf, o_t, o_d, m_t, m_d, full, so_t, so_d,
+                          sz_t, sz_d, BLOCK_D, HAS_Z)
+                if C_VAR:
+                    _stage(p_C + k0 * sC3, s_C, o_t, o_n, m_t, m_n, full, sC3, sC2, b_bias, BLOCK_N, 0)
+                tl.debug_barrier()
+                n_in = tl.minimum(TT, n_t - k0)
+                for jj in range(0, n_in):
+                    j = n_in - 1 - jj
+                    b_dt = tl.load(s_dt + j * BLOCK_D + o_j)
+                    b_dy = tl.load(s_dy + j * BLOCK_D + o_j)
+                    if C_VAR:
+                        b_Ct = tl.load(s_C + j * BLOCK_N + o_n)[None, :]
+                    else:
+                        b_Ct = b_C
+                    b_carry = tl.exp2(b_dt[:, None] * b_A2) * (b_carry + b_dy[:, None] * b_Ct)
+                    b_dts += b_dt
+            tl.store(gb_ptr + rb_dn + o_dn0, b_carry, mask=m_dn)
+            tl.store(dsum_ptr + rb_d + o_d, b_dts, mask=m_d)
+        else:
+            b_h = _load_state(h0_ptr + r_dn, o_dn0, m_dn & (f_c == 0), HAS_H0, BLOCK_D, BLOCK_N)
+            if CSEQ:
+                b_h += tl.load(hb_ptr + rb_dn + o_dn0, mask=m_dn & (f_c > 0), other=0.0)
+            # ---- pass 1: the chunk's start state and the state at the end of every tile but the last (area HB;
+            # states are written and read back by the same thread, in the same layout: no barrier needed)
+            tl.store(s_hb + o_s, b_h)
+            for kt in range(0, n_tl - 1):
+                k0 = kt * TT
+                tl.debug_barrier()  # the previous tile's steps have read the rows
+                _stage(p_u + k0 * su_t, s_u, o_t, o_d, o_t >= 0, m_d, True, su_t, su_d, b_bias, BLOCK_D, 0)
+                _stage(p_dt + k0 * sdt_t, s_dt, o_t, o_d, o_t >= 0, m_d, True, sdt_t, sdt_d, b_bias, BLOCK_D, 1,
+                       HAS_BIAS, SOFTPLUS)
+                if B_VAR:
+                    _stage(p_B + k0 * sB3, s_B, o_t, o_n, o_t >= 0, m_n, True, sB3, sB2, b_bias, BLOCK_N, 0)
+                tl.debug_barrier()
+                for j in range(0, TT):
+                    b_u = tl.load(s_u + j * BLOCK_D + o_j)
+                    b_dt = tl.load(s_dt + j * BLOCK_D + o_j)
+                    if B_VAR:
+                        b_Bt = tl.load(s_B + j * BLOCK_N + o_n)[None, :]
+                    else:
+                        b_Bt = b_B
+                    b_h = tl.exp2(b_dt[:, None] * b_A2) * b_h + (b_dt * b_u)[:, None] * b_Bt
+                tl.store(s_hb + (kt + 1) * TILE + o_s, b_h)
+            # ---- pass 2: tiles in reverse
+            b_carry = _load_state(dlast_ptr + r_dn, o_dn0, m_dn & (f_c == NC - 1), HAS_DLAST, BLOCK_D, BLOCK_N)
+            if CSEQ:
+                b_carry += tl.load(gb_ptr + rb_dn + dim * N + o_dn0, mask=m_dn & (f_c < NC - 1), other=0.0)
+            for kk in range(0, n_tl):
+                kt = n_tl - 1 - kk
+                k0 = kt * TT
+                m_t = o_t + k0 < n_t
+                full = k0 + TT <= n_t
+                b_h = tl.load(s_hb + kt * TILE + o_s)  # the tile's start state
+                tl.debug_barrier()  # the previous tile's steps and output writes have read the rows
+                _stage(p_u + k0 * su_t, s_u, o_t, o_d, m_t, m_d, full, su_t, su_d, b_bias, BLOCK_D, 0)
+                _stage(p_dt + k0 * sdt_t, s_dt, o_t, o_d, m_t, m_d, full, sdt_t, sdt_d, b_bias, BLOCK_D, 1, HAS_BIAS,
+                       SOFTPLUS)
+                if SOFTPLUS:
+                    _stage(p_dt + k0 * sdt_t, s_sg, o_t, o_d, m_t, m_d, full, sdt_t, sdt_d, b_bias, BLOCK_D, 3,
+                           HAS_BIAS)
+                _stage_dy(p_do + k0 * so_t, p_z + k0 * sz_t, s_dy, s_zf, o_t, o_d, m_t, m_d, full, so_t, so_d,
+                          sz_t, sz_d, BLOCK_D, HAS_Z)
+                if B_VAR:
+                    _stage(p_B + k0 * sB3, s_B, o_t, o_n, m_t, m_n, full, sB3, sB2, b_bias, BLOCK_N, 0)
+                if C_VAR:
+                    _stage(p_C + k0 * sC3, s_C, o_t, o_n, m_t, m_n, full, sC3, sC2, b_bias, BLOCK_N, 0)
+                tl.debug_barrier()
+                n_in = tl.minimum(TT, n_t - k0)
+                tl.store(s_h + o_s, b_h)
+                for j in range(0, n_in):  # recompute h_0 .. h_{n_in-1}; h_0 .. h_{n_in-2} into area H after it
+                    b_u = tl.load(s_u + j * BLOCK_D + o_j)
+                    b_dt = tl.load(s_dt + j * BLOCK_D + o_j)
+                    if B_VAR:
+                        b_Bt = tl.load(s_B + j * BLOCK_N + o_n)[None, :]
+                    else:
+                        b_Bt = b_B
+                    b_h = tl.exp2(b_dt[:, None] * b_A2) * b_h + (b_dt * b_u)[:, None] * b_Bt
+                    if j < n_in - 1:
+                        tl.store(s_h + (j + 1) * TILE + o_s, b_h)
+                # the adjoint, backwards over the tile; with PREFETCH, step j - 1's rows and state are loaded while
+                # step j is computed (the last prefetch wraps to row TT - 1: in bounds, unused)
+                j = n_in - 1
+                n_u, n_dt, n_dy, n_zf, n_sg, n_B, n_C, n_hp = _bwd_rows(
+                    s_u, s_dt, s_dy, s_zf, s_sg, s_B, s_C, s_h, j, o_j, o_n, o_s, BLOCK_D, BLOCK_N, TILE, B_VAR, C_VAR,
+                    HAS_Z, SOFTPLUS)
+                for jj in range(0, n_in):
+                    j = n_in - 1 - jj
+                    if PREFETCH:
+                        b_u, b_dt, b_dy, b_zf, b_sg, b_Bt, b_Ct, b_hp = n_u, n_dt, n_dy, n_zf, n_sg, n_B, n_C, n_hp
+                        n_u, n_dt, n_dy, n_zf, n_sg, n_B, n_C, n_hp = _bwd_rows(
+                            s_u, s_dt, s_dy, s_zf, s_sg, s_B, s_C, s_h, (j + TT - 1) % TT, o_j, o_n, o_s, BLOCK_D,
+                            BLOCK_N, TILE, B_VAR, C_VAR, HAS_Z, SOFTPLUS)
+                    else:
+                        b_u, b_dt, b_dy, b_zf, b_sg, b_Bt, b_Ct, b_hp = _bwd_rows(
+                            s_u, s_dt, s_dy, s_zf, s_sg, s_B, s_C, s_h, j, o_j, o_n, o_s, BLOCK_D, BLOCK_N, TILE, B_VAR,
+                            C_VAR, HAS_Z, SOFTPLUS)
+                    if B_VAR:
+                        b_Bt = b_Bt[None, :]
+                    else:
+                        b_Bt = b_B
+                    if C_VAR:
+                        b_Ct = b_Ct[None, :]
+                    else:
+                        b_Ct = b_C
+                    b_a = tl.exp2(b_dt[:, None] * b_A2)
+                    b_ah = b_a * b_hp  # a_t h_{t-1}
+                    if HAS_Z:
+                        b_y = tl.sum(b_h * b_Ct, 1)
+                        if HAS_D:
+                            b_y += b_D * b_u
+                        tl.store(s_dz + j * BLOCK_D + o_j, b_y * b_zf)
+                    b_g = b_carry + b_dy[:, None] * b_Ct  # dL/dh_t
+                    s_gB = tl.sum(b_g * b_Bt, 1)
+                    b_gah = b_g * b_ah
+                    b_ddt = tl.sum(b_gah * b_A2, 1) * 0.6931471805599453 + b_u * s_gB
+                    b_du = b_dt * s_gB
+                    if HAS_D:
+                        b_du += b_D * b_dy
+                        acc_dD += b_dy * b_u
+                    acc_dA += b_gah * b_dt[:, None]
+                    if SOFTPLUS:
+                        b_ddt = b_ddt * b_sg
+                    if HAS_BIAS:
+                        acc_db += b_ddt
+                    tl.store(s_du + j * BLOCK_D + o_j, b_du)
+                    tl.store(s_ddt + j * BLOCK_D + o_j, b_ddt)
+                    if B_VAR:
+                        tl.store(s_dB + j * BLOCK_N + o_n, tl.sum(b_g * (b_dt * b_u)[:, None], 0))
+                    else:
+                        acc_dB += b_g * (b_dt * b_u)[:, None]
+                    if C_VAR:
+                        tl.store(s_dC + j * BLOCK_N + o_n, tl.sum(b_dy[:, None] * b_h, 0))
+                    else:
+                        acc_dC += b_dy[:, None] * b_h
+                    b_carry = b_a * b_g  # dL/dh_{t-1} through h_t
+                    b_h = b_hp
+                tl.debug_barrier()  # the output rows were written by other threads
+                o_o = (i_b * dim + o_d) * L + t0 + k0  # du / ddelta / dz are (batch, dim, L) contiguous
+                _unstage(du_ptr + o_o[None, :], s_du, o_t, o_d, m_t, m_d, full, 1, 0, BLOCK_D)
+                _unstage(ddt_ptr + o_o[None, :], s_ddt, o_t, o_d, m_t, m_d, full, 1, 0, BLOCK_D)
+                if HAS_Z:
+                    _unstage(dz_ptr + o_o[None, :], s_dz, o_t, o_d, m_t, m_d, full, 1, 0, BLOCK_D)
+                if B_VAR:
+                    _unstage(dB_ptr + i_b * sdB0 + i_g * sdB1 + (t0 + k0) * sdB3, s_dB, o_t, o_n, m_t, m_n, full,
+                             sdB3, sdB2, BLOCK_N, VAR_ATOMIC)
+                if C_VAR:
+                    _unstage(dC_ptr + i_b * sdC0 + i_g * sdC1 + (t0 + k0) * sdC3, s_dC, o_t, o_n, m_t, m_n, full,
+                             sdC3, sdC2, BLOCK_N, VAR_ATOMIC)
+            if HAS_H0:
+                tl.store(dh0_ptr + r_dn + o_dn0, b_carry, mask=m_dn & (f_c == 0))
+    if not ADJ_ONLY:
+        _flush_grads(dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, acc_dA, acc_dB, acc_dC, acc_dD, acc_db, o_d, o_dn0,
+                     m_d, m_dn, B_VAR, C_VAR, HAS_D, HAS_BIAS)
