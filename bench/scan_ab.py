@@ -25,10 +25,15 @@ from m2s2l.triton_kernels.selective_scan import scan_config  # noqa: E402
 
 
 def parse_cfg(text):
+    """"key=int,key=int" -> {key: int}; "" or "default" -> {}. A malformed config is a ValueError naming it (before
+    anything runs)."""
     text = text.strip()
     if text in ("", "default"):
         return {}
-    return {k.strip(): int(v) for k, v in (item.split("=", 1) for item in text.split(",") if item.strip())}
+    try:
+        return {k.strip(): int(v) for k, v in (item.split("=", 1) for item in text.split(",") if item.strip())}
+    except ValueError:
+        raise ValueError(f"--cfgs: {text!r} is not a list of key=int") from None
 
 
 def main(argv=None):

@@ -66,7 +66,8 @@ def test_cseq_against_reference(case, device, spies, monkeypatch):
     check(make_inputs(b, d, L, n, bc, dt, z, D, bias, h0, device=device, noncontig=nc), dt, softplus=sp)
     chunks = -(-L // scan_config.cseq_chunk(L))
     two = 2 if chunks > 1 else 1
-    fwd, bwd = ("_fwd_tile_kernel", "_bwd_tile_kernel") if cfg.get("tile", 1) else ("_fwd_seq_kernel", "_bwd_seq_kernel")
+    tiled = cfg.get("tile", 1)  # cseq runs the tiled kernels unless tile=0
+    fwd, bwd = ("_fwd_tile_kernel", "_bwd_tile_kernel") if tiled else ("_fwd_seq_kernel", "_bwd_seq_kernel")
     assert spies[fwd].launches == two and spies[bwd].launches == two
     assert spies["_fwd_tile_kernel"].launches + spies["_fwd_seq_kernel"].launches == two
     assert spies["_chunk_combine_kernel"].launches == (2 if chunks > 1 else 0)
@@ -124,11 +125,11 @@ def test_cseq_opcheck(device, monkeypatch):
 
 
 def test_cseq_config(monkeypatch):
-    """On from seqlen 128 with chunks of 32 (the H200 measurements in cseq_chunk's docstring); cseq_min_len;
+    """On from seqlen 256 with chunks of 32 (the H200 measurements in cseq_chunk's docstring); cseq_min_len;
     cseq=0|1; the chunk grows to keep at most cseq_max_chunks chunks; the tiled kernels where cseq runs."""
     monkeypatch.setattr(scan_config, "_CFG", {})
-    assert scan_config.cseq_chunk(127) == 0 and scan_config.saved_state_count(127, 16) == -(-127 // 16) - 1
-    assert scan_config.cseq_chunk(128) == 32 and scan_config.saved_state_count(4096, 16) == 4096 // 32 - 1
+    assert scan_config.cseq_chunk(255) == 0 and scan_config.saved_state_count(255, 16) == -(-255 // 16) - 1
+    assert scan_config.cseq_chunk(256) == 32 and scan_config.saved_state_count(4096, 16) == 4096 // 32 - 1
     assert scan_config.use_tile_fwd(True) and not scan_config.use_tile_fwd(False)
     assert scan_config.use_tile_bwd(4096, True) and scan_config.use_tile_bwd(16, False)
     assert not scan_config.use_tile_bwd(15, False)

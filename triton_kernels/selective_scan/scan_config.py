@@ -24,7 +24,10 @@ def _env_config():
     seq_bwd_block_d, seq_bwd_warps, seq_bwd_progs_per_sm, seq_bwd_programs (total program target), seq_bwd_maxnreg
     (register cap passed to the compiler; unset = none: sm_90 AOT shows 255 registers unconstrained); the
     chunk-parallel sequential scan (``cseq_chunk``): cseq=0|1, cseq_min_len, cseq_chunk, cseq_max_chunks,
-    cseq_block_d, cseq_warps, cseq_bwd_block_d, cseq_bwd_warps, cseq_bwd_programs, cseq_combine_block_d."""
+    cseq_block_d, cseq_warps, cseq_bwd_block_d, cseq_bwd_warps, cseq_bwd_programs, cseq_combine_block_d; the
+    time-tiled kernels (``use_tile_fwd`` / ``use_tile_bwd``): tile=0|1, tile_steps, tile_block_d, tile_warps,
+    tile_progs_per_sm, tile_maxnreg (forward); tile_bwd=0|1, tile_bwd_min_len, tile_bwd_steps, tile_bwd_block_d,
+    tile_bwd_warps, tile_bwd_progs_per_sm, tile_bwd_maxnreg, tile_bwd_prefetch=0|1 (backward)."""
     return env_int_config("M2S2L_SCAN_CFG")
 
 
@@ -50,18 +53,19 @@ def cseq_chunk(seqlen):
     chunk start states), the backward likewise (chunk start adjoints from zero, then the full backward per chunk);
     the diagonal A makes a chunk's effect on the state h_end = exp(A * sum(delta)) h_start + h_local. Both
     directions use it for the same lengths, so the backward gets the forward's chunk-boundary states.
-    On by default for seqlen >= 128 (cseq_min_len; 1024 until the tiled kernels: (64, 192, 256) fwd+bwd 1.247 ms
-    with the chunked kernels -> 0.900 with cseq and the tiled kernels, H200, bench/scan_ab.py) with Lc = 32
-    (cseq_chunk): NVIDIA H200, bench/tune_scan.py
+    On by default for seqlen >= 256 (cseq_min_len; 1024 until the tiled kernels of scan_tile_kernels.py, which run
+    under it; H200, bf16, bench/scan_ab.py fwd+bwd, cseq vs the chunked kernels (cseq=0), same run: (64, 192, 128)
+    0.877 vs 0.653 ms (chunked wins), (64, 192, 256) 1.019 vs 1.242, (32, 256, 512) 0.946 vs 1.624, (16, 384, 1024)
+    1.089 vs 2.423) with Lc = 32 (cseq_chunk). Before the tiled kernels: NVIDIA H200, bench/tune_scan.py
     --cseq, bf16, N 16, same run: (16, 192, 4096) fwd 1.055 -> 0.641 ms, fwd+bwd 6.50 -> 2.92 ms; (8, 2048, 2048)
     fwd 3.155 -> 1.510, fwd+bwd 12.68 -> 7.45 ms (Lc 32 was the best fwd+bwd chunk on both; forward alone prefers
-    256-512, but the backward needs the forward's chunking). Shorter sequences were not measured with it and keep
-    the other kernels. M2S2L_SCAN_CFG cseq=1 forces it on for every length, cseq=0 off, cseq_min_len=M sets the
-    threshold. Lc is grown so that there are at most cseq_max_chunks (default 1024) chunks (saved states and the
+    256-512, but the backward needs the forward's chunking; with the tiled kernels, LM fwd+bwd at Lc 32 / 64 / 128:
+    5.02 / 5.08 / 5.04 ms). M2S2L_SCAN_CFG cseq=1 forces it on for every length, cseq=0 off, cseq_min_len=M sets
+    the threshold. Lc is grown so that there are at most cseq_max_chunks (default 1024) chunks (saved states and the
     combine's serial steps stay bounded)."""
     on = _CFG.get("cseq")
     if on is None:
-        on = seqlen >= _CFG.get("cseq_min_len", 128)
+        on = seqlen >= _CFG.get("cseq_min_len", 256)
     if not on:
         return 0
     lc = max(1, _CFG.get("cseq_chunk", 32))
@@ -171,7 +175,7 @@ def _seq_bwd_rows(batch, n_gd, slot_bytes, warps, device, prefix="seq_bwd"):
 def use_tile_fwd(cseq):
     """Whether the sequential forward runs the time-tiled kernel of ``scan_tile_kernels.py`` instead of
     ``_fwd_seq_kernel``: by default where the chunk-parallel scan runs (``cseq``: the long sequences). NVIDIA H200,
-    bf16, bench/scan_ab.py, same run: (8, 2048, 2048) fwd 1.517 -> 0.850 ms, (16, 192, 4096) 0.643 -> 0.382; on
+    bf16, bench/scan_ab.py, same run: (8, 2048, 2048) fwd 1.517 -> 0.877 ms, (16, 192, 4096) 0.643 -> 0.388; on
     whole short sequences it lost ((16384, 128, 8) 0.194 -> 0.385 ms; (4096, 256, 16) 0.221 -> 0.228), so those keep
     ``_fwd_seq_kernel``. Override: M2S2L_SCAN_CFG tile=0|1."""
     return bool(_CFG.get("tile", cseq))
@@ -181,8 +185,9 @@ def use_tile_bwd(seqlen, cseq):
     """Whether the sequential backward runs the time-tiled kernel of ``scan_tile_kernels.py`` instead of
     ``_bwd_seq_kernel``: by default under cseq and for whole sequences of at least tile_bwd_min_len (16) steps.
     NVIDIA H200, bf16, bench/scan_ab.py fwd+bwd, same run: (8, 2048, 2048) 7.36 -> 4.44 ms, (16, 192, 4096)
-    2.85 -> 1.81 (with the tiled forward), (4096, 256, 16) 1.78 -> 1.47; (16384, 128, 8) 1.29 -> 2.11 (lost: 8-step
-    sequences keep ``_bwd_seq_kernel``; lengths 9 .. 15 were not measured). Override: tile_bwd=0|1."""
+    2.85 -> 1.81 (with the tiled forward), (4096, 256, 16) 1.78 -> 1.47 (another run: 1.775 -> 1.600);
+    (16384, 128, 8) 1.29 -> 2.11 (lost: 8-step sequences keep ``_bwd_seq_kernel``; lengths 9 .. 15 were not
+    measured). Override: tile_bwd=0|1."""
     if "tile_bwd" in _CFG:
         return bool(_CFG["tile_bwd"])
     return bool(cseq) or seqlen >= _CFG.get("tile_bwd_min_len", 16)
@@ -206,9 +211,11 @@ def _tile_steps(seqlen, key="tile_steps", default=16):
     return max(2, min(_CFG.get(key, default), _pow2(seqlen)))
 
 
-def _tile_programs(device, key="tile_progs_per_sm", default=32):
-    """Persistent programs of a tiled kernel: ``key`` (programs per SM, default ``default``) x SMs. 32 a SM for
-    both directions (H200, bench/scan_ab.py: LM fwd 0.850 ms at 32 vs 0.877 at 16 and 1.157 at 8; LM fwd+bwd, the
-    backward's count: 4.43 ms at 32, 4.41-4.50 at 24, 4.44 at 16, 4.72 at 8; more programs than fit at once (the
-    backward has 255 registers: 8 a SM) still helped: shorter work lists, less tail)."""
+def _tile_programs(device, key="tile_progs_per_sm", default=16):
+    """Persistent programs of a tiled kernel: ``key`` (programs per SM, default ``default``) x SMs; more than fit at
+    once (the backward has 255 registers: 8 a SM) still helps (shorter work lists, less tail). 16 for both
+    directions. H200, bench/scan_ab.py fwd+bwd, both counts 16 vs 32, same run: LM 4.458 vs 4.393 ms, spatial
+    1.859 vs 1.877, (64, 192, 256) 0.913 vs 1.019, (32, 256, 512) 0.936 vs 0.946, (16, 384, 1024) 1.098 vs 1.089;
+    earlier runs: LM fwd 0.877 at 16, 0.850 at 32, 1.157 at 8; LM fwd+bwd by the backward's count 4.72 at 8, 4.44
+    at 16, 4.41-4.50 at 24, 4.43 at 32."""
     return _CFG.get(key, default) * _num_sms(device)

@@ -23,8 +23,8 @@ thread than the one that wrote it) and one before each row's pass 1 (write-after
 import triton
 import triton.language as tl
 
-from .scan_common import (_channel_offsets, _channel_params, _delta, _flush_grads, _load_fixed_bc, _load_state,
-                          _row_ptrs, _store_or_add, _var_bc_ptrs, _zero_grads)
+from .scan_common import (_bwd_prologue, _channel_offsets, _channel_params, _delta, _flush_grads, _load_fixed_bc,
+                          _load_state, _row_ptrs, _store_or_add, _var_bc_ptrs, _zero_grads)
 
 
 @triton.jit(do_not_specialize=["L", "NC", "n_cp"])
@@ -147,16 +147,9 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
     pid = tl.program_id(0)
     i_gd = pid % n_gd
     i_r = pid // n_gd
-    i_g, o_c, m_d, o_d, o_n, m_n = _channel_offsets(i_gd, nblk, cpg, N, BLOCK_D, BLOCK_N)
-    m_dn = m_d[:, None] & m_n[None, :]
-    # A in log2 units: a = exp2(delta * A2); d(delta) picks up A = A2 * ln 2
-    b_A, b_A2, b_D, b_bias = _channel_params(A_ptr, D_ptr, bias_ptr, o_d, o_n, m_d, m_dn, N, BLOCK_D, HAS_D, HAS_BIAS)
-    if not B_VAR:
-        b_B = _load_fixed_bc(B_ptr, o_d, o_n, m_dn, sB0, sB1)
-    if not C_VAR:
-        b_C = _load_fixed_bc(C_ptr, o_d, o_n, m_dn, sC0, sC1)
-    else:
-        b_C = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)  # unused (an argument of _adjoint_only)
+    i_g, o_c, m_d, o_d, o_n, m_n, m_dn, b_A2, b_D, b_bias, b_B, b_C = _bwd_prologue(
+        i_gd, nblk, cpg, A_ptr, D_ptr, bias_ptr, B_ptr, C_ptr, sB0, sB1, sC0, sC1, N, BLOCK_D, BLOCK_N, B_VAR, C_VAR,
+        HAS_D, HAS_BIAS)
     # this program's scratch slot: (LC - 1) tiles of [BLOCK_D, BLOCK_N] float32
     TILE: tl.constexpr = BLOCK_D * BLOCK_N
     s_base = scr_ptr + pid.to(tl.int64) * (LC - 1) * TILE

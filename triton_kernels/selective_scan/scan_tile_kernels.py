@@ -1,32 +1,49 @@
-"""The sequential-in-time forward of the selective scan with time-tiled, coalesced input and output
-(``_fwd_tile_kernel``; opt-in through ``scan_config.use_tile_fwd`` until it is timed against ``_fwd_seq_kernel``).
+"""The time-tiled selective-scan kernels: the sequential-in-time forward ``_fwd_tile_kernel`` and backward
+``_bwd_tile_kernel``, with coalesced, tile-at-a-time input and output. ``scan.py`` runs them where the chunk-parallel
+scan (cseq) runs and, for the backward, on whole sequences of 16 or more steps (``scan_config.use_tile_fwd`` /
+``use_tile_bwd``, with the H200 measurements behind those choices).
 
-Why: ``_fwd_seq_kernel`` reads u / delta / z one time step at a time, i.e. BLOCK_D values from BLOCK_D rows that
-lie seqlen elements apart, and writes the output the same way; B_t and C_t are BLOCK_N values seqlen apart. Every
-step is a gather over BLOCK_D (+ 2 BLOCK_N) cache lines and a scatter of 2-byte pieces over BLOCK_D lines: on long
-(batch, dim, seqlen) inputs the L1 / L2 request rate, not the exponentials, bounds it (the same kernel on
-channel-contiguous inputs ran the LM shape in 0.83 ms instead of 1.52; docs/BENCHMARKS.md, session 9).
+Why: ``_fwd_seq_kernel`` / ``_bwd_seq_kernel`` read u / delta / z (/ dout) one time step at a time, i.e. BLOCK_D
+values from BLOCK_D rows that lie seqlen elements apart, and write their per-step outputs the same way; B_t and C_t
+are BLOCK_N values seqlen apart. Every step is a gather over BLOCK_D (+ 2 BLOCK_N) cache lines and a scatter of
+2-byte pieces over BLOCK_D lines: on long (batch, dim, seqlen) inputs the L1 / L2 request rate, not the
+exponentials, bounds them (the forward on channel-contiguous inputs ran the LM shape in 0.83 ms instead of 1.52;
+docs/BENCHMARKS.md, session 9).
 
-Here the program stages TT steps at a time: it reads [TT, BLOCK_D] tiles of u / delta / z (each channel's TT steps
-are contiguous: one request per channel per tile) and [TT, BLOCK_N] tiles of B / C, writes them to its own slot of a
-float32 scratch buffer with time as the outer index, and then steps through the tile reading one contiguous row
-per step (coalesced; the slot was just written, so it is in L1 or L2). Outputs go the other way: a row per step into
-the slot, the [TT, BLOCK_D] tile to ``out`` at the end of the tile. Two barriers a tile (after staging, after the
-steps). The state tile is [BLOCK_N, BLOCK_D] (channels last), read and written one state column at a time, so that
-Triton's default layout gives each thread one channel with all its states: the sum over N stays in registers. Slot
-rows are addressed with a unit stride passed at run time (``s1``), which hides their contiguity from the compiler:
-a contiguous row would get a vectorised layout of its own and a layout conversion through shared memory per step.
+Staging: a program takes TT steps at a time. It reads [TT, BLOCK_D] tiles of u / delta / z (/ dout) -- a channel's
+TT steps are contiguous, so one vector request per channel per tile -- and [TT, BLOCK_N] tiles of B / C, and writes
+them to its own slot of a float32 scratch buffer with time as the outer index; the elementwise work that does not
+depend on the state is done here for the whole tile (delta + bias and softplus, silu(z), the backward's
+dout * silu(z), dout * silu'(z) and sigmoid(delta + bias)). Then it steps through the tile reading one contiguous
+row per step (the slot was just written: L1 / L2 hits), and writes per-step outputs as slot rows, which go out as
+[TT, ..] tiles at the end of the tile (vector stores when the tile is full). Barriers: after staging and after the
+steps (rows are written and read by different threads).
 
-The kernel is persistent: the launcher starts about (programs per SM x SMs) programs; program p takes work items
-p, p + P, ... (work item = one (batch row, time chunk) x one (group, channel block), the channel block fastest so
-that programs running together share the B / C tile) and reuses scratch slot p, so the scratch stays small (and
-in L2) whatever the problem size.
+Layouts: the forward's state tile is [BLOCK_N, BLOCK_D] (channels last), read and written one state column at a
+time, so that Triton's default layout gives each thread one channel with all its states: the sum over N stays in
+registers and the per-step rows need no layout conversion (sm_90 PTX: no bar.sync or shfl in the step loop). The
+backward also needs sums over the channels every step (input-dependent dB, dC), so its state tile is
+[BLOCK_D, BLOCK_N] in the layout the compiler picks for the 2-D parameter loads (4 channels x 4 states a thread at
+BLOCK_D 32: 48 shuffles a step for all five sums, against 160 with one channel a thread); its slot rows are
+addressed with a unit stride passed at run time (``s1``), which hides their contiguity from the compiler.
+
+Backward per row (one time chunk of one batch row): pass 1 runs forward over all tiles but the last and keeps the
+chunk's start state and every tile's end state (slot area HB); pass 2 takes the tiles in reverse, recomputes the
+tile's states from its start state into slot area H, runs the adjoint backwards over the tile (optionally with the
+next step's rows and state prefetched) and writes du, d delta, dz and input-dependent dB / dC (added atomically
+when several channel blocks share a group). ADJ_ONLY is the chunk-parallel pass 1 (start adjoints from a zero end
+adjoint).
+
+Both kernels are persistent: the launcher starts about (programs per SM x SMs) programs. The forward's program p
+takes work items p, p + P, ... (a work item is one (batch row, time chunk) x one (group, channel block), the block
+fastest, so that programs running together share the B / C tile); the backward's program owns one (group, channel
+block) and walks rows (to accumulate dA, dD, d(delta_bias), fixed dB / dC in registers). Each reuses scratch slot
+p, so the scratch stays small (and in L2) whatever the problem size.
 """
 import triton
 import triton.language as tl
 
-from .scan_common import (_channel_offsets, _channel_params, _delta, _flush_grads, _load_fixed_bc, _load_state,
-                          _zero_grads)
+from .scan_common import _bwd_prologue, _channel_offsets, _delta, _flush_grads, _load_state, _zero_grads
 
 
 @triton.jit
@@ -250,6 +267,15 @@ def _unstage(ptr, s_ptr, o_t, o_x, m_t, m_x, full, st, sx, W: tl.constexpr, ATOM
 
 
 @triton.jit
+def _row_if(p, ON: tl.constexpr):
+    """The float32 row at pointers ``p``, or zeros of its shape when ON is off (never read then)."""
+    if ON:
+        return tl.load(p)
+    else:
+        return tl.zeros(p.shape, dtype=tl.float32)
+
+
+@triton.jit
 def _bwd_rows(s_u, s_dt, s_dy, s_zf, s_sg, s_B, s_C, s_h, j, o_j, o_n, o_s, BLOCK_D: tl.constexpr,
               BLOCK_N: tl.constexpr, TILE: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr,
               HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr):
@@ -258,22 +284,10 @@ def _bwd_rows(s_u, s_dt, s_dy, s_zf, s_sg, s_B, s_C, s_h, j, o_j, o_n, o_s, BLOC
     b_u = tl.load(s_u + j * BLOCK_D + o_j)
     b_dt = tl.load(s_dt + j * BLOCK_D + o_j)
     b_dy = tl.load(s_dy + j * BLOCK_D + o_j)
-    if HAS_Z:
-        b_zf = tl.load(s_zf + j * BLOCK_D + o_j)
-    else:
-        b_zf = b_u * 0.0
-    if SOFTPLUS:
-        b_sg = tl.load(s_sg + j * BLOCK_D + o_j)
-    else:
-        b_sg = b_u * 0.0
-    if B_VAR:
-        b_B = tl.load(s_B + j * BLOCK_N + o_n)
-    else:
-        b_B = o_n * 0.0
-    if C_VAR:
-        b_C = tl.load(s_C + j * BLOCK_N + o_n)
-    else:
-        b_C = o_n * 0.0
+    b_zf = _row_if(s_zf + j * BLOCK_D + o_j, HAS_Z)
+    b_sg = _row_if(s_sg + j * BLOCK_D + o_j, SOFTPLUS)
+    b_B = _row_if(s_B + j * BLOCK_N + o_n, B_VAR)
+    b_C = _row_if(s_C + j * BLOCK_N + o_n, C_VAR)
     b_hp = tl.load(s_h + j * TILE + o_s)
     return b_u, b_dt, b_dy, b_zf, b_sg, b_B, b_C, b_hp
 
@@ -294,27 +308,24 @@ def _bwd_tile_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     p owns (group, channel block) p % n_gd and walks rows p // n_gd, + n_rows, ...; a row is one time chunk of one
     batch row) plus ``slot``, the float32 scratch per program, and TT, the steps a tile.
 
-    A row's steps are walked in tiles of TT. Pass 1 (rows of more than one tile) runs forward over all tiles but
-    the last, keeping only the state at each tile end (slot area HB). Pass 2 takes the tiles in reverse: stage the
-    tile's inputs (u, effective delta, sigmoid(delta + bias), dy = dout * silu(z), zf = dout * silu'(z), B, C;
-    elementwise work done here, for the whole tile), recompute the tile's states from its start state into slot
-    area H (h_0 .. h_{n-2}; the last stays in registers), run the adjoint backwards over the tile with every per-step
-    output (du, d delta, dz, input-dependent dB / dC) written as a slot row, and write those rows out as [TT, ..]
-    tiles (a channel's steps contiguous; dB / dC added atomically when several channel blocks share a group).
-    The state tile is [BLOCK_D, BLOCK_N] in whatever layout the compiler picks for the 2-D parameter loads (the sums
-    over channels for dB / dC and over states for du / d delta are both needed every step). ADJ_ONLY: the
-    chunk-parallel pass 1 (start adjoints from a zero end adjoint), tiles in reverse, no states."""
+    A row's steps are walked in tiles of TT. Pass 1 stores the chunk's start state and runs forward over all tiles
+    but the last, storing each one's end state (slot area HB: the start state of every tile). Pass 2 takes the tiles
+    in reverse: stage the tile's inputs (u, effective delta, sigmoid(delta + bias), dy = dout * silu(z),
+    zf = dout * silu'(z), B, C; elementwise work done here, for the whole tile), recompute the tile's states from
+    its start state into slot area H (slot 0 the start state, slot j + 1 h_j; the last state stays in registers),
+    run the adjoint backwards over the tile with every per-step output (du, d delta, dz, input-dependent dB / dC)
+    written as a slot row, and write those rows out as [TT, ..] tiles (a channel's steps contiguous; dB / dC added
+    atomically when several channel blocks share a group). PREFETCH: step j - 1's rows and state are loaded while
+    step j is computed. The state tile is [BLOCK_D, BLOCK_N] in whatever layout the compiler picks for the 2-D
+    parameter loads (module doc). ADJ_ONLY: the chunk-parallel pass 1 (start adjoints from a zero end adjoint),
+    tiles in reverse, no states."""
     pid = tl.program_id(0)
     i_gd = pid % n_gd
     i_r = pid // n_gd
-    i_g, o_c, m_d, o_d, o_n, m_n = _channel_offsets(i_gd, nblk, cpg, N, BLOCK_D, BLOCK_N)
-    m_dn = m_d[:, None] & m_n[None, :]
-    b_A, b_A2, b_D, b_bias = _channel_params(A_ptr, D_ptr, bias_ptr, o_d, o_n, m_d, m_dn, N, BLOCK_D, HAS_D, HAS_BIAS)
-    if not B_VAR:
-        b_B = _load_fixed_bc(B_ptr, o_d, o_n, m_dn, sB0, sB1)
-    if not C_VAR:
-        b_C = _load_fixed_bc(C_ptr, o_d, o_n, m_dn, sC0, sC1)
-    # the slot: rows [TT, BLOCK_D] x 8, rows [TT, BLOCK_N] x 4, then state tiles (H: TT - 1, HB: the rest)
+    i_g, o_c, m_d, o_d, o_n, m_n, m_dn, b_A2, b_D, b_bias, b_B, b_C = _bwd_prologue(
+        i_gd, nblk, cpg, A_ptr, D_ptr, bias_ptr, B_ptr, C_ptr, sB0, sB1, sC0, sC1, N, BLOCK_D, BLOCK_N, B_VAR, C_VAR,
+        HAS_D, HAS_BIAS)
+    # the slot: rows [TT, BLOCK_D] x 8, rows [TT, BLOCK_N] x 4, then state tiles (H: TT, HB: the rest)
     TILE: tl.constexpr = BLOCK_D * BLOCK_N
     RD: tl.constexpr = TT * BLOCK_D
     RN: tl.constexpr = TT * BLOCK_N
