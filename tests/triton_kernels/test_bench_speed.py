@@ -8,12 +8,17 @@ import os
 import pytest
 
 
-def _speed():
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "speed.py")
-    spec = importlib.util.spec_from_file_location("bench_speed", path)
+def load_bench(name):
+    """bench/<name>.py as a module (bench/ is not a package)."""
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "bench", name + ".py")
+    spec = importlib.util.spec_from_file_location("bench_" + name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _speed():
+    return load_bench("speed")
 
 
 def test_filters_and_profile(tmp_path, device, capsys):

@@ -2,20 +2,16 @@
 the reference (speed 1, error 0), a config that runs the tiled kernels agrees with the default to float32
 rounding, a config that fails to launch becomes an error row instead of stopping the sweep, and a malformed config
 is refused before anything runs."""
-import importlib.util
 import json
 import math
-import os
 
 import pytest
 
+from test_bench_speed import load_bench
+
 
 def _scan_ab():
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "scan_ab.py")
-    spec = importlib.util.spec_from_file_location("bench_scan_ab", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("scan_ab")
 
 
 def test_scan_ab_rows(tmp_path, device):

@@ -23,8 +23,9 @@ thread than the one that wrote it) and one before each row's pass 1 (write-after
 import triton
 import triton.language as tl
 
-from .scan_common import (_bwd_prologue, _channel_offsets, _channel_params, _delta, _flush_grads, _load_fixed_bc,
-                          _load_state, _row_ptrs, _store_or_add, _var_bc_ptrs, _zero_grads)
+from .scan_common import (_adjoint_step, _bwd_prologue, _channel_offsets, _channel_params, _delta, _flush_grads,
+                          _load_fixed_bc, _load_state, _row_chunk, _row_ptrs, _store_or_add, _var_bc_ptrs,
+                          _zero_grads)
 
 
 @triton.jit(do_not_specialize=["L", "NC", "n_cp"])
@@ -144,11 +145,8 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
     instead of dlast; d initial_state is chunk 0's. ADJ_ONLY (pass 1, c0 = 1, n_cp = NC - 1): only the adjoint
     from a zero end adjoint, no h, no gradients; stores the chunk's d(start state) into gb[b, c - 1] and its delta
     sum into dsum[b, c - 1]."""
-    pid = tl.program_id(0)
-    i_gd = pid % n_gd
-    i_r = pid // n_gd
-    i_g, o_c, m_d, o_d, o_n, m_n, m_dn, b_A2, b_D, b_bias, b_B, b_C = _bwd_prologue(
-        i_gd, nblk, cpg, A_ptr, D_ptr, bias_ptr, B_ptr, C_ptr, sB0, sB1, sC0, sC1, N, BLOCK_D, BLOCK_N, B_VAR, C_VAR,
+    pid, i_r, i_g, o_c, m_d, o_d, o_n, m_n, m_dn, b_A2, b_D, b_bias, b_B, b_C = _bwd_prologue(
+        n_gd, nblk, cpg, A_ptr, D_ptr, bias_ptr, B_ptr, C_ptr, sB0, sB1, sC0, sC1, N, BLOCK_D, BLOCK_N, B_VAR, C_VAR,
         HAS_D, HAS_BIAS)
     # this program's scratch slot: (LC - 1) tiles of [BLOCK_D, BLOCK_N] float32
     TILE: tl.constexpr = BLOCK_D * BLOCK_N
@@ -159,10 +157,7 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
     acc_dA, acc_dB, acc_dC, acc_dD, acc_db = _zero_grads(BLOCK_D, BLOCK_N)
     n_it = tl.cdiv(n_rowtot - i_r, n_rows)
     for k in range(0, n_it):
-        i_row = i_r + k * n_rows
-        i_b, i_c = (i_row // n_cp).to(tl.int64), i_row % n_cp + c0
-        t0 = i_c.to(tl.int64) * LC  # first step of the chunk
-        n_t = tl.minimum(L - i_c * LC, LC)  # steps in the chunk
+        i_b, i_c, t0, n_t = _row_chunk(i_r + k * n_rows, n_cp, c0, LC, L)
         r_dn = i_b * dim * N
         rb_d = (i_b * (NC - 1) + i_c - 1) * dim  # hb[b, c - 1] / gb[b, c - 1] / dsum[b, c - 1]
         rb_dn = rb_d * N
@@ -255,13 +250,8 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     b_dy = b_do * b_z * b_sig
                 else:
                     b_dy = b_do
-                b_g = b_carry + b_dy[:, None] * b_Ct  # dL/dh_t
-                s_gB = tl.sum(b_g * b_Bt, 1)
-                b_gah = b_g * b_ah
-                b_ddt = tl.sum(b_gah * b_A2, 1) * 0.6931471805599453 + b_u * s_gB
-                b_du = b_dt * s_gB
+                b_g, b_gah, b_ddt, b_du = _adjoint_step(b_carry, b_dy, b_u, b_dt, b_Bt, b_Ct, b_ah, b_A2, b_D, HAS_D)
                 if HAS_D:
-                    b_du += b_D * b_dy
                     acc_dD += b_dy * b_u
                 acc_dA += b_gah * b_dt[:, None]
                 if SOFTPLUS:

@@ -43,7 +43,8 @@ p, so the scratch stays small (and in L2) whatever the problem size.
 import triton
 import triton.language as tl
 
-from .scan_common import _bwd_prologue, _channel_offsets, _delta, _flush_grads, _load_state, _zero_grads
+from .scan_common import (_adjoint_step, _bwd_prologue, _channel_offsets, _delta, _flush_grads, _load_state,
+                          _row_chunk, _zero_grads)
 
 
 @triton.jit
@@ -70,6 +71,18 @@ def _store_cols(ptr, base, tile, m_d, o_n, N: tl.constexpr, BLOCK_N: tl.constexp
 
 
 @triton.jit
+def _load_tile(p, m_t, m_x, full):
+    """The [TT, W] tile at pointers ``p`` as float32, rows masked by ``m_t`` and columns by ``m_x`` (zeros outside).
+    ``full``: every row is in range; the load is then masked by column only, which lets it read a column's steps
+    with vector loads."""
+    if full:
+        x = tl.load(p, mask=m_x[None, :], other=0.0)
+    else:
+        x = tl.load(p, mask=m_t[:, None] & m_x[None, :], other=0.0)
+    return x.to(tl.float32)
+
+
+@triton.jit
 def _stage(ptr, s_ptr, o_t, o_x, m_t, m_x, full, st, sx, bias, W: tl.constexpr, KIND: tl.constexpr,
            HAS_BIAS: tl.constexpr = False, SOFTPLUS: tl.constexpr = False):
     """Copy the [TT, W] tile ``ptr + o_t * st + o_x * sx`` (rows masked by ``m_t``, columns by ``m_x``, zeros
@@ -79,12 +92,7 @@ def _stage(ptr, s_ptr, o_t, o_x, m_t, m_x, full, st, sx, bias, W: tl.constexpr, 
     sigmoid(delta + bias) (the softplus derivative). The elementwise work of
     KIND 1 / 2 is done here for the whole tile (independent values, no step-to-step dependency) instead of in the
     sequential loop."""
-    p = ptr + o_t[:, None] * st + o_x[None, :] * sx
-    if full:
-        x = tl.load(p, mask=m_x[None, :], other=0.0)
-    else:
-        x = tl.load(p, mask=m_t[:, None] & m_x[None, :], other=0.0)
-    x = x.to(tl.float32)
+    x = _load_tile(ptr + o_t[:, None] * st + o_x[None, :] * sx, m_t, m_x, full)
     if KIND == 1:
         _, x = _delta(x, bias[None, :], HAS_BIAS, SOFTPLUS)
     elif KIND == 2:
@@ -229,20 +237,10 @@ def _stage_dy(p_do, p_z, s_dy, s_zf, o_t, o_d, m_t, m_d, full, so_t, so_d, sz_t,
               HAS_Z: tl.constexpr):
     """Stage the backward's per-step output factors of a [TT, W] tile: dy = dout * silu(z) into ``s_dy`` and, with
     z, zf = dout * d silu(z) / dz into ``s_zf`` (so that dz = y * zf); without z, dy = dout. Masks as ``_stage``."""
-    p = p_do + o_t[:, None] * so_t + o_d[None, :] * so_d
-    q = p_z + o_t[:, None] * sz_t + o_d[None, :] * sz_d
-    if full:
-        do = tl.load(p, mask=m_d[None, :], other=0.0)
-    else:
-        do = tl.load(p, mask=m_t[:, None] & m_d[None, :], other=0.0)
-    do = do.to(tl.float32)
+    do = _load_tile(p_do + o_t[:, None] * so_t + o_d[None, :] * so_d, m_t, m_d, full)
     o_s = o_t[:, None] * W + tl.arange(0, W)[None, :]
     if HAS_Z:
-        if full:
-            z = tl.load(q, mask=m_d[None, :], other=0.0)
-        else:
-            z = tl.load(q, mask=m_t[:, None] & m_d[None, :], other=0.0)
-        z = z.to(tl.float32)
+        z = _load_tile(p_z + o_t[:, None] * sz_t + o_d[None, :] * sz_d, m_t, m_d, full)
         sig = tl.sigmoid(z)
         tl.store(s_dy + o_s, do * z * sig)
         tl.store(s_zf + o_s, do * sig * (1.0 + z * (1.0 - sig)))
@@ -264,6 +262,19 @@ def _unstage(ptr, s_ptr, o_t, o_x, m_t, m_x, full, st, sx, W: tl.constexpr, ATOM
             tl.store(p, x, mask=m_x[None, :])
         else:
             tl.store(p, x, mask=m_t[:, None] & m_x[None, :])
+
+
+@triton.jit
+def _state_step(b_h, s_u, s_dt, s_B, j, o_j, o_n, b_A2, b_B, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                B_VAR: tl.constexpr):
+    """The backward's recomputation of one step from the staged rows j: h_j = exp(delta A) h_{j-1} + delta u B."""
+    b_u = tl.load(s_u + j * BLOCK_D + o_j)
+    b_dt = tl.load(s_dt + j * BLOCK_D + o_j)
+    if B_VAR:
+        b_Bt = tl.load(s_B + j * BLOCK_N + o_n)[None, :]
+    else:
+        b_Bt = b_B
+    return tl.exp2(b_dt[:, None] * b_A2) * b_h + (b_dt * b_u)[:, None] * b_Bt
 
 
 @triton.jit
@@ -319,11 +330,8 @@ def _bwd_tile_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     step j is computed. The state tile is [BLOCK_D, BLOCK_N] in whatever layout the compiler picks for the 2-D
     parameter loads (module doc). ADJ_ONLY: the chunk-parallel pass 1 (start adjoints from a zero end adjoint),
     tiles in reverse, no states."""
-    pid = tl.program_id(0)
-    i_gd = pid % n_gd
-    i_r = pid // n_gd
-    i_g, o_c, m_d, o_d, o_n, m_n, m_dn, b_A2, b_D, b_bias, b_B, b_C = _bwd_prologue(
-        i_gd, nblk, cpg, A_ptr, D_ptr, bias_ptr, B_ptr, C_ptr, sB0, sB1, sC0, sC1, N, BLOCK_D, BLOCK_N, B_VAR, C_VAR,
+    pid, i_r, i_g, o_c, m_d, o_d, o_n, m_n, m_dn, b_A2, b_D, b_bias, b_B, b_C = _bwd_prologue(
+        n_gd, nblk, cpg, A_ptr, D_ptr, bias_ptr, B_ptr, C_ptr, sB0, sB1, sC0, sC1, N, BLOCK_D, BLOCK_N, B_VAR, C_VAR,
         HAS_D, HAS_BIAS)
     # the slot: rows [TT, BLOCK_D] x 8, rows [TT, BLOCK_N] x 4, then state tiles (H: TT, HB: the rest)
     TILE: tl.constexpr = BLOCK_D * BLOCK_N
@@ -350,10 +358,7 @@ def _bwd_tile_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     acc_dA, acc_dB, acc_dC, acc_dD, acc_db = _zero_grads(BLOCK_D, BLOCK_N)
     n_it = tl.cdiv(n_rowtot - i_r, n_rows)
     for k in range(0, n_it):
-        i_row = i_r + k * n_rows
-        i_b, i_c = (i_row // n_cp).to(tl.int64), i_row % n_cp + c0
-        t0 = i_c.to(tl.int64) * LC  # first step of the chunk
-        n_t = tl.minimum(L - i_c * LC, LC)  # steps in the chunk
+        i_b, i_c, t0, n_t = _row_chunk(i_r + k * n_rows, n_cp, c0, LC, L)
         n_tl = tl.cdiv(n_t, TT)
         r_dn = i_b * dim * N
         rb_d = (i_b * (NC - 1) + i_c - 1) * dim  # hb[b, c - 1] / gb[b, c - 1] / dsum[b, c - 1]
@@ -410,13 +415,7 @@ def _bwd_tile_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
                     _stage(p_B + k0 * sB3, s_B, o_t, o_n, o_t >= 0, m_n, True, sB3, sB2, b_bias, BLOCK_N, 0)
                 tl.debug_barrier()
                 for j in range(0, TT):
-                    b_u = tl.load(s_u + j * BLOCK_D + o_j)
-                    b_dt = tl.load(s_dt + j * BLOCK_D + o_j)
-                    if B_VAR:
-                        b_Bt = tl.load(s_B + j * BLOCK_N + o_n)[None, :]
-                    else:
-                        b_Bt = b_B
-                    b_h = tl.exp2(b_dt[:, None] * b_A2) * b_h + (b_dt * b_u)[:, None] * b_Bt
+                    b_h = _state_step(b_h, s_u, s_dt, s_B, j, o_j, o_n, b_A2, b_B, BLOCK_D, BLOCK_N, B_VAR)
                 tl.store(s_hb + (kt + 1) * TILE + o_s, b_h)
             # ---- pass 2: tiles in reverse
             b_carry = _load_state(dlast_ptr + r_dn, o_dn0, m_dn & (f_c == NC - 1), HAS_DLAST, BLOCK_D, BLOCK_N)
@@ -445,13 +444,7 @@ def _bwd_tile_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
                 n_in = tl.minimum(TT, n_t - k0)
                 tl.store(s_h + o_s, b_h)
                 for j in range(0, n_in):  # recompute h_0 .. h_{n_in-1}; h_0 .. h_{n_in-2} into area H after it
-                    b_u = tl.load(s_u + j * BLOCK_D + o_j)
-                    b_dt = tl.load(s_dt + j * BLOCK_D + o_j)
-                    if B_VAR:
-                        b_Bt = tl.load(s_B + j * BLOCK_N + o_n)[None, :]
-                    else:
-                        b_Bt = b_B
-                    b_h = tl.exp2(b_dt[:, None] * b_A2) * b_h + (b_dt * b_u)[:, None] * b_Bt
+                    b_h = _state_step(b_h, s_u, s_dt, s_B, j, o_j, o_n, b_A2, b_B, BLOCK_D, BLOCK_N, B_VAR)
                     if j < n_in - 1:
                         tl.store(s_h + (j + 1) * TILE + o_s, b_h)
                 # the adjoint, backwards over the tile; with PREFETCH, step j - 1's rows and state are loaded while
@@ -486,13 +479,9 @@ def _bwd_tile_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
                         if HAS_D:
                             b_y += b_D * b_u
                         tl.store(s_dz + j * BLOCK_D + o_j, b_y * b_zf)
-                    b_g = b_carry + b_dy[:, None] * b_Ct  # dL/dh_t
-                    s_gB = tl.sum(b_g * b_Bt, 1)
-                    b_gah = b_g * b_ah
-                    b_ddt = tl.sum(b_gah * b_A2, 1) * 0.6931471805599453 + b_u * s_gB
-                    b_du = b_dt * s_gB
+                    b_g, b_gah, b_ddt, b_du = _adjoint_step(b_carry, b_dy, b_u, b_dt, b_Bt, b_Ct, b_ah, b_A2, b_D,
+                                                            HAS_D)
                     if HAS_D:
-                        b_du += b_D * b_dy
                         acc_dD += b_dy * b_u
                     acc_dA += b_gah * b_dt[:, None]
                     if SOFTPLUS:
