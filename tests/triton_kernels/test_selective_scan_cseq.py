@@ -125,11 +125,11 @@ def test_cseq_opcheck(device, monkeypatch):
 
 
 def test_cseq_config(monkeypatch):
-    """On from seqlen 256 with chunks of 32 (the H200 measurements in cseq_chunk's docstring); cseq_min_len;
+    """On from seqlen 512 with chunks of 32 (the H200 measurements in cseq_chunk's docstring); cseq_min_len;
     cseq=0|1; the chunk grows to keep at most cseq_max_chunks chunks; the tiled kernels where cseq runs."""
     monkeypatch.setattr(scan_config, "_CFG", {})
-    assert scan_config.cseq_chunk(255) == 0 and scan_config.saved_state_count(255, 16) == -(-255 // 16) - 1
-    assert scan_config.cseq_chunk(256) == 32 and scan_config.saved_state_count(4096, 16) == 4096 // 32 - 1
+    assert scan_config.cseq_chunk(511) == 0 and scan_config.saved_state_count(511, 16) == -(-511 // 16) - 1
+    assert scan_config.cseq_chunk(512) == 32 and scan_config.saved_state_count(4096, 16) == 4096 // 32 - 1
     assert scan_config.use_tile_fwd(True) and not scan_config.use_tile_fwd(False)
     assert scan_config.use_tile_bwd(4096, True) and scan_config.use_tile_bwd(16, False)
     assert not scan_config.use_tile_bwd(15, False)

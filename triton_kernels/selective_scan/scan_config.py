@@ -53,10 +53,12 @@ def cseq_chunk(seqlen):
     chunk start states), the backward likewise (chunk start adjoints from zero, then the full backward per chunk);
     the diagonal A makes a chunk's effect on the state h_end = exp(A * sum(delta)) h_start + h_local. Both
     directions use it for the same lengths, so the backward gets the forward's chunk-boundary states.
-    On by default for seqlen >= 256 (cseq_min_len; 1024 until the tiled kernels of scan_tile_kernels.py, which run
+    On by default for seqlen >= 512 (cseq_min_len; 1024 until the tiled kernels of scan_tile_kernels.py, which run
     under it; H200, bf16, bench/scan_ab.py fwd+bwd, cseq vs the chunked kernels (cseq=0), same run: (64, 192, 128)
-    0.877 vs 0.653 ms (chunked wins), (64, 192, 256) 1.019 vs 1.242, (32, 256, 512) 0.946 vs 1.624, (16, 384, 1024)
-    1.089 vs 2.423) with Lc = 32 (cseq_chunk). Before the tiled kernels: NVIDIA H200, bench/tune_scan.py
+    0.877 vs 0.653 ms (chunked wins), (64, 192, 256) 1.019 vs 1.242 (another run: 1.210 vs 1.242), (32, 256, 512)
+    0.946 vs 1.624, (16, 384, 1024) 1.089 vs 2.423. 256 is left to the chunked kernels: the gain there was 3-22%
+    over two runs, and the forward alone at 256 steps -- the M2S2L model's coarsest spatial scans, i.e. its inference
+    speed -- was not measured) with Lc = 32 (cseq_chunk). Before the tiled kernels: NVIDIA H200, bench/tune_scan.py
     --cseq, bf16, N 16, same run: (16, 192, 4096) fwd 1.055 -> 0.641 ms, fwd+bwd 6.50 -> 2.92 ms; (8, 2048, 2048)
     fwd 3.155 -> 1.510, fwd+bwd 12.68 -> 7.45 ms (Lc 32 was the best fwd+bwd chunk on both; forward alone prefers
     256-512, but the backward needs the forward's chunking; with the tiled kernels, LM fwd+bwd at Lc 32 / 64 / 128:
@@ -65,7 +67,7 @@ def cseq_chunk(seqlen):
     combine's serial steps stay bounded)."""
     on = _CFG.get("cseq")
     if on is None:
-        on = seqlen >= _CFG.get("cseq_min_len", 256)
+        on = seqlen >= _CFG.get("cseq_min_len", 512)
     if not on:
         return 0
     lc = max(1, _CFG.get("cseq_chunk", 32))
