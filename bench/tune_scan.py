@@ -75,20 +75,28 @@ KEYS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 GRAD_NAMES = ("du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias")
 
 
+SEQ_KERNELS = dict(tile=0, tile_bwd=0)  # the cseq_* tile keys size the sequential kernels, not the tiled ones
+
+
 def cseq_fwd_candidates():
-    """Forward configs of the chunk-parallel sequential scan: chunk length, then tile (channels) x warps."""
+    """Forward configs of the chunk-parallel sequential scan: chunk length, then tile (channels) x warps. Under cseq
+    the launchers run the time-tiled kernels by default (``bench/scan_ab.py`` compares their settings); the
+    block / warps configs here run the sequential kernels (tile=0) they size."""
     tiles = ((32, 2), (16, 1), (64, 4), (32, 1), (16, 2))
     return ([dict(cseq=1)] + [dict(cseq=1, cseq_chunk=lc) for lc in (64, 256, 32, 512)]
-            + [dict(cseq=1, cseq_chunk=lc, cseq_block_d=bd, cseq_warps=w) for lc in (128, 64, 256) for bd, w in tiles])
+            + [dict(cseq=1, cseq_chunk=lc, cseq_block_d=bd, cseq_warps=w, **SEQ_KERNELS) for lc in (128, 64, 256)
+               for bd, w in tiles])
 
 
 def cseq_fwdbwd_candidates(best_fwd):
     """Forward + backward configs of the chunk-parallel sequential scan, on the best forward's cseq tile when the
     best forward was a cseq config: chunk length x the persistent backward's programs per SM (the default caps its
     scratch at 32 MiB, which at 128 steps a chunk means about one program per SM), then the backward tile."""
-    base = {k: v for k, v in best_fwd.items() if k in ("cseq_block_d", "cseq_warps")} if best_fwd.get("cseq") else {}
-    grid = [dict(cseq_chunk=lc, cseq_bwd_progs_per_sm=p) for p in (None, 8, 4, 16) for lc in (128, 64, 32, 256)]
-    tiles = [dict(cseq_chunk=64, cseq_bwd_progs_per_sm=8, cseq_bwd_block_d=bd, cseq_bwd_warps=w)
+    keep = ("cseq_block_d", "cseq_warps", "tile", "tile_bwd")
+    base = {k: v for k, v in best_fwd.items() if k in keep} if best_fwd.get("cseq") else {}
+    grid = [dict(cseq_chunk=lc, cseq_bwd_progs_per_sm=p, **(SEQ_KERNELS if p else {}))
+            for p in (None, 8, 4, 16) for lc in (128, 64, 32, 256)]
+    tiles = [dict(cseq_chunk=64, cseq_bwd_progs_per_sm=8, cseq_bwd_block_d=bd, cseq_bwd_warps=w, **SEQ_KERNELS)
              for bd, w in ((16, 1), (64, 2), (32, 2), (16, 2))]
     return [dict(base, cseq=1, **{k: v for k, v in c.items() if v is not None}) for c in grid + tiles]
 
