@@ -32,7 +32,8 @@ from .scan_config import (_INTERPRET, _block_d, _pow2, _seq_block_d, _seq_bwd_bl
 from .scan_config import saved_state_count, use_seq_fwd  # noqa: F401  (public: m2s2l.ops, tests, bench)
 from .scan_kernels import _bwd_kernel, _combine, _fwd_kernel
 from .scan_seq_kernels import _bwd_seq_kernel, _chunk_combine_kernel, _fwd_seq_kernel
-from .scan_tile_kernels import _bwd_tile_kernel, _fwd_tile_kernel
+from .scan_tile_bwd_kernels import _bwd_tile_kernel
+from .scan_tile_kernels import _fwd_tile_kernel
 
 
 def _vectorize_interpreter_scan():
@@ -175,7 +176,10 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, initi
             meta["BLOCK_D"] = BLOCK_D
             warps = _tile_warps(BLOCK_D)
             TT = _tile_steps(Lc if nc > 1 else L)
-            slot = TT * (4 * BLOCK_D + 2 * meta["BLOCK_N"])
+            # one scratch for both passes, sized for the larger (output) pass: programs never exceed its work items
+            progs_max = max(1, min(batch * nc * G * nblk, _tile_programs(u.device)))
+            scratch = torch.empty(progs_max * TT * (4 * BLOCK_D + 2 * meta["BLOCK_N"]), device=u.device,
+                                  dtype=torch.float32)
         else:
             warps = scan_config._CFG.get("cseq_warps" if Lc else "seq_warps", _seq_warps(BLOCK_D, N))
 
@@ -186,7 +190,6 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, initi
                 return
             n_work = rows * G * nblk
             progs = max(1, min(n_work, _tile_programs(u.device)))
-            scratch = torch.empty(progs * slot, device=u.device, dtype=torch.float32)
             _fwd_tile_kernel[(progs,)](*ptrs, hb, dsum, scratch, L, LC, nc, n_cp, n_work, dim, cpg, nblk, G * nblk,
                                        *strides, **kw, TT=TT, num_warps=warps, **_maxnreg("tile_maxnreg"))
         hb = dsum = dmy
@@ -279,32 +282,29 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D=None, z=None, delta_bias=None,
             else:
                 _bwd_seq_kernel[(progs,)](*ptrs, dout, dl_, *grads, scratch, hb_, gb, dsum, L, LC, nc, n_cp, c0, nr,
                                           dim, cpg, nblk, n_gd, rows, *strides, **kw, num_warps=warps)
-        gb = dsum = dmy
-        if nc > 1:  # pass 1: chunks 1 .. nc-1's start adjoints from zero; combine -> end adjoints of chunks 0..nc-2
-            gb = torch.empty(batch, nc - 1, dim, N, **f32)
-            dsum = torch.empty(batch, nc - 1, dim, **f32)
-            nr = batch * (nc - 1)
-            pass1 = dict(meta, HAS_D=False, HAS_H0=False, HAS_DLAST=False)
-            if tile:
-                rows = max(1, min(nr, _tile_programs(u.device, "tile_bwd_progs_per_sm") // n_gd))
-                scratch = torch.empty(rows * n_gd * slot, **f32)
-            else:
-                rows, scratch = nr, dmy
-            launch(rows * n_gd, scratch, dmy, dmy, 1, nc - 1, nr, rows, **pass1, CSEQ=False, ADJ_ONLY=True)
-            _combine_chunks(dl, gb, dsum, ptrs[2], reverse=True)
         nr = batch * nc
-        if tile:
-            rows = max(1, min(nr, _tile_programs(u.device, "tile_bwd_progs_per_sm") // n_gd))
+
+        def tile_rows(n):  # the persistent tiled backward's row stride for n rows
+            return max(1, min(n, _tile_programs(u.device, "tile_bwd_progs_per_sm") // n_gd))
+        if tile:  # one scratch for both passes, sized for the main pass (pass 1 has fewer rows)
+            rows = tile_rows(nr)
             scratch = torch.empty(rows * n_gd * slot, **f32)
-            extra = {}
         else:
             rows = _seq_bwd_rows(nr, n_gd, (LC - 1) * BLOCK_D * BN * 4, warps, u.device,
                                  "cseq_bwd" if Lc else "seq_bwd")
             scratch = torch.empty(max(1, rows * n_gd * (LC - 1) * BLOCK_D * BN), **f32)
-            cfg = scan_config._CFG
-            extra = {"maxnreg": cfg["seq_bwd_maxnreg"]} if "seq_bwd_maxnreg" in cfg else {}
+        gb = dsum = dmy
+        if nc > 1:  # pass 1: chunks 1 .. nc-1's start adjoints from zero; combine -> end adjoints of chunks 0..nc-2
+            gb = torch.empty(batch, nc - 1, dim, N, **f32)
+            dsum = torch.empty(batch, nc - 1, dim, **f32)
+            nr1 = batch * (nc - 1)
+            rows1 = tile_rows(nr1) if tile else nr1
+            pass1 = dict(meta, HAS_D=False, HAS_H0=False, HAS_DLAST=False)
+            launch(rows1 * n_gd, scratch if tile else dmy, dmy, dmy, 1, nc - 1, nr1, rows1, **pass1, CSEQ=False,
+                   ADJ_ONLY=True)
+            _combine_chunks(dl, gb, dsum, ptrs[2], reverse=True)
         launch(rows * n_gd, scratch, opt(dl), opt(chunk_states) if nc > 1 else dmy, 0, nc, nr, rows, **meta,
-               CSEQ=nc > 1, ADJ_ONLY=False, **extra)
+               CSEQ=nc > 1, ADJ_ONLY=False, **({} if tile else _maxnreg("seq_bwd_maxnreg")))
     else:
         bpp = max(1, (batch * G * nblk) // 2048)
         _bwd_kernel[(triton.cdiv(batch, bpp), G * nblk)](

@@ -1,7 +1,7 @@
-"""The time-tiled selective-scan kernels: the sequential-in-time forward ``_fwd_tile_kernel`` and backward
-``_bwd_tile_kernel``, with coalesced, tile-at-a-time input and output. ``scan.py`` runs them where the chunk-parallel
-scan (cseq) runs and, for the backward, on whole sequences of 16 or more steps (``scan_config.use_tile_fwd`` /
-``use_tile_bwd``, with the H200 measurements behind those choices).
+"""The time-tiled selective-scan forward ``_fwd_tile_kernel`` and the staging helpers it shares with the tiled
+backward (``scan_tile_bwd_kernels.py``). ``scan.py`` runs the tiled kernels where the chunk-parallel scan (cseq)
+runs and, for the backward, on whole sequences of 16 or more steps (``scan_config.use_tile_fwd`` / ``use_tile_bwd``,
+with the H200 measurements behind those choices).
 
 Why: ``_fwd_seq_kernel`` / ``_bwd_seq_kernel`` read u / delta / z (/ dout) one time step at a time, i.e. BLOCK_D
 values from BLOCK_D rows that lie seqlen elements apart, and write their per-step outputs the same way; B_t and C_t
@@ -13,38 +13,25 @@ docs/BENCHMARKS.md, session 9).
 Staging: a program takes TT steps at a time. It reads [TT, BLOCK_D] tiles of u / delta / z (/ dout) -- a channel's
 TT steps are contiguous, so one vector request per channel per tile -- and [TT, BLOCK_N] tiles of B / C, and writes
 them to its own slot of a float32 scratch buffer with time as the outer index; the elementwise work that does not
-depend on the state is done here for the whole tile (delta + bias and softplus, silu(z), the backward's
+depend on the state is done here for the whole tile (delta + bias and softplus, silu(z); in the backward also
 dout * silu(z), dout * silu'(z) and sigmoid(delta + bias)). Then it steps through the tile reading one contiguous
 row per step (the slot was just written: L1 / L2 hits), and writes per-step outputs as slot rows, which go out as
 [TT, ..] tiles at the end of the tile (vector stores when the tile is full). Barriers: after staging and after the
 steps (rows are written and read by different threads).
 
-Layouts: the forward's state tile is [BLOCK_N, BLOCK_D] (channels last), read and written one state column at a
+Forward layout: the state tile is [BLOCK_N, BLOCK_D] (channels last), read and written one state column at a
 time, so that Triton's default layout gives each thread one channel with all its states: the sum over N stays in
-registers and the per-step rows need no layout conversion (sm_90 PTX: no bar.sync or shfl in the step loop). The
-backward also needs sums over the channels every step (input-dependent dB, dC), so its state tile is
-[BLOCK_D, BLOCK_N] in the layout the compiler picks for the 2-D parameter loads (4 channels x 4 states a thread at
-BLOCK_D 32: 48 shuffles a step for all five sums, against 160 with one channel a thread); its slot rows are
-addressed with a unit stride passed at run time (``s1``), which hides their contiguity from the compiler.
+registers and the per-step rows need no layout conversion (sm_90 PTX: no bar.sync or shfl in the step loop).
 
-Backward per row (one time chunk of one batch row): pass 1 runs forward over all tiles but the last and keeps the
-chunk's start state and every tile's end state (slot area HB); pass 2 takes the tiles in reverse, recomputes the
-tile's states from its start state into slot area H, runs the adjoint backwards over the tile (optionally with the
-next step's rows and state prefetched) and writes du, d delta, dz and input-dependent dB / dC (added atomically
-when several channel blocks share a group). ADJ_ONLY is the chunk-parallel pass 1 (start adjoints from a zero end
-adjoint).
-
-Both kernels are persistent: the launcher starts about (programs per SM x SMs) programs. The forward's program p
-takes work items p, p + P, ... (a work item is one (batch row, time chunk) x one (group, channel block), the block
-fastest, so that programs running together share the B / C tile); the backward's program owns one (group, channel
-block) and walks rows (to accumulate dA, dD, d(delta_bias), fixed dB / dC in registers). Each reuses scratch slot
-p, so the scratch stays small (and in L2) whatever the problem size.
+Both tiled kernels are persistent: the launcher starts about (programs per SM x SMs) programs. The forward's
+program p takes work items p, p + P, ... (a work item is one (batch row, time chunk) x one (group, channel block),
+the block fastest, so that programs running together share the B / C tile); each program reuses scratch slot p,
+so the scratch stays small (and in L2) whatever the problem size.
 """
 import triton
 import triton.language as tl
 
-from .scan_common import (_adjoint_step, _bwd_prologue, _channel_offsets, _delta, _flush_grads, _load_state,
-                          _row_chunk, _zero_grads)
+from .scan_common import _channel_offsets, _delta
 
 
 @triton.jit
@@ -219,33 +206,12 @@ def _fwd_tile_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
                     tl.store(s_y + j * BLOCK_D + o_jr, b_y)
             tl.debug_barrier()  # the output rows were written by other threads; the next staging overwrites rows
             if not STATE_ONLY:  # the output tile, a column's steps with vector stores when the tile is full
-                y = tl.load(s_y + o_t[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :])
-                y = y.to(out_ptr.dtype.element_ty)
-                if full:
-                    tl.store(p_o[None, :] + k0 + o_t[:, None], y, mask=m_d[None, :])
-                else:
-                    tl.store(p_o[None, :] + k0 + o_t[:, None], y, mask=m_t[:, None] & m_d[None, :])
+                _unstage(p_o[None, :] + k0, s_y, o_t, o_d, m_t, m_d, full, 1, 0, BLOCK_D)
         if STATE_ONLY:  # n_cp = NC - 1 rows a batch row: pid0 = b * (NC - 1) + c
             _store_cols(hb_ptr, (pid0.to(tl.int64) * dim + o_d) * N, b_h, m_d, o_n, N, BLOCK_N)
             tl.store(dsum_ptr + pid0.to(tl.int64) * dim + o_d, b_dts, mask=m_d)
         if STORE_LAST:
             _store_cols(hlast_ptr, b_row, b_h, m_d & (f_c == NC - 1), o_n, N, BLOCK_N)
-
-
-@triton.jit
-def _stage_dy(p_do, p_z, s_dy, s_zf, o_t, o_d, m_t, m_d, full, so_t, so_d, sz_t, sz_d, W: tl.constexpr,
-              HAS_Z: tl.constexpr):
-    """Stage the backward's per-step output factors of a [TT, W] tile: dy = dout * silu(z) into ``s_dy`` and, with
-    z, zf = dout * d silu(z) / dz into ``s_zf`` (so that dz = y * zf); without z, dy = dout. Masks as ``_stage``."""
-    do = _load_tile(p_do + o_t[:, None] * so_t + o_d[None, :] * so_d, m_t, m_d, full)
-    o_s = o_t[:, None] * W + tl.arange(0, W)[None, :]
-    if HAS_Z:
-        z = _load_tile(p_z + o_t[:, None] * sz_t + o_d[None, :] * sz_d, m_t, m_d, full)
-        sig = tl.sigmoid(z)
-        tl.store(s_dy + o_s, do * z * sig)
-        tl.store(s_zf + o_s, do * sig * (1.0 + z * (1.0 - sig)))
-    else:
-        tl.store(s_dy + o_s, do)
 
 
 @triton.jit
@@ -262,258 +228,3 @@ def _unstage(ptr, s_ptr, o_t, o_x, m_t, m_x, full, st, sx, W: tl.constexpr, ATOM
             tl.store(p, x, mask=m_x[None, :])
         else:
             tl.store(p, x, mask=m_t[:, None] & m_x[None, :])
-
-
-@triton.jit
-def _state_step(b_h, s_u, s_dt, s_B, j, o_j, o_n, b_A2, b_B, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                B_VAR: tl.constexpr):
-    """The backward's recomputation of one step from the staged rows j: h_j = exp(delta A) h_{j-1} + delta u B."""
-    b_u = tl.load(s_u + j * BLOCK_D + o_j)
-    b_dt = tl.load(s_dt + j * BLOCK_D + o_j)
-    if B_VAR:
-        b_Bt = tl.load(s_B + j * BLOCK_N + o_n)[None, :]
-    else:
-        b_Bt = b_B
-    return tl.exp2(b_dt[:, None] * b_A2) * b_h + (b_dt * b_u)[:, None] * b_Bt
-
-
-@triton.jit
-def _row_if(p, ON: tl.constexpr):
-    """The float32 row at pointers ``p``, or zeros of its shape when ON is off (never read then)."""
-    if ON:
-        return tl.load(p)
-    else:
-        return tl.zeros(p.shape, dtype=tl.float32)
-
-
-@triton.jit
-def _bwd_rows(s_u, s_dt, s_dy, s_zf, s_sg, s_B, s_C, s_h, j, o_j, o_n, o_s, BLOCK_D: tl.constexpr,
-              BLOCK_N: tl.constexpr, TILE: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr,
-              HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """Step j's staged rows for the backward's adjoint (u, effective delta, dy, zf, sigmoid(delta + bias) [BLOCK_D];
-    B, C [BLOCK_N]) and h_{j-1} (area H, slot j); zeros for what the flags leave out."""
-    b_u = tl.load(s_u + j * BLOCK_D + o_j)
-    b_dt = tl.load(s_dt + j * BLOCK_D + o_j)
-    b_dy = tl.load(s_dy + j * BLOCK_D + o_j)
-    b_zf = _row_if(s_zf + j * BLOCK_D + o_j, HAS_Z)
-    b_sg = _row_if(s_sg + j * BLOCK_D + o_j, SOFTPLUS)
-    b_B = _row_if(s_B + j * BLOCK_N + o_n, B_VAR)
-    b_C = _row_if(s_C + j * BLOCK_N + o_n, C_VAR)
-    b_hp = tl.load(s_h + j * TILE + o_s)
-    return b_u, b_dt, b_dy, b_zf, b_sg, b_B, b_C, b_hp
-
-
-@triton.jit(do_not_specialize=["NC", "n_cp", "c0", "n_rowtot", "n_rows", "slot", "s1"])
-def _bwd_tile_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, dout_ptr, dlast_ptr,
-                     du_ptr, ddt_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dz_ptr, dbias_ptr, dh0_ptr, scr_ptr,
-                     hb_ptr, gb_ptr, dsum_ptr,
-                     L, LC, NC, n_cp, c0, n_rowtot, dim, cpg, nblk, n_gd, n_rows, slot, s1,
-                     su_b, su_d, su_t, sdt_b, sdt_d, sdt_t, sz_b, sz_d, sz_t, so_b, so_d, so_t,
-                     sB0, sB1, sB2, sB3, sC0, sC1, sC2, sC3, sdB0, sdB1, sdB2, sdB3, sdC0, sdC1, sdC2, sdC3,
-                     N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, TT: tl.constexpr,
-                     B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-                     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
-                     HAS_DLAST: tl.constexpr, VAR_ATOMIC: tl.constexpr, CSEQ: tl.constexpr, ADJ_ONLY: tl.constexpr,
-                     PREFETCH: tl.constexpr):
-    """The backward with time-tiled staging: same arguments, outputs and buffers as ``_bwd_seq_kernel`` (program
-    p owns (group, channel block) p % n_gd and walks rows p // n_gd, + n_rows, ...; a row is one time chunk of one
-    batch row) plus ``slot``, the float32 scratch per program, and TT, the steps a tile.
-
-    A row's steps are walked in tiles of TT. Pass 1 stores the chunk's start state and runs forward over all tiles
-    but the last, storing each one's end state (slot area HB: the start state of every tile). Pass 2 takes the tiles
-    in reverse: stage the tile's inputs (u, effective delta, sigmoid(delta + bias), dy = dout * silu(z),
-    zf = dout * silu'(z), B, C; elementwise work done here, for the whole tile), recompute the tile's states from
-    its start state into slot area H (slot 0 the start state, slot j + 1 h_j; the last state stays in registers),
-    run the adjoint backwards over the tile with every per-step output (du, d delta, dz, input-dependent dB / dC)
-    written as a slot row, and write those rows out as [TT, ..] tiles (a channel's steps contiguous; dB / dC added
-    atomically when several channel blocks share a group). PREFETCH: step j - 1's rows and state are loaded while
-    step j is computed. The state tile is [BLOCK_D, BLOCK_N] in whatever layout the compiler picks for the 2-D
-    parameter loads (module doc). ADJ_ONLY: the chunk-parallel pass 1 (start adjoints from a zero end adjoint),
-    tiles in reverse, no states."""
-    pid, i_r, i_g, o_c, m_d, o_d, o_n, m_n, m_dn, b_A2, b_D, b_bias, b_B, b_C = _bwd_prologue(
-        n_gd, nblk, cpg, A_ptr, D_ptr, bias_ptr, B_ptr, C_ptr, sB0, sB1, sC0, sC1, N, BLOCK_D, BLOCK_N, B_VAR, C_VAR,
-        HAS_D, HAS_BIAS)
-    # the slot: rows [TT, BLOCK_D] x 8, rows [TT, BLOCK_N] x 4, then state tiles (H: TT, HB: the rest)
-    TILE: tl.constexpr = BLOCK_D * BLOCK_N
-    RD: tl.constexpr = TT * BLOCK_D
-    RN: tl.constexpr = TT * BLOCK_N
-    s_u = scr_ptr + pid.to(tl.int64) * slot
-    s_dt = s_u + RD
-    s_sg = s_dt + RD
-    s_dy = s_sg + RD
-    s_zf = s_dy + RD
-    s_du = s_zf + RD
-    s_ddt = s_du + RD
-    s_dz = s_ddt + RD
-    s_B = s_dz + RD
-    s_C = s_B + RN
-    s_dB = s_C + RN
-    s_dC = s_dB + RN
-    s_h = s_dC + RN    # area H: TT states (the tile's start state, then h_0 .. h_{n-2})
-    s_hb = s_h + TT * TILE  # area HB: the chunk's start state, then the state at the end of each tile but the last
-    o_t = tl.arange(0, TT)
-    o_j = tl.arange(0, BLOCK_D) * s1  # slot rows; s1 = 1 at run time (hides the contiguity: see below)
-    o_s = o_j[:, None] * BLOCK_N + o_n[None, :]
-    o_dn0 = o_d[:, None] * N + o_n[None, :]
-    acc_dA, acc_dB, acc_dC, acc_dD, acc_db = _zero_grads(BLOCK_D, BLOCK_N)
-    n_it = tl.cdiv(n_rowtot - i_r, n_rows)
-    for k in range(0, n_it):
-        i_b, i_c, t0, n_t = _row_chunk(i_r + k * n_rows, n_cp, c0, LC, L)
-        n_tl = tl.cdiv(n_t, TT)
-        r_dn = i_b * dim * N
-        rb_d = (i_b * (NC - 1) + i_c - 1) * dim  # hb[b, c - 1] / gb[b, c - 1] / dsum[b, c - 1]
-        rb_dn = rb_d * N
-        f_c = (o_n * 0 + i_c)[None, :]  # the chunk index as a [1, BLOCK_N] tile (the interpreter masks with tiles)
-        p_u = u_ptr + i_b * su_b + t0 * su_t
-        p_dt = dt_ptr + i_b * sdt_b + t0 * sdt_t
-        p_z = z_ptr + i_b * sz_b + t0 * sz_t
-        p_do = dout_ptr + i_b * so_b + t0 * so_t
-        p_B = B_ptr + i_b * sB0 + i_g * sB1 + t0 * sB3
-        p_C = C_ptr + i_b * sC0 + i_g * sC1 + t0 * sC3
-        if ADJ_ONLY:
-            b_carry = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
-            b_dts = tl.zeros([BLOCK_D], dtype=tl.float32)
-            for kk in range(0, n_tl):
-                k0 = (n_tl - 1 - kk) * TT
-                m_t = o_t + k0 < n_t
-                full = k0 + TT <= n_t
-                tl.debug_barrier()  # the previous tile's steps have read the rows
-                _stage(p_dt + k0 * sdt_t, s_dt, o_t, o_d, m_t, m_d, full, sdt_t, sdt_d, b_bias, BLOCK_D, 1, HAS_BIAS,
-                       SOFTPLUS)
-                _stage_dy(p_do + k0 * so_t, p_z + k0 * sz_t, s_dy, s_zf, o_t, o_d, m_t, m_d, full, so_t, so_d,
-                          sz_t, sz_d, BLOCK_D, HAS_Z)
-                if C_VAR:
-                    _stage(p_C + k0 * sC3, s_C, o_t, o_n, m_t, m_n, full, sC3, sC2, b_bias, BLOCK_N, 0)
-                tl.debug_barrier()
-                n_in = tl.minimum(TT, n_t - k0)
-                for jj in range(0, n_in):
-                    j = n_in - 1 - jj
-                    b_dt = tl.load(s_dt + j * BLOCK_D + o_j)
-                    b_dy = tl.load(s_dy + j * BLOCK_D + o_j)
-                    if C_VAR:
-                        b_Ct = tl.load(s_C + j * BLOCK_N + o_n)[None, :]
-                    else:
-                        b_Ct = b_C
-                    b_carry = tl.exp2(b_dt[:, None] * b_A2) * (b_carry + b_dy[:, None] * b_Ct)
-                    b_dts += b_dt
-            tl.store(gb_ptr + rb_dn + o_dn0, b_carry, mask=m_dn)
-            tl.store(dsum_ptr + rb_d + o_d, b_dts, mask=m_d)
-        else:
-            b_h = _load_state(h0_ptr + r_dn, o_dn0, m_dn & (f_c == 0), HAS_H0, BLOCK_D, BLOCK_N)
-            if CSEQ:
-                b_h += tl.load(hb_ptr + rb_dn + o_dn0, mask=m_dn & (f_c > 0), other=0.0)
-            # ---- pass 1: the chunk's start state and the state at the end of every tile but the last (area HB;
-            # states are written and read back by the same thread, in the same layout: no barrier needed)
-            tl.store(s_hb + o_s, b_h)
-            for kt in range(0, n_tl - 1):
-                k0 = kt * TT
-                tl.debug_barrier()  # the previous tile's steps have read the rows
-                _stage(p_u + k0 * su_t, s_u, o_t, o_d, o_t >= 0, m_d, True, su_t, su_d, b_bias, BLOCK_D, 0)
-                _stage(p_dt + k0 * sdt_t, s_dt, o_t, o_d, o_t >= 0, m_d, True, sdt_t, sdt_d, b_bias, BLOCK_D, 1,
-                       HAS_BIAS, SOFTPLUS)
-                if B_VAR:
-                    _stage(p_B + k0 * sB3, s_B, o_t, o_n, o_t >= 0, m_n, True, sB3, sB2, b_bias, BLOCK_N, 0)
-                tl.debug_barrier()
-                for j in range(0, TT):
-                    b_h = _state_step(b_h, s_u, s_dt, s_B, j, o_j, o_n, b_A2, b_B, BLOCK_D, BLOCK_N, B_VAR)
-                tl.store(s_hb + (kt + 1) * TILE + o_s, b_h)
-            # ---- pass 2: tiles in reverse
-            b_carry = _load_state(dlast_ptr + r_dn, o_dn0, m_dn & (f_c == NC - 1), HAS_DLAST, BLOCK_D, BLOCK_N)
-            if CSEQ:
-                b_carry += tl.load(gb_ptr + rb_dn + dim * N + o_dn0, mask=m_dn & (f_c < NC - 1), other=0.0)
-            for kk in range(0, n_tl):
-                kt = n_tl - 1 - kk
-                k0 = kt * TT
-                m_t = o_t + k0 < n_t
-                full = k0 + TT <= n_t
-                b_h = tl.load(s_hb + kt * TILE + o_s)  # the tile's start state
-                tl.debug_barrier()  # the previous tile's steps and output writes have read the rows
-                _stage(p_u + k0 * su_t, s_u, o_t, o_d, m_t, m_d, full, su_t, su_d, b_bias, BLOCK_D, 0)
-                _stage(p_dt + k0 * sdt_t, s_dt, o_t, o_d, m_t, m_d, full, sdt_t, sdt_d, b_bias, BLOCK_D, 1, HAS_BIAS,
-                       SOFTPLUS)
-                if SOFTPLUS:
-                    _stage(p_dt + k0 * sdt_t, s_sg, o_t, o_d, m_t, m_d, full, sdt_t, sdt_d, b_bias, BLOCK_D, 3,
-                           HAS_BIAS)
-                _stage_dy(p_do + k0 * so_t, p_z + k0 * sz_t, s_dy, s_zf, o_t, o_d, m_t, m_d, full, so_t, so_d,
-                          sz_t, sz_d, BLOCK_D, HAS_Z)
-                if B_VAR:
-                    _stage(p_B + k0 * sB3, s_B, o_t, o_n, m_t, m_n, full, sB3, sB2, b_bias, BLOCK_N, 0)
-                if C_VAR:
-                    _stage(p_C + k0 * sC3, s_C, o_t, o_n, m_t, m_n, full, sC3, sC2, b_bias, BLOCK_N, 0)
-                tl.debug_barrier()
-                n_in = tl.minimum(TT, n_t - k0)
-                tl.store(s_h + o_s, b_h)
-                for j in range(0, n_in):  # recompute h_0 .. h_{n_in-1}; h_0 .. h_{n_in-2} into area H after it
-                    b_h = _state_step(b_h, s_u, s_dt, s_B, j, o_j, o_n, b_A2, b_B, BLOCK_D, BLOCK_N, B_VAR)
-                    if j < n_in - 1:
-                        tl.store(s_h + (j + 1) * TILE + o_s, b_h)
-                # the adjoint, backwards over the tile; with PREFETCH, step j - 1's rows and state are loaded while
-                # step j is computed (the last prefetch wraps to row TT - 1: in bounds, unused)
-                j = n_in - 1
-                n_u, n_dt, n_dy, n_zf, n_sg, n_B, n_C, n_hp = _bwd_rows(
-                    s_u, s_dt, s_dy, s_zf, s_sg, s_B, s_C, s_h, j, o_j, o_n, o_s, BLOCK_D, BLOCK_N, TILE, B_VAR, C_VAR,
-                    HAS_Z, SOFTPLUS)
-                for jj in range(0, n_in):
-                    j = n_in - 1 - jj
-                    if PREFETCH:
-                        b_u, b_dt, b_dy, b_zf, b_sg, b_Bt, b_Ct, b_hp = n_u, n_dt, n_dy, n_zf, n_sg, n_B, n_C, n_hp
-                        n_u, n_dt, n_dy, n_zf, n_sg, n_B, n_C, n_hp = _bwd_rows(
-                            s_u, s_dt, s_dy, s_zf, s_sg, s_B, s_C, s_h, (j + TT - 1) % TT, o_j, o_n, o_s, BLOCK_D,
-                            BLOCK_N, TILE, B_VAR, C_VAR, HAS_Z, SOFTPLUS)
-                    else:
-                        b_u, b_dt, b_dy, b_zf, b_sg, b_Bt, b_Ct, b_hp = _bwd_rows(
-                            s_u, s_dt, s_dy, s_zf, s_sg, s_B, s_C, s_h, j, o_j, o_n, o_s, BLOCK_D, BLOCK_N, TILE, B_VAR,
-                            C_VAR, HAS_Z, SOFTPLUS)
-                    if B_VAR:
-                        b_Bt = b_Bt[None, :]
-                    else:
-                        b_Bt = b_B
-                    if C_VAR:
-                        b_Ct = b_Ct[None, :]
-                    else:
-                        b_Ct = b_C
-                    b_a = tl.exp2(b_dt[:, None] * b_A2)
-                    b_ah = b_a * b_hp  # a_t h_{t-1}
-                    if HAS_Z:
-                        b_y = tl.sum(b_h * b_Ct, 1)
-                        if HAS_D:
-                            b_y += b_D * b_u
-                        tl.store(s_dz + j * BLOCK_D + o_j, b_y * b_zf)
-                    b_g, b_gah, b_ddt, b_du = _adjoint_step(b_carry, b_dy, b_u, b_dt, b_Bt, b_Ct, b_ah, b_A2, b_D,
-                                                            HAS_D)
-                    if HAS_D:
-                        acc_dD += b_dy * b_u
-                    acc_dA += b_gah * b_dt[:, None]
-                    if SOFTPLUS:
-                        b_ddt = b_ddt * b_sg
-                    if HAS_BIAS:
-                        acc_db += b_ddt
-                    tl.store(s_du + j * BLOCK_D + o_j, b_du)
-                    tl.store(s_ddt + j * BLOCK_D + o_j, b_ddt)
-                    if B_VAR:
-                        tl.store(s_dB + j * BLOCK_N + o_n, tl.sum(b_g * (b_dt * b_u)[:, None], 0))
-                    else:
-                        acc_dB += b_g * (b_dt * b_u)[:, None]
-                    if C_VAR:
-                        tl.store(s_dC + j * BLOCK_N + o_n, tl.sum(b_dy[:, None] * b_h, 0))
-                    else:
-                        acc_dC += b_dy[:, None] * b_h
-                    b_carry = b_a * b_g  # dL/dh_{t-1} through h_t
-                    b_h = b_hp
-                tl.debug_barrier()  # the output rows were written by other threads
-                o_o = (i_b * dim + o_d) * L + t0 + k0  # du / ddelta / dz are (batch, dim, L) contiguous
-                _unstage(du_ptr + o_o[None, :], s_du, o_t, o_d, m_t, m_d, full, 1, 0, BLOCK_D)
-                _unstage(ddt_ptr + o_o[None, :], s_ddt, o_t, o_d, m_t, m_d, full, 1, 0, BLOCK_D)
-                if HAS_Z:
-                    _unstage(dz_ptr + o_o[None, :], s_dz, o_t, o_d, m_t, m_d, full, 1, 0, BLOCK_D)
-                if B_VAR:
-                    _unstage(dB_ptr + i_b * sdB0 + i_g * sdB1 + (t0 + k0) * sdB3, s_dB, o_t, o_n, m_t, m_n, full,
-                             sdB3, sdB2, BLOCK_N, VAR_ATOMIC)
-                if C_VAR:
-                    _unstage(dC_ptr + i_b * sdC0 + i_g * sdC1 + (t0 + k0) * sdC3, s_dC, o_t, o_n, m_t, m_n, full,
-                             sdC3, sdC2, BLOCK_N, VAR_ATOMIC)
-            if HAS_H0:
-                tl.store(dh0_ptr + r_dn + o_dn0, b_carry, mask=m_dn & (f_c == 0))
-    if not ADJ_ONLY:
-        _flush_grads(dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, acc_dA, acc_dB, acc_dC, acc_dD, acc_db, o_d, o_dn0,
-                     m_d, m_dn, B_VAR, C_VAR, HAS_D, HAS_BIAS)
