@@ -1,8 +1,8 @@
 """Chunked selective scan (S6) in Triton: the launchers of the kernels in ``scan_kernels.py`` and, for short
 sequences (``use_seq_fwd`` / ``use_seq_bwd``, seqlen <= 32 by default), of the sequential-in-time kernels in
 ``scan_seq_kernels.py`` (state in registers; the backward is persistent with a per-program scratch of the states)
-and their time-tiled versions in ``scan_tile_kernels.py`` (``use_tile_fwd`` / ``use_tile_bwd``: under the
-chunk-parallel scan, and the backward of whole sequences of 16+ steps).
+and their time-tiled versions in ``scan_tile_kernels.py`` / ``scan_tile_bwd_kernels.py`` (``use_tile_fwd`` /
+``use_tile_bwd``: under the chunk-parallel scan, and the backward of whole sequences of 16+ steps).
 
 Layout of the work: one program owns BLOCK_D channels of one group (a block never straddles two groups, so
 input-dependent B/C load once as a [T_C, BLOCK_N] tile shared by all its channels) and one batch row, and walks

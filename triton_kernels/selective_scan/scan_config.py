@@ -184,7 +184,7 @@ def use_tile_fwd(cseq):
 
 
 def use_tile_bwd(seqlen, cseq):
-    """Whether the sequential backward runs the time-tiled kernel of ``scan_tile_kernels.py`` instead of
+    """Whether the sequential backward runs the time-tiled kernel of ``scan_tile_bwd_kernels.py`` instead of
     ``_bwd_seq_kernel``: by default under cseq and for whole sequences of at least tile_bwd_min_len (16) steps.
     NVIDIA H200, bf16, bench/scan_ab.py fwd+bwd, same run: (8, 2048, 2048) 7.36 -> 4.44 ms, (16, 192, 4096)
     2.85 -> 1.81 (with the tiled forward), (4096, 256, 16) 1.78 -> 1.47 (another run: 1.775 -> 1.600);
