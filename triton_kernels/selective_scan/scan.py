@@ -269,7 +269,8 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D=None, z=None, delta_bias=None,
             warps = _tile_warps(BLOCK_D, "tile_bwd_warps")
             TT = _tile_steps(LC, "tile_bwd_steps", 8)
             tile_st = BLOCK_D * BN
-            slot = TT * (8 * BLOCK_D + 4 * BN) + (TT + triton.cdiv(LC, TT)) * tile_st
+            slot = TT * (9 * BLOCK_D + 4 * BN) + (TT + triton.cdiv(LC, TT)) * tile_st
+            slot = triton.cdiv(slot, 16) * 16  # 64-byte aligned slots: vector loads and stores of the state tiles
         else:
             warps = _seq_bwd_warps(BLOCK_D, N, "cseq_bwd_warps" if Lc else "seq_bwd_warps")
 

@@ -149,14 +149,21 @@ def _bwd_prologue(n_gd, nblk, cpg, A_ptr, D_ptr, bias_ptr, B_ptr, C_ptr, sB0, sB
 
 
 @triton.jit
-def _adjoint_step(b_carry, b_dy, b_u, b_dt, b_Bt, b_Ct, b_ah, b_A2, b_D, HAS_D: tl.constexpr):
-    """One step of the sequential backward's adjoint (the part both sequential backward kernels share): with
-    g = dL/dh_t = carry + dy C_t, returns (g, g * a_t h_{t-1}, d(effective delta) before the softplus factor,
-    du). A2 is A in log2 units, so d(delta) picks up A = A2 * ln 2."""
+def _adjoint_sums(b_carry, b_dy, b_Bt, b_Ct, b_ah, b_A2):
+    """The state-wise part of one adjoint step: with g = dL/dh_t = carry + dy C_t, returns (g, g * a_t h_{t-1},
+    sum_n g B_t, sum_n g a_t h_{t-1} A2) ([BLOCK_D, BLOCK_N] tiles, sums over the states)."""
     b_g = b_carry + b_dy[:, None] * b_Ct
-    s_gB = tl.sum(b_g * b_Bt, 1)
     b_gah = b_g * b_ah
-    b_ddt = tl.sum(b_gah * b_A2, 1) * 0.6931471805599453 + b_u * s_gB
+    return b_g, b_gah, tl.sum(b_g * b_Bt, 1), tl.sum(b_gah * b_A2, 1)
+
+
+@triton.jit
+def _adjoint_step(b_carry, b_dy, b_u, b_dt, b_Bt, b_Ct, b_ah, b_A2, b_D, HAS_D: tl.constexpr):
+    """One step of the sequential backward's adjoint: ``_adjoint_sums`` and, from them, (g, g * a_t h_{t-1},
+    d(effective delta) before the softplus factor, du). A2 is A in log2 units, so d(delta) picks up
+    A = A2 * ln 2."""
+    b_g, b_gah, s_gB, s_gA = _adjoint_sums(b_carry, b_dy, b_Bt, b_Ct, b_ah, b_A2)
+    b_ddt = s_gA * 0.6931471805599453 + b_u * s_gB
     b_du = b_dt * s_gB
     if HAS_D:
         b_du += b_D * b_dy

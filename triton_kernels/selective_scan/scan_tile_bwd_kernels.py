@@ -18,7 +18,7 @@ d(delta_bias), fixed dB / dC in registers), reusing scratch slot p.
 import triton
 import triton.language as tl
 
-from .scan_common import _adjoint_step, _bwd_prologue, _flush_grads, _load_state, _row_chunk, _zero_grads
+from .scan_common import _adjoint_sums, _bwd_prologue, _flush_grads, _load_state, _row_chunk, _zero_grads
 from .scan_tile_kernels import _load_tile, _stage, _unstage
 
 
@@ -40,15 +40,64 @@ def _stage_dy(p_do, p_z, s_dy, s_zf, o_t, o_d, m_t, m_d, full, so_t, so_d, sz_t,
 
 @triton.jit
 def _state_step(b_h, s_u, s_dt, s_B, j, o_j, o_n, b_A2, b_B, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                B_VAR: tl.constexpr):
-    """The backward's recomputation of one step from the staged rows j: h_j = exp(delta A) h_{j-1} + delta u B."""
-    b_u = tl.load(s_u + j * BLOCK_D + o_j)
+                B_VAR: tl.constexpr, DTU: tl.constexpr = False):
+    """The backward's recomputation of one step from the staged rows j: h_j = exp(delta A) h_{j-1} + delta u B
+    (DTU: the rows at ``s_u`` hold delta * u)."""
+    b_x = tl.load(s_u + j * BLOCK_D + o_j)
     b_dt = tl.load(s_dt + j * BLOCK_D + o_j)
+    if not DTU:
+        b_x = b_dt * b_x
     if B_VAR:
         b_Bt = tl.load(s_B + j * BLOCK_N + o_n)[None, :]
     else:
         b_Bt = b_B
-    return tl.exp2(b_dt[:, None] * b_A2) * b_h + (b_dt * b_u)[:, None] * b_Bt
+    return tl.exp2(b_dt[:, None] * b_A2) * b_h + b_x[:, None] * b_Bt
+
+
+@triton.jit
+def _stage_dtu(s_u, s_dt, s_dtu, o_t, W: tl.constexpr):
+    """Slot rows delta * u from the staged u and effective delta rows of a tile."""
+    o_s = o_t[:, None] * W + tl.arange(0, W)[None, :]
+    tl.store(s_dtu + o_s, tl.load(s_dt + o_s) * tl.load(s_u + o_s))
+
+
+@triton.jit
+def _store_tile(p, x, m_t, m_x, full):
+    """Store the float32 [TT, W] tile ``x`` at pointers ``p`` in their dtype, rows masked by ``m_t`` unless ``full``
+    (then the mask is by column only, which keeps a column's steps one vector store), columns by ``m_x``."""
+    x = x.to(p.dtype.element_ty)
+    if full:
+        tl.store(p, x, mask=m_x[None, :])
+    else:
+        tl.store(p, x, mask=m_t[:, None] & m_x[None, :])
+
+
+@triton.jit
+def _tile_outputs(s_u, s_dt, s_dy, s_zf, s_sg, s_gB, s_gA, s_y, p_du, p_ddt, p_dz, o_t, m_t, m_d, full, b_D,
+                  W: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """A tile's per-channel outputs from its staged rows and the adjoint's per-step sums (``_adjoint_sums``:
+    gB = sum_n g B, gA = sum_n g a h A2; y = sum_n C h): du = delta gB + D dy, d delta = (gA ln 2 + u gB) times
+    sigmoid(delta + bias) under softplus, dz = (y + D u) zf, written as [TT, W] tiles at ``p_* + t`` (time
+    contiguous). Returns the tile's sums over its steps of d delta and dy u (for d delta_bias and dD)."""
+    o_s = o_t[:, None] * W + tl.arange(0, W)[None, :]
+    m = m_t[:, None] & m_d[None, :]
+    b_u = tl.load(s_u + o_s)
+    b_dy = tl.load(s_dy + o_s)
+    b_gB = tl.load(s_gB + o_s)
+    b_du = tl.load(s_dt + o_s) * b_gB
+    if HAS_D:
+        b_du += b_D[None, :] * b_dy
+    b_ddt = tl.load(s_gA + o_s) * 0.6931471805599453 + b_u * b_gB
+    if SOFTPLUS:
+        b_ddt = b_ddt * tl.load(s_sg + o_s)
+    _store_tile(p_du + o_t[:, None], b_du, m_t, m_d, full)
+    _store_tile(p_ddt + o_t[:, None], b_ddt, m_t, m_d, full)
+    if HAS_Z:
+        b_y = tl.load(s_y + o_s)
+        if HAS_D:
+            b_y += b_D[None, :] * b_u
+        _store_tile(p_dz + o_t[:, None], b_y * tl.load(s_zf + o_s), m_t, m_d, full)
+    return tl.sum(tl.where(m, b_ddt, 0.0), 0), tl.sum(b_dy * b_u, 0)
 
 
 @triton.jit
@@ -61,23 +110,20 @@ def _row_if(p, ON: tl.constexpr):
 
 
 @triton.jit
-def _bwd_rows(s_u, s_dt, s_dy, s_zf, s_sg, s_B, s_C, s_h, j, o_j, o_n, o_s, BLOCK_D: tl.constexpr,
-              BLOCK_N: tl.constexpr, TILE: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr,
-              HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """Step j's staged rows for the backward's adjoint (u, effective delta, dy, zf, sigmoid(delta + bias) [BLOCK_D];
-    B, C [BLOCK_N]) and h_{j-1} (area H, slot j); zeros for what the flags leave out."""
-    b_u = tl.load(s_u + j * BLOCK_D + o_j)
+def _bwd_rows(s_dt, s_dy, s_dtu, s_B, s_C, s_h, j, o_j, o_n, o_s, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+              TILE: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr):
+    """Step j's staged rows for the backward's adjoint (effective delta, dy, delta * u [BLOCK_D]; B, C [BLOCK_N])
+    and h_{j-1} (area H, slot j); zeros for what the flags leave out."""
     b_dt = tl.load(s_dt + j * BLOCK_D + o_j)
     b_dy = tl.load(s_dy + j * BLOCK_D + o_j)
-    b_zf = _row_if(s_zf + j * BLOCK_D + o_j, HAS_Z)
-    b_sg = _row_if(s_sg + j * BLOCK_D + o_j, SOFTPLUS)
+    b_dtu = tl.load(s_dtu + j * BLOCK_D + o_j)
     b_B = _row_if(s_B + j * BLOCK_N + o_n, B_VAR)
     b_C = _row_if(s_C + j * BLOCK_N + o_n, C_VAR)
     b_hp = tl.load(s_h + j * TILE + o_s)
-    return b_u, b_dt, b_dy, b_zf, b_sg, b_B, b_C, b_hp
+    return b_dt, b_dy, b_dtu, b_B, b_C, b_hp
 
 
-@triton.jit(do_not_specialize=["NC", "n_cp", "c0", "n_rowtot", "n_rows", "slot", "s1"])
+@triton.jit(do_not_specialize=["NC", "n_cp", "c0", "n_rowtot", "n_rows", "s1"])
 def _bwd_tile_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, dout_ptr, dlast_ptr,
                      du_ptr, ddt_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dz_ptr, dbias_ptr, dh0_ptr, scr_ptr,
                      hb_ptr, gb_ptr, dsum_ptr,
@@ -107,7 +153,7 @@ def _bwd_tile_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     pid, i_r, i_g, o_c, m_d, o_d, o_n, m_n, m_dn, b_A2, b_D, b_bias, b_B, b_C = _bwd_prologue(
         n_gd, nblk, cpg, A_ptr, D_ptr, bias_ptr, B_ptr, C_ptr, sB0, sB1, sC0, sC1, N, BLOCK_D, BLOCK_N, B_VAR, C_VAR,
         HAS_D, HAS_BIAS)
-    # the slot: rows [TT, BLOCK_D] x 8, rows [TT, BLOCK_N] x 4, then state tiles (H: TT, HB: the rest)
+    # the slot: rows [TT, BLOCK_D] x 9, rows [TT, BLOCK_N] x 4, then state tiles (H: TT, HB: the rest)
     TILE: tl.constexpr = BLOCK_D * BLOCK_N
     RD: tl.constexpr = TT * BLOCK_D
     RN: tl.constexpr = TT * BLOCK_N
@@ -116,10 +162,11 @@ def _bwd_tile_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     s_sg = s_dt + RD
     s_dy = s_sg + RD
     s_zf = s_dy + RD
-    s_du = s_zf + RD
-    s_ddt = s_du + RD
-    s_dz = s_ddt + RD
-    s_B = s_dz + RD
+    s_dtu = s_zf + RD
+    s_gB = s_dtu + RD  # the adjoint's per-step sums (``_adjoint_sums``) and y = sum_n C h, for ``_tile_outputs``
+    s_gA = s_gB + RD
+    s_y = s_gA + RD
+    s_B = s_y + RD
     s_C = s_B + RN
     s_dB = s_C + RN
     s_dC = s_dB + RN
@@ -215,29 +262,31 @@ def _bwd_tile_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
                 if C_VAR:
                     _stage(p_C + k0 * sC3, s_C, o_t, o_n, m_t, m_n, full, sC3, sC2, b_bias, BLOCK_N, 0)
                 tl.debug_barrier()
+                _stage_dtu(s_u, s_dt, s_dtu, o_t, BLOCK_D)
+                tl.debug_barrier()
                 n_in = tl.minimum(TT, n_t - k0)
                 tl.store(s_h + o_s, b_h)
                 for j in range(0, n_in):  # recompute h_0 .. h_{n_in-1}; h_0 .. h_{n_in-2} into area H after it
-                    b_h = _state_step(b_h, s_u, s_dt, s_B, j, o_j, o_n, b_A2, b_B, BLOCK_D, BLOCK_N, B_VAR)
+                    b_h = _state_step(b_h, s_dtu, s_dt, s_B, j, o_j, o_n, b_A2, b_B, BLOCK_D, BLOCK_N, B_VAR, True)
                     if j < n_in - 1:
                         tl.store(s_h + (j + 1) * TILE + o_s, b_h)
-                # the adjoint, backwards over the tile; with PREFETCH, step j - 1's rows and state are loaded while
-                # step j is computed (the last prefetch wraps to row TT - 1: in bounds, unused)
+                # the adjoint, backwards over the tile: the state-wise work and the sums over states and channels;
+                # the per-channel outputs are formed from the sums for the whole tile after it (_tile_outputs).
+                # PREFETCH: step j - 1's rows and state are loaded while step j is computed (the last prefetch
+                # wraps to row TT - 1: in bounds, unused)
                 j = n_in - 1
-                n_u, n_dt, n_dy, n_zf, n_sg, n_B, n_C, n_hp = _bwd_rows(
-                    s_u, s_dt, s_dy, s_zf, s_sg, s_B, s_C, s_h, j, o_j, o_n, o_s, BLOCK_D, BLOCK_N, TILE, B_VAR, C_VAR,
-                    HAS_Z, SOFTPLUS)
+                n_dt, n_dy, n_dtu, n_B, n_C, n_hp = _bwd_rows(s_dt, s_dy, s_dtu, s_B, s_C, s_h, j, o_j, o_n, o_s,
+                                                              BLOCK_D, BLOCK_N, TILE, B_VAR, C_VAR)
                 for jj in range(0, n_in):
                     j = n_in - 1 - jj
                     if PREFETCH:
-                        b_u, b_dt, b_dy, b_zf, b_sg, b_Bt, b_Ct, b_hp = n_u, n_dt, n_dy, n_zf, n_sg, n_B, n_C, n_hp
-                        n_u, n_dt, n_dy, n_zf, n_sg, n_B, n_C, n_hp = _bwd_rows(
-                            s_u, s_dt, s_dy, s_zf, s_sg, s_B, s_C, s_h, (j + TT - 1) % TT, o_j, o_n, o_s, BLOCK_D,
-                            BLOCK_N, TILE, B_VAR, C_VAR, HAS_Z, SOFTPLUS)
+                        b_dt, b_dy, b_dtu, b_Bt, b_Ct, b_hp = n_dt, n_dy, n_dtu, n_B, n_C, n_hp
+                        n_dt, n_dy, n_dtu, n_B, n_C, n_hp = _bwd_rows(s_dt, s_dy, s_dtu, s_B, s_C, s_h,
+                                                                      (j + TT - 1) % TT, o_j, o_n, o_s, BLOCK_D,
+                                                                      BLOCK_N, TILE, B_VAR, C_VAR)
                     else:
-                        b_u, b_dt, b_dy, b_zf, b_sg, b_Bt, b_Ct, b_hp = _bwd_rows(
-                            s_u, s_dt, s_dy, s_zf, s_sg, s_B, s_C, s_h, j, o_j, o_n, o_s, BLOCK_D, BLOCK_N, TILE, B_VAR,
-                            C_VAR, HAS_Z, SOFTPLUS)
+                        b_dt, b_dy, b_dtu, b_Bt, b_Ct, b_hp = _bwd_rows(s_dt, s_dy, s_dtu, s_B, s_C, s_h, j, o_j, o_n,
+                                                                        o_s, BLOCK_D, BLOCK_N, TILE, B_VAR, C_VAR)
                     if B_VAR:
                         b_Bt = b_Bt[None, :]
                     else:
@@ -247,39 +296,31 @@ def _bwd_tile_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
                     else:
                         b_Ct = b_C
                     b_a = tl.exp2(b_dt[:, None] * b_A2)
-                    b_ah = b_a * b_hp  # a_t h_{t-1}
                     if HAS_Z:
-                        b_y = tl.sum(b_h * b_Ct, 1)
-                        if HAS_D:
-                            b_y += b_D * b_u
-                        tl.store(s_dz + j * BLOCK_D + o_j, b_y * b_zf)
-                    b_g, b_gah, b_ddt, b_du = _adjoint_step(b_carry, b_dy, b_u, b_dt, b_Bt, b_Ct, b_ah, b_A2, b_D,
-                                                            HAS_D)
-                    if HAS_D:
-                        acc_dD += b_dy * b_u
+                        tl.store(s_y + j * BLOCK_D + o_j, tl.sum(b_h * b_Ct, 1))
+                    b_g, b_gah, s_gBt, s_gAt = _adjoint_sums(b_carry, b_dy, b_Bt, b_Ct, b_a * b_hp, b_A2)
+                    tl.store(s_gB + j * BLOCK_D + o_j, s_gBt)
+                    tl.store(s_gA + j * BLOCK_D + o_j, s_gAt)
                     acc_dA += b_gah * b_dt[:, None]
-                    if SOFTPLUS:
-                        b_ddt = b_ddt * b_sg
-                    if HAS_BIAS:
-                        acc_db += b_ddt
-                    tl.store(s_du + j * BLOCK_D + o_j, b_du)
-                    tl.store(s_ddt + j * BLOCK_D + o_j, b_ddt)
                     if B_VAR:
-                        tl.store(s_dB + j * BLOCK_N + o_n, tl.sum(b_g * (b_dt * b_u)[:, None], 0))
+                        tl.store(s_dB + j * BLOCK_N + o_n, tl.sum(b_g * b_dtu[:, None], 0))
                     else:
-                        acc_dB += b_g * (b_dt * b_u)[:, None]
+                        acc_dB += b_g * b_dtu[:, None]
                     if C_VAR:
                         tl.store(s_dC + j * BLOCK_N + o_n, tl.sum(b_dy[:, None] * b_h, 0))
                     else:
                         acc_dC += b_dy[:, None] * b_h
                     b_carry = b_a * b_g  # dL/dh_{t-1} through h_t
                     b_h = b_hp
-                tl.debug_barrier()  # the output rows were written by other threads
+                tl.debug_barrier()  # the sums' rows were written by other threads
                 o_o = (i_b * dim + o_d) * L + t0 + k0  # du / ddelta / dz are (batch, dim, L) contiguous
-                _unstage(du_ptr + o_o[None, :], s_du, o_t, o_d, m_t, m_d, full, 1, 0, BLOCK_D)
-                _unstage(ddt_ptr + o_o[None, :], s_ddt, o_t, o_d, m_t, m_d, full, 1, 0, BLOCK_D)
-                if HAS_Z:
-                    _unstage(dz_ptr + o_o[None, :], s_dz, o_t, o_d, m_t, m_d, full, 1, 0, BLOCK_D)
+                t_db, t_dD = _tile_outputs(s_u, s_dt, s_dy, s_zf, s_sg, s_gB, s_gA, s_y, du_ptr + o_o[None, :],
+                                           ddt_ptr + o_o[None, :], dz_ptr + o_o[None, :], o_t, m_t, m_d, full, b_D,
+                                           BLOCK_D, HAS_D, HAS_Z, SOFTPLUS)
+                if HAS_BIAS:
+                    acc_db += t_db
+                if HAS_D:
+                    acc_dD += t_dD
                 if B_VAR:
                     _unstage(dB_ptr + i_b * sdB0 + i_g * sdB1 + (t0 + k0) * sdB3, s_dB, o_t, o_n, m_t, m_n, full,
                              sdB3, sdB2, BLOCK_N, VAR_ATOMIC)
