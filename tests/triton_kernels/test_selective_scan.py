@@ -136,14 +136,26 @@ def test_noncontiguous(bc, device):
 # ---- short sequences: the sequential backward (persistent, scratch) and the chunked one ---------------------
 
 class _Spy:
-    """Counts launches of a Triton kernel and forwards them."""
+    """Counts launches of a Triton kernel, keeps their arguments and forwards them."""
 
     def __init__(self, kernel):
-        self.kernel, self.launches = kernel, 0
+        self.kernel, self.launches, self.calls = kernel, 0, []
 
     def __getitem__(self, grid):
         self.launches += 1
-        return self.kernel[grid]
+        launch = self.kernel[grid]
+
+        def run(*args, **kwargs):
+            self.calls.append((args, kwargs))
+            return launch(*args, **kwargs)
+        return run
+
+    def arg(self, name, call=-1):
+        """Argument ``name`` of launch ``call`` (by the kernel's signature)."""
+        import inspect
+        args, kwargs = self.calls[call]
+        names = list(inspect.signature(self.kernel.fn).parameters)
+        return kwargs[name] if name in kwargs else args[names.index(name)]
 
 
 @pytest.fixture
@@ -181,7 +193,7 @@ SEQ_CASES = [
     # 2-step backward tiles, bf16
     (2, 6, 20, 4, "g1", "fp32", True, True, dict(tile=1, tile_steps=4, seq_bwd=0)),
     (2, 8, 9, 16, "g2", "bf16", False, True, dict(tile=1, tile_bwd=1, tile_steps=4, tile_bwd_steps=2)),
-    (2, 6, 6, 4, "mixed", "fp32", False, False, dict(tile=1, tile_bwd=1, tile_bwd_prefetch=0)),
+    (2, 6, 6, 4, "mixed", "fp32", False, False, dict(tile=1, tile_bwd=1)),
 ]
 
 

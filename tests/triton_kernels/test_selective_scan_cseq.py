@@ -72,6 +72,8 @@ def test_cseq_against_reference(case, device, spies, monkeypatch):
     assert spies["_fwd_tile_kernel"].launches + spies["_fwd_seq_kernel"].launches == two
     assert spies["_chunk_combine_kernel"].launches == (2 if chunks > 1 else 0)
     assert spies["_fwd_kernel"].launches == 0 and spies["_bwd_kernel"].launches == 0
+    if tiled:  # the backward's scratch slots are 64-byte aligned (vector access to the state tiles)
+        assert all(spies["_bwd_tile_kernel"].arg("slot", i) % 16 == 0 for i in range(two))
 
 
 @pytest.mark.parametrize("other", [dict(seq=1), {}], ids=["whole-seq", "default"])

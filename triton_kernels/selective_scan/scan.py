@@ -278,7 +278,6 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D=None, z=None, delta_bias=None,
             if tile:
                 _bwd_tile_kernel[(progs,)](*ptrs, dout, dl_, *grads, scratch, hb_, gb, dsum, L, LC, nc, n_cp, c0, nr,
                                            dim, cpg, nblk, n_gd, rows, slot, 1, *strides, **kw, TT=TT,
-                                           PREFETCH=bool(scan_config._CFG.get("tile_bwd_prefetch", 1)),
                                            num_warps=warps, **_maxnreg("tile_bwd_maxnreg"))
             else:
                 _bwd_seq_kernel[(progs,)](*ptrs, dout, dl_, *grads, scratch, hb_, gb, dsum, L, LC, nc, n_cp, c0, nr,

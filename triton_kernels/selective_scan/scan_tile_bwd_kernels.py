@@ -5,13 +5,21 @@ Layout: the backward needs sums over the channels every step (input-dependent dB
 so its state tile is [BLOCK_D, BLOCK_N] in the layout the compiler picks for the 2-D parameter loads (4 channels x
 4 states a thread at BLOCK_D 32: 48 shuffles a step for all five sums, against 160 with one channel a thread); its
 slot rows are addressed with a unit stride passed at run time (``s1``), which hides their contiguity from the
-compiler (a contiguous row would get a layout of its own and a conversion through shared memory every step).
+compiler (a contiguous row would get a layout of its own and a conversion through shared memory every step). The
+launcher makes the slots 64-byte aligned, so the state tiles in the slot load and store as 16-byte vectors in the
+tile's own layout (sm_90 compile: 4 vector loads of h_{t-1} a step instead of 16 scalar ones, no per-step tile
+conversion in the recomputation, no spills). Per-channel outputs are not formed in the step loop: it writes the
+per-step sums over the states (``_adjoint_sums``) as slot rows, and ``_tile_outputs`` turns them into du,
+d delta and dz for the whole tile (fewer rows read, and fewer layout conversions, a step). NVIDIA H200, bf16,
+``bench/gpu_tree_ab.sh`` against the session-10 kernel, same call, two rounds: LM (8, 2048, 2048) fwd+bwd 4.46 ->
+3.93 ms, (16, 192, 4096) 1.87 -> 1.63-1.64, (4096, 256, 16) 1.60 -> 1.27. Measured and not kept: a next-step
+prefetch of the rows and state (equal within 1%), the tile's states in registers instead of slot area H (tiles of
+4 steps: 0.95-1.00x), register caps of 128-168 (12-16 warps a SM instead of 8: 0.64-0.89x).
 
 Per row (one time chunk of one batch row): pass 1 runs forward over all tiles but the last and keeps the chunk's
 start state and every tile's end state (slot area HB); pass 2 takes the tiles in reverse, recomputes the tile's
-states from its start state into slot area H, runs the adjoint backwards over the tile (optionally with the next
-step's rows and state prefetched) and writes du, d delta, dz and input-dependent dB / dC (added atomically when
-several channel blocks share a group). ADJ_ONLY is the chunk-parallel pass 1 (start adjoints from a zero end
+states from its start state into slot area H, runs the adjoint backwards over the tile and writes du, d delta, dz
+and input-dependent dB / dC (added atomically when several channel blocks share a group). ADJ_ONLY is the chunk-parallel pass 1 (start adjoints from a zero end
 adjoint). Persistent: program p owns one (group, channel block) and walks rows (accumulating dA, dD,
 d(delta_bias), fixed dB / dC in registers), reusing scratch slot p.
 """
@@ -101,26 +109,39 @@ def _tile_outputs(s_u, s_dt, s_dy, s_zf, s_sg, s_gB, s_gA, s_y, p_du, p_ddt, p_d
 
 
 @triton.jit
-def _row_if(p, ON: tl.constexpr):
-    """The float32 row at pointers ``p``, or zeros of its shape when ON is off (never read then)."""
-    if ON:
-        return tl.load(p)
-    else:
-        return tl.zeros(p.shape, dtype=tl.float32)
-
-
-@triton.jit
-def _bwd_rows(s_dt, s_dy, s_dtu, s_B, s_C, s_h, j, o_j, o_n, o_s, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-              TILE: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr):
-    """Step j's staged rows for the backward's adjoint (effective delta, dy, delta * u [BLOCK_D]; B, C [BLOCK_N])
-    and h_{j-1} (area H, slot j); zeros for what the flags leave out."""
+def _adj_tile_step(b_carry, b_h, b_hp, j, acc_dA, acc_dB, acc_dC, s_dt, s_dy, s_dtu, s_B, s_C, s_gB, s_gA, s_y, s_dB,
+                   s_dC, o_j, o_n, b_A2, b_B, b_C, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, B_VAR: tl.constexpr,
+                   C_VAR: tl.constexpr, HAS_Z: tl.constexpr):
+    """One adjoint step of the tiled backward at slot row j, from h_j (``b_h``) and h_{j-1} (``b_hp``): writes the
+    per-step sums gB, gA (``_adjoint_sums``), y = sum_n C h_j (with z) and input-dependent dB / dC as slot rows,
+    accumulates dA and fixed dB / dC; returns (dL/dh_{j-1}, acc_dA, acc_dB, acc_dC)."""
     b_dt = tl.load(s_dt + j * BLOCK_D + o_j)
     b_dy = tl.load(s_dy + j * BLOCK_D + o_j)
     b_dtu = tl.load(s_dtu + j * BLOCK_D + o_j)
-    b_B = _row_if(s_B + j * BLOCK_N + o_n, B_VAR)
-    b_C = _row_if(s_C + j * BLOCK_N + o_n, C_VAR)
-    b_hp = tl.load(s_h + j * TILE + o_s)
-    return b_dt, b_dy, b_dtu, b_B, b_C, b_hp
+    if B_VAR:
+        b_Bt = tl.load(s_B + j * BLOCK_N + o_n)[None, :]
+    else:
+        b_Bt = b_B
+    if C_VAR:
+        b_Ct = tl.load(s_C + j * BLOCK_N + o_n)[None, :]
+    else:
+        b_Ct = b_C
+    b_a = tl.exp2(b_dt[:, None] * b_A2)
+    if HAS_Z:
+        tl.store(s_y + j * BLOCK_D + o_j, tl.sum(b_h * b_Ct, 1))
+    b_g, b_gah, s_gBt, s_gAt = _adjoint_sums(b_carry, b_dy, b_Bt, b_Ct, b_a * b_hp, b_A2)
+    tl.store(s_gB + j * BLOCK_D + o_j, s_gBt)
+    tl.store(s_gA + j * BLOCK_D + o_j, s_gAt)
+    acc_dA += b_gah * b_dt[:, None]
+    if B_VAR:
+        tl.store(s_dB + j * BLOCK_N + o_n, tl.sum(b_g * b_dtu[:, None], 0))
+    else:
+        acc_dB += b_g * b_dtu[:, None]
+    if C_VAR:
+        tl.store(s_dC + j * BLOCK_N + o_n, tl.sum(b_dy[:, None] * b_h, 0))
+    else:
+        acc_dC += b_dy[:, None] * b_h
+    return b_a * b_g, acc_dA, acc_dB, acc_dC
 
 
 @triton.jit(do_not_specialize=["NC", "n_cp", "c0", "n_rowtot", "n_rows", "s1"])
@@ -133,21 +154,20 @@ def _bwd_tile_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
                      N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, TT: tl.constexpr,
                      B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                      HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
-                     HAS_DLAST: tl.constexpr, VAR_ATOMIC: tl.constexpr, CSEQ: tl.constexpr, ADJ_ONLY: tl.constexpr,
-                     PREFETCH: tl.constexpr):
+                     HAS_DLAST: tl.constexpr, VAR_ATOMIC: tl.constexpr, CSEQ: tl.constexpr, ADJ_ONLY: tl.constexpr):
     """The backward with time-tiled staging: same arguments, outputs and buffers as ``_bwd_seq_kernel`` (program
     p owns (group, channel block) p % n_gd and walks rows p // n_gd, + n_rows, ...; a row is one time chunk of one
     batch row) plus ``slot``, the float32 scratch per program, and TT, the steps a tile.
 
     A row's steps are walked in tiles of TT. Pass 1 stores the chunk's start state and runs forward over all tiles
     but the last, storing each one's end state (slot area HB: the start state of every tile). Pass 2 takes the tiles
-    in reverse: stage the tile's inputs (u, effective delta, sigmoid(delta + bias), dy = dout * silu(z),
+    in reverse: stage the tile's inputs (u, effective delta, delta * u, sigmoid(delta + bias), dy = dout * silu(z),
     zf = dout * silu'(z), B, C; elementwise work done here, for the whole tile), recompute the tile's states from
     its start state into slot area H (slot 0 the start state, slot j + 1 h_j; the last state stays in registers),
-    run the adjoint backwards over the tile with every per-step output (du, d delta, dz, input-dependent dB / dC)
-    written as a slot row, and write those rows out as [TT, ..] tiles (a channel's steps contiguous; dB / dC added
-    atomically when several channel blocks share a group). PREFETCH: step j - 1's rows and state are loaded while
-    step j is computed. The state tile is [BLOCK_D, BLOCK_N] in whatever layout the compiler picks for the 2-D
+    run the adjoint backwards over the tile (``_adj_tile_step``) with its per-step sums and input-dependent dB / dC
+    written as slot rows, then form du, d delta and dz from them for the whole tile (``_tile_outputs``) and write
+    them and dB / dC out as [TT, ..] tiles (a channel's steps contiguous; dB / dC added atomically when several
+    channel blocks share a group). The state tile is [BLOCK_D, BLOCK_N] in whatever layout the compiler picks for the 2-D
     parameter loads (module doc). ADJ_ONLY: the chunk-parallel pass 1 (start adjoints from a zero end adjoint),
     tiles in reverse, no states."""
     pid, i_r, i_g, o_c, m_d, o_d, o_n, m_n, m_dn, b_A2, b_D, b_bias, b_B, b_C = _bwd_prologue(
@@ -270,47 +290,14 @@ def _bwd_tile_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
                     b_h = _state_step(b_h, s_dtu, s_dt, s_B, j, o_j, o_n, b_A2, b_B, BLOCK_D, BLOCK_N, B_VAR, True)
                     if j < n_in - 1:
                         tl.store(s_h + (j + 1) * TILE + o_s, b_h)
-                # the adjoint, backwards over the tile: the state-wise work and the sums over states and channels;
-                # the per-channel outputs are formed from the sums for the whole tile after it (_tile_outputs).
-                # PREFETCH: step j - 1's rows and state are loaded while step j is computed (the last prefetch
-                # wraps to row TT - 1: in bounds, unused)
-                j = n_in - 1
-                n_dt, n_dy, n_dtu, n_B, n_C, n_hp = _bwd_rows(s_dt, s_dy, s_dtu, s_B, s_C, s_h, j, o_j, o_n, o_s,
-                                                              BLOCK_D, BLOCK_N, TILE, B_VAR, C_VAR)
+                # the adjoint, backwards over the tile: the state-wise work and the sums over states and
+                # channels; the per-channel outputs are formed from the sums for the whole tile after it
                 for jj in range(0, n_in):
                     j = n_in - 1 - jj
-                    if PREFETCH:
-                        b_dt, b_dy, b_dtu, b_Bt, b_Ct, b_hp = n_dt, n_dy, n_dtu, n_B, n_C, n_hp
-                        n_dt, n_dy, n_dtu, n_B, n_C, n_hp = _bwd_rows(s_dt, s_dy, s_dtu, s_B, s_C, s_h,
-                                                                      (j + TT - 1) % TT, o_j, o_n, o_s, BLOCK_D,
-                                                                      BLOCK_N, TILE, B_VAR, C_VAR)
-                    else:
-                        b_dt, b_dy, b_dtu, b_Bt, b_Ct, b_hp = _bwd_rows(s_dt, s_dy, s_dtu, s_B, s_C, s_h, j, o_j, o_n,
-                                                                        o_s, BLOCK_D, BLOCK_N, TILE, B_VAR, C_VAR)
-                    if B_VAR:
-                        b_Bt = b_Bt[None, :]
-                    else:
-                        b_Bt = b_B
-                    if C_VAR:
-                        b_Ct = b_Ct[None, :]
-                    else:
-                        b_Ct = b_C
-                    b_a = tl.exp2(b_dt[:, None] * b_A2)
-                    if HAS_Z:
-                        tl.store(s_y + j * BLOCK_D + o_j, tl.sum(b_h * b_Ct, 1))
-                    b_g, b_gah, s_gBt, s_gAt = _adjoint_sums(b_carry, b_dy, b_Bt, b_Ct, b_a * b_hp, b_A2)
-                    tl.store(s_gB + j * BLOCK_D + o_j, s_gBt)
-                    tl.store(s_gA + j * BLOCK_D + o_j, s_gAt)
-                    acc_dA += b_gah * b_dt[:, None]
-                    if B_VAR:
-                        tl.store(s_dB + j * BLOCK_N + o_n, tl.sum(b_g * b_dtu[:, None], 0))
-                    else:
-                        acc_dB += b_g * b_dtu[:, None]
-                    if C_VAR:
-                        tl.store(s_dC + j * BLOCK_N + o_n, tl.sum(b_dy[:, None] * b_h, 0))
-                    else:
-                        acc_dC += b_dy[:, None] * b_h
-                    b_carry = b_a * b_g  # dL/dh_{t-1} through h_t
+                    b_hp = tl.load(s_h + j * TILE + o_s)
+                    b_carry, acc_dA, acc_dB, acc_dC = _adj_tile_step(
+                        b_carry, b_h, b_hp, j, acc_dA, acc_dB, acc_dC, s_dt, s_dy, s_dtu, s_B, s_C, s_gB, s_gA,
+                        s_y, s_dB, s_dC, o_j, o_n, b_A2, b_B, b_C, BLOCK_D, BLOCK_N, B_VAR, C_VAR, HAS_Z)
                     b_h = b_hp
                 tl.debug_barrier()  # the sums' rows were written by other threads
                 o_o = (i_b * dim + o_d) * L + t0 + k0  # du / ddelta / dz are (batch, dim, L) contiguous
