@@ -90,7 +90,7 @@ def _var_bc_ptrs(ptr, i_b, i_g, o_n, s0, s1, s2):
 def _store_or_add(p, x, mask, ATOMIC: tl.constexpr):
     """Store ``x``, or add it atomically where other programs write the same elements."""
     if ATOMIC:
-        tl.atomic_add(p, x, mask=mask)
+        tl.atomic_add(p, x, mask=mask, sem="relaxed")
     else:
         tl.store(p, x, mask=mask)
 
@@ -111,15 +111,15 @@ def _flush_grads(dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, acc_dA, acc_dB, acc_
                  m_dn, B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr):
     """Add the program's accumulators into the zeroed (dim, N) / (dim,) float32 gradient buffers (``o_dn0``: the
     [BLOCK_D, BLOCK_N] offsets o_d * N + o_n)."""
-    tl.atomic_add(dA_ptr + o_dn0, acc_dA, mask=m_dn)
+    tl.atomic_add(dA_ptr + o_dn0, acc_dA, mask=m_dn, sem="relaxed")
     if not B_VAR:
-        tl.atomic_add(dB_ptr + o_dn0, acc_dB, mask=m_dn)
+        tl.atomic_add(dB_ptr + o_dn0, acc_dB, mask=m_dn, sem="relaxed")
     if not C_VAR:
-        tl.atomic_add(dC_ptr + o_dn0, acc_dC, mask=m_dn)
+        tl.atomic_add(dC_ptr + o_dn0, acc_dC, mask=m_dn, sem="relaxed")
     if HAS_D:
-        tl.atomic_add(dD_ptr + o_d, acc_dD, mask=m_d)
+        tl.atomic_add(dD_ptr + o_d, acc_dD, mask=m_d, sem="relaxed")
     if HAS_BIAS:
-        tl.atomic_add(dbias_ptr + o_d, acc_db, mask=m_d)
+        tl.atomic_add(dbias_ptr + o_d, acc_db, mask=m_d, sem="relaxed")
 
 
 @triton.jit

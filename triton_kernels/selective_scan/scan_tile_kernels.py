@@ -221,7 +221,7 @@ def _unstage(ptr, s_ptr, o_t, o_x, m_t, m_x, full, st, sx, W: tl.constexpr, ATOM
     x = tl.load(s_ptr + o_t[:, None] * W + tl.arange(0, W)[None, :])
     p = ptr + o_t[:, None] * st + o_x[None, :] * sx
     if ATOMIC:
-        tl.atomic_add(p, x, mask=m_t[:, None] & m_x[None, :])
+        tl.atomic_add(p, x, mask=m_t[:, None] & m_x[None, :], sem="relaxed")
     else:
         x = x.to(ptr.dtype.element_ty)
         if full:
