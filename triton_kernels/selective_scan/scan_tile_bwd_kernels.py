@@ -27,23 +27,58 @@ import triton
 import triton.language as tl
 
 from .scan_common import _adjoint_sums, _bwd_prologue, _flush_grads, _load_state, _row_chunk, _zero_grads
-from .scan_tile_kernels import _load_tile, _stage, _unstage
+from .scan_tile_kernels import _load_raw, _stage, _stage_x, _unstage
 
 
 @triton.jit
-def _stage_dy(p_do, p_z, s_dy, s_zf, o_t, o_d, m_t, m_d, full, so_t, so_d, sz_t, sz_d, W: tl.constexpr,
-              HAS_Z: tl.constexpr):
-    """Stage the backward's per-step output factors of a [TT, W] tile: dy = dout * silu(z) into ``s_dy`` and, with
-    z, zf = dout * d silu(z) / dz into ``s_zf`` (so that dz = y * zf); without z, dy = dout. Masks as ``_stage``."""
-    do = _load_tile(p_do + o_t[:, None] * so_t + o_d[None, :] * so_d, m_t, m_d, full)
+def _stage_dy_x(do, z, s_dy, s_zf, o_t, W: tl.constexpr, HAS_Z: tl.constexpr):
+    """Stage the backward's per-step output factors of a [TT, W] tile from the dout and z tiles: dy = dout * silu(z)
+    into ``s_dy`` and, with z, zf = dout * d silu(z) / dz into ``s_zf`` (so that dz = y * zf); without z,
+    dy = dout."""
+    do = do.to(tl.float32)
     o_s = o_t[:, None] * W + tl.arange(0, W)[None, :]
     if HAS_Z:
-        z = _load_tile(p_z + o_t[:, None] * sz_t + o_d[None, :] * sz_d, m_t, m_d, full)
+        z = z.to(tl.float32)
         sig = tl.sigmoid(z)
         tl.store(s_dy + o_s, do * z * sig)
         tl.store(s_zf + o_s, do * sig * (1.0 + z * (1.0 - sig)))
     else:
         tl.store(s_dy + o_s, do)
+
+
+@triton.jit
+def _stage_dy(p_do, p_z, s_dy, s_zf, o_t, o_d, m_t, m_d, full, so_t, so_d, sz_t, sz_d, W: tl.constexpr,
+              HAS_Z: tl.constexpr):
+    """``_stage_dy_x`` of the [TT, W] tiles at ``p_do`` / ``p_z`` (masks as ``_stage``)."""
+    do = _load_raw(p_do + o_t[:, None] * so_t + o_d[None, :] * so_d, m_t, m_d, full)
+    z = do
+    if HAS_Z:
+        z = _load_raw(p_z + o_t[:, None] * sz_t + o_d[None, :] * sz_d, m_t, m_d, full)
+    _stage_dy_x(do, z, s_dy, s_zf, o_t, W, HAS_Z)
+
+
+@triton.jit
+def _bwd_loads(p_u, p_dt, p_do, p_z, p_B, p_C, k0, n_t, o_t, o_d, o_n, m_d, m_n, su_t, su_d, sdt_t, sdt_d, so_t,
+               so_d, sz_t, sz_d, sB3, sB2, sC3, sC2, TT: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr,
+               HAS_Z: tl.constexpr):
+    """The global [TT, ..] input tiles of the backward's tile at step k0 of the row (u, delta, dout, z, B, C in their
+    dtypes; the first one stands in for those the flags leave out): issued a tile ahead of their use, so that the
+    loads run while the current tile is computed."""
+    m_t = o_t + k0 < n_t
+    full = k0 + TT <= n_t
+    r_u = _load_raw(p_u + (o_t + k0)[:, None] * su_t + o_d[None, :] * su_d, m_t, m_d, full)
+    r_dt = _load_raw(p_dt + (o_t + k0)[:, None] * sdt_t + o_d[None, :] * sdt_d, m_t, m_d, full)
+    r_do = _load_raw(p_do + (o_t + k0)[:, None] * so_t + o_d[None, :] * so_d, m_t, m_d, full)
+    r_z = r_do
+    if HAS_Z:
+        r_z = _load_raw(p_z + (o_t + k0)[:, None] * sz_t + o_d[None, :] * sz_d, m_t, m_d, full)
+    r_B = r_u
+    if B_VAR:
+        r_B = _load_raw(p_B + (o_t + k0)[:, None] * sB3 + o_n[None, :] * sB2, m_t, m_n, full)
+    r_C = r_u
+    if C_VAR:
+        r_C = _load_raw(p_C + (o_t + k0)[:, None] * sC3 + o_n[None, :] * sC2, m_t, m_n, full)
+    return r_u, r_dt, r_do, r_z, r_B, r_C
 
 
 @triton.jit
@@ -262,6 +297,10 @@ def _bwd_tile_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
             b_carry = _load_state(dlast_ptr + r_dn, o_dn0, m_dn & (f_c == NC - 1), HAS_DLAST, BLOCK_D, BLOCK_N)
             if CSEQ:
                 b_carry += tl.load(gb_ptr + rb_dn + dim * N + o_dn0, mask=m_dn & (f_c < NC - 1), other=0.0)
+            # the global input tiles are loaded a tile ahead (``_bwd_loads``): the last tile's here
+            r_u, r_dt, r_do, r_z, r_B, r_C = _bwd_loads(
+                p_u, p_dt, p_do, p_z, p_B, p_C, (n_tl - 1) * TT, n_t, o_t, o_d, o_n, m_d, m_n, su_t, su_d, sdt_t,
+                sdt_d, so_t, so_d, sz_t, sz_d, sB3, sB2, sC3, sC2, TT, B_VAR, C_VAR, HAS_Z)
             for kk in range(0, n_tl):
                 kt = n_tl - 1 - kk
                 k0 = kt * TT
@@ -269,18 +308,19 @@ def _bwd_tile_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
                 full = k0 + TT <= n_t
                 b_h = tl.load(s_hb + kt * TILE + o_s)  # the tile's start state
                 tl.debug_barrier()  # the previous tile's steps and output writes have read the rows
-                _stage(p_u + k0 * su_t, s_u, o_t, o_d, m_t, m_d, full, su_t, su_d, b_bias, BLOCK_D, 0)
-                _stage(p_dt + k0 * sdt_t, s_dt, o_t, o_d, m_t, m_d, full, sdt_t, sdt_d, b_bias, BLOCK_D, 1, HAS_BIAS,
-                       SOFTPLUS)
+                _stage_x(r_u, s_u, o_t, b_bias, BLOCK_D, 0)
+                _stage_x(r_dt, s_dt, o_t, b_bias, BLOCK_D, 1, HAS_BIAS, SOFTPLUS)
                 if SOFTPLUS:
-                    _stage(p_dt + k0 * sdt_t, s_sg, o_t, o_d, m_t, m_d, full, sdt_t, sdt_d, b_bias, BLOCK_D, 3,
-                           HAS_BIAS)
-                _stage_dy(p_do + k0 * so_t, p_z + k0 * sz_t, s_dy, s_zf, o_t, o_d, m_t, m_d, full, so_t, so_d,
-                          sz_t, sz_d, BLOCK_D, HAS_Z)
+                    _stage_x(r_dt, s_sg, o_t, b_bias, BLOCK_D, 3, HAS_BIAS)
+                _stage_dy_x(r_do, r_z, s_dy, s_zf, o_t, BLOCK_D, HAS_Z)
                 if B_VAR:
-                    _stage(p_B + k0 * sB3, s_B, o_t, o_n, m_t, m_n, full, sB3, sB2, b_bias, BLOCK_N, 0)
+                    _stage_x(r_B, s_B, o_t, b_bias, BLOCK_N, 0)
                 if C_VAR:
-                    _stage(p_C + k0 * sC3, s_C, o_t, o_n, m_t, m_n, full, sC3, sC2, b_bias, BLOCK_N, 0)
+                    _stage_x(r_C, s_C, o_t, b_bias, BLOCK_N, 0)
+                # the next tile's (kt - 1; none after the first tile: the loads are then masked off entirely)
+                r_u, r_dt, r_do, r_z, r_B, r_C = _bwd_loads(
+                    p_u, p_dt, p_do, p_z, p_B, p_C, tl.maximum(kt - 1, 0) * TT, tl.where(kt > 0, n_t, 0), o_t, o_d, o_n,
+                    m_d, m_n, su_t, su_d, sdt_t, sdt_d, so_t, so_d, sz_t, sz_d, sB3, sB2, sC3, sC2, TT, B_VAR, C_VAR, HAS_Z)
                 tl.debug_barrier()
                 _stage_dtu(s_u, s_dt, s_dtu, o_t, BLOCK_D)
                 tl.debug_barrier()
