@@ -3,7 +3,7 @@
 # kernels: m2s2l/__init__.py maps a checkout's own triton_kernels/) and this tree's, alternately, ROUNDS times each.
 #   bash bench/gpu_tree_ab.sh OLD_DIR ROUNDS OUT_DIR "OLD_CFGS" "NEW_CFGS" [scan_ab.py args...]
 # e.g. (the session-10 tree as the baseline, carried as _carry/old = `git archive 720e38d`):
-#   bash bench/gpu_tree_ab.sh _carry/old 2 "$OUT" "default" "default tile_bwd_prefetch=0" --shapes LM,spatial --modes fwdbwd
+#   bash bench/gpu_tree_ab.sh _carry/old 2 "$OUT" "default" "default tile_bwd_steps=16" --shapes LM,spatial --modes fwdbwd
 # Each run's table goes to OUT_DIR/tree_ab_{old,new}_R.txt (+ .json); the tables are printed last.
 set -u
 OLD=$1; ROUNDS=$2; OUT=$3; OLD_CFGS=$4; NEW_CFGS=$5; shift 5

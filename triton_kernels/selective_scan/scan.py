@@ -16,8 +16,9 @@ reverse associative scan.
 Cross-program reductions in the backward use float32 atomics into zeroed buffers: dA, dD, d(delta_bias)
 and fixed dB/dC once per program (each program loops over B_PER_PROG batch rows first to keep contention
 low); input-dependent dB/dC are summed over the block's channels in registers and stored directly when one
-block covers the group, else added atomically per chunk. Results are therefore deterministic only up to
-float32 summation order in those gradients.
+block covers the group, else added atomically per chunk. The atomics are relaxed (``sem="relaxed"``: no
+ordering is needed for sums; Triton's default acq_rel fenced and invalidated L1 around each add). Results are
+therefore deterministic only up to float32 summation order in those gradients.
 
 Launchers (plain functions, no autograd): ``selective_scan_fwd`` and ``selective_scan_bwd``; ``chunk_len``
 gives the chunk length both use.
