@@ -70,12 +70,6 @@ def _load_raw(p, m_t, m_x, full):
 
 
 @triton.jit
-def _load_tile(p, m_t, m_x, full):
-    """``_load_raw`` as float32."""
-    return _load_raw(p, m_t, m_x, full).to(tl.float32)
-
-
-@triton.jit
 def _stage_x(x, s_ptr, o_t, bias, W: tl.constexpr, KIND: tl.constexpr, HAS_BIAS: tl.constexpr = False,
              SOFTPLUS: tl.constexpr = False):
     """Store the [TT, W] tile ``x`` (any float dtype) into the float32 scratch rows ``s_ptr + o_t * W + x``: KIND 0
