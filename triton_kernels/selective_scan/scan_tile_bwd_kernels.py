@@ -36,30 +36,31 @@ from .scan_tile_kernels import _load_raw, _stage, _stage_x, _unstage
 
 
 @triton.jit
-def _stage_dy_x(do, z, s_dy, s_zf, o_t, W: tl.constexpr, HAS_Z: tl.constexpr):
+def _stage_dy_x(do, z, s_dy, s_zf, o_t, W: tl.constexpr, HAS_Z: tl.constexpr, ZF: tl.constexpr = True):
     """Stage the backward's per-step output factors of a [TT, W] tile from the dout and z tiles: dy = dout * silu(z)
-    into ``s_dy`` and, with z, zf = dout * d silu(z) / dz into ``s_zf`` (so that dz = y * zf); without z,
-    dy = dout."""
+    into ``s_dy`` and, with z and ZF, zf = dout * d silu(z) / dz into ``s_zf`` (so that dz = y * zf; the start-adjoint
+    pass needs no zf); without z, dy = dout."""
     do = do.to(tl.float32)
     o_s = o_t[:, None] * W + tl.arange(0, W)[None, :]
     if HAS_Z:
         z = z.to(tl.float32)
         sig = tl.sigmoid(z)
         tl.store(s_dy + o_s, do * z * sig)
-        tl.store(s_zf + o_s, do * sig * (1.0 + z * (1.0 - sig)))
+        if ZF:
+            tl.store(s_zf + o_s, do * sig * (1.0 + z * (1.0 - sig)))
     else:
         tl.store(s_dy + o_s, do)
 
 
 @triton.jit
 def _stage_dy(p_do, p_z, s_dy, s_zf, o_t, o_d, m_t, m_d, full, so_t, so_d, sz_t, sz_d, W: tl.constexpr,
-              HAS_Z: tl.constexpr):
+              HAS_Z: tl.constexpr, ZF: tl.constexpr = True):
     """``_stage_dy_x`` of the [TT, W] tiles at ``p_do`` / ``p_z`` (masks as ``_stage``)."""
     do = _load_raw(p_do + o_t[:, None] * so_t + o_d[None, :] * so_d, m_t, m_d, full)
     z = do
     if HAS_Z:
         z = _load_raw(p_z + o_t[:, None] * sz_t + o_d[None, :] * sz_d, m_t, m_d, full)
-    _stage_dy_x(do, z, s_dy, s_zf, o_t, W, HAS_Z)
+    _stage_dy_x(do, z, s_dy, s_zf, o_t, W, HAS_Z, ZF)
 
 
 @triton.jit
@@ -262,7 +263,7 @@ def _bwd_tile_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
                 _stage(p_dt + k0 * sdt_t, s_dt, o_t, o_d, m_t, m_d, full, sdt_t, sdt_d, b_bias, BLOCK_D, 1, HAS_BIAS,
                        SOFTPLUS)
                 _stage_dy(p_do + k0 * so_t, p_z + k0 * sz_t, s_dy, s_zf, o_t, o_d, m_t, m_d, full, so_t, so_d,
-                          sz_t, sz_d, BLOCK_D, HAS_Z)
+                          sz_t, sz_d, BLOCK_D, HAS_Z, False)
                 if C_VAR:
                     _stage(p_C + k0 * sC3, s_C, o_t, o_n, m_t, m_n, full, sC3, sC2, b_bias, BLOCK_N, 0)
                 tl.debug_barrier()
