@@ -31,7 +31,7 @@ d(delta_bias), fixed dB / dC in registers), reusing scratch slot p.
 import triton
 import triton.language as tl
 
-from .scan_common import _adjoint_sums, _bwd_prologue, _flush_grads, _load_state, _row_chunk, _zero_grads
+from .scan_common import _adjoint_sums, _bwd_prologue, _delta, _flush_grads, _load_state, _row_chunk, _zero_grads
 from .scan_tile_kernels import _load_raw, _stage, _stage_x, _unstage
 
 
@@ -104,10 +104,16 @@ def _state_step(b_h, s_u, s_dt, s_B, j, o_j, o_n, b_A2, b_B, BLOCK_D: tl.constex
 
 
 @triton.jit
-def _stage_dtu(s_u, s_dt, s_dtu, o_t, W: tl.constexpr):
-    """Slot rows delta * u from the staged u and effective delta rows of a tile."""
+def _stage_u_dt(u, dtr, s_u, s_dt, s_dtu, o_t, bias, W: tl.constexpr, HAS_BIAS: tl.constexpr,
+                SOFTPLUS: tl.constexpr):
+    """Stage a tile's u, effective delta and delta * u rows from its u and raw delta tiles (one layout: no
+    reload)."""
     o_s = o_t[:, None] * W + tl.arange(0, W)[None, :]
-    tl.store(s_dtu + o_s, tl.load(s_dt + o_s) * tl.load(s_u + o_s))
+    u = u.to(tl.float32)
+    _, dt = _delta(dtr.to(tl.float32), bias[None, :], HAS_BIAS, SOFTPLUS)
+    tl.store(s_u + o_s, u)
+    tl.store(s_dt + o_s, dt)
+    tl.store(s_dtu + o_s, dt * u)
 
 
 @triton.jit
@@ -314,8 +320,7 @@ def _bwd_tile_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
                 full = k0 + TT <= n_t
                 b_h = tl.load(s_hb + kt * TILE + o_s)  # the tile's start state
                 tl.debug_barrier()  # the previous tile's steps and output writes have read the rows
-                _stage_x(r_u, s_u, o_t, b_bias, BLOCK_D, 0)
-                _stage_x(r_dt, s_dt, o_t, b_bias, BLOCK_D, 1, HAS_BIAS, SOFTPLUS)
+                _stage_u_dt(r_u, r_dt, s_u, s_dt, s_dtu, o_t, b_bias, BLOCK_D, HAS_BIAS, SOFTPLUS)
                 if SOFTPLUS:
                     _stage_x(r_dt, s_sg, o_t, b_bias, BLOCK_D, 3, HAS_BIAS)
                 _stage_dy_x(r_do, r_z, s_dy, s_zf, o_t, BLOCK_D, HAS_Z)
@@ -327,8 +332,6 @@ def _bwd_tile_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
                 r_u, r_dt, r_do, r_z, r_B, r_C = _bwd_loads(
                     p_u, p_dt, p_do, p_z, p_B, p_C, tl.maximum(kt - 1, 0) * TT, tl.where(kt > 0, n_t, 0), o_t, o_d, o_n,
                     m_d, m_n, su_t, su_d, sdt_t, sdt_d, so_t, so_d, sz_t, sz_d, sB3, sB2, sC3, sC2, TT, B_VAR, C_VAR, HAS_Z)
-                tl.debug_barrier()
-                _stage_dtu(s_u, s_dt, s_dtu, o_t, BLOCK_D)
                 tl.debug_barrier()
                 n_in = tl.minimum(TT, n_t - k0)
                 tl.store(s_h + o_s, b_h)
