@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from .scan_common import _adjoint_sums, _bwd_prologue, _delta, _flush_grads, _load_state, _row_chunk, _zero_grads
-from .scan_tile_kernels import _load_raw, _stage, _stage_x, _unstage
+from .scan_tile_kernels import _load_raw, _stage, _stage_x, _store_tile, _unstage
 
 
 @triton.jit
@@ -88,43 +88,37 @@ def _bwd_loads(p_u, p_dt, p_do, p_z, p_B, p_C, k0, n_t, o_t, o_d, o_n, m_d, m_n,
 
 
 @triton.jit
-def _state_step(b_h, s_u, s_dt, s_B, j, o_j, o_n, b_A2, b_B, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                B_VAR: tl.constexpr, DTU: tl.constexpr = False):
-    """The backward's recomputation of one step from the staged rows j: h_j = exp(delta A) h_{j-1} + delta u B
-    (DTU: the rows at ``s_u`` hold delta * u)."""
-    b_x = tl.load(s_u + j * BLOCK_D + o_j)
-    b_dt = tl.load(s_dt + j * BLOCK_D + o_j)
-    if not DTU:
-        b_x = b_dt * b_x
-    if B_VAR:
-        b_Bt = tl.load(s_B + j * BLOCK_N + o_n)[None, :]
+def _bc_row(s_X, j, o_n, b_X, BLOCK_N: tl.constexpr, VAR: tl.constexpr):
+    """B_t or C_t of step j against a [BLOCK_D, BLOCK_N] tile: the staged slot row j (input-dependent, VAR) or the
+    fixed tile ``b_X``."""
+    if VAR:
+        return tl.load(s_X + j * BLOCK_N + o_n)[None, :]
     else:
-        b_Bt = b_B
-    return tl.exp2(b_dt[:, None] * b_A2) * b_h + b_x[:, None] * b_Bt
+        return b_X
+
+
+@triton.jit
+def _state_step(b_h, s_dtu, s_dt, s_B, j, o_j, o_n, b_A2, b_B, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                B_VAR: tl.constexpr):
+    """The backward's recomputation of one step from the staged rows j (effective delta, delta * u):
+    h_j = exp(delta A) h_{j-1} + delta u B."""
+    b_dtu = tl.load(s_dtu + j * BLOCK_D + o_j)
+    b_dt = tl.load(s_dt + j * BLOCK_D + o_j)
+    return tl.exp2(b_dt[:, None] * b_A2) * b_h + b_dtu[:, None] * _bc_row(s_B, j, o_n, b_B, BLOCK_N, B_VAR)
 
 
 @triton.jit
 def _stage_u_dt(u, dtr, s_u, s_dt, s_dtu, o_t, bias, W: tl.constexpr, HAS_BIAS: tl.constexpr,
-                SOFTPLUS: tl.constexpr):
-    """Stage a tile's u, effective delta and delta * u rows from its u and raw delta tiles (one layout: no
+                SOFTPLUS: tl.constexpr, STORE_U: tl.constexpr = True):
+    """Stage a tile's effective delta, delta * u and (STORE_U) u rows from its u and raw delta tiles (one layout: no
     reload)."""
     o_s = o_t[:, None] * W + tl.arange(0, W)[None, :]
     u = u.to(tl.float32)
     _, dt = _delta(dtr.to(tl.float32), bias[None, :], HAS_BIAS, SOFTPLUS)
-    tl.store(s_u + o_s, u)
+    if STORE_U:
+        tl.store(s_u + o_s, u)
     tl.store(s_dt + o_s, dt)
     tl.store(s_dtu + o_s, dt * u)
-
-
-@triton.jit
-def _store_tile(p, x, m_t, m_x, full):
-    """Store the float32 [TT, W] tile ``x`` at pointers ``p`` in their dtype, rows masked by ``m_t`` unless ``full``
-    (then the mask is by column only, which keeps a column's steps one vector store), columns by ``m_x``."""
-    x = x.to(p.dtype.element_ty)
-    if full:
-        tl.store(p, x, mask=m_x[None, :])
-    else:
-        tl.store(p, x, mask=m_t[:, None] & m_x[None, :])
 
 
 @triton.jit
@@ -165,14 +159,8 @@ def _adj_tile_step(b_carry, b_h, b_hp, j, acc_dA, acc_dB, acc_dC, s_dt, s_dy, s_
     b_dt = tl.load(s_dt + j * BLOCK_D + o_j)
     b_dy = tl.load(s_dy + j * BLOCK_D + o_j)
     b_dtu = tl.load(s_dtu + j * BLOCK_D + o_j)
-    if B_VAR:
-        b_Bt = tl.load(s_B + j * BLOCK_N + o_n)[None, :]
-    else:
-        b_Bt = b_B
-    if C_VAR:
-        b_Ct = tl.load(s_C + j * BLOCK_N + o_n)[None, :]
-    else:
-        b_Ct = b_C
+    b_Bt = _bc_row(s_B, j, o_n, b_B, BLOCK_N, B_VAR)
+    b_Ct = _bc_row(s_C, j, o_n, b_C, BLOCK_N, C_VAR)
     b_a = tl.exp2(b_dt[:, None] * b_A2)
     if HAS_Z:
         tl.store(s_y + j * BLOCK_D + o_j, tl.sum(b_h * b_Ct, 1))
@@ -278,10 +266,7 @@ def _bwd_tile_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
                     j = n_in - 1 - jj
                     b_dt = tl.load(s_dt + j * BLOCK_D + o_j)
                     b_dy = tl.load(s_dy + j * BLOCK_D + o_j)
-                    if C_VAR:
-                        b_Ct = tl.load(s_C + j * BLOCK_N + o_n)[None, :]
-                    else:
-                        b_Ct = b_C
+                    b_Ct = _bc_row(s_C, j, o_n, b_C, BLOCK_N, C_VAR)
                     b_carry = tl.exp2(b_dt[:, None] * b_A2) * (b_carry + b_dy[:, None] * b_Ct)
                     b_dts += b_dt
             tl.store(gb_ptr + rb_dn + o_dn0, b_carry, mask=m_dn)
@@ -296,14 +281,15 @@ def _bwd_tile_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
             for kt in range(0, n_tl - 1):
                 k0 = kt * TT
                 tl.debug_barrier()  # the previous tile's steps have read the rows
-                _stage(p_u + k0 * su_t, s_u, o_t, o_d, o_t >= 0, m_d, True, su_t, su_d, b_bias, BLOCK_D, 0)
-                _stage(p_dt + k0 * sdt_t, s_dt, o_t, o_d, o_t >= 0, m_d, True, sdt_t, sdt_d, b_bias, BLOCK_D, 1,
-                       HAS_BIAS, SOFTPLUS)
+                o_tt = (o_t + k0)[:, None]
+                _stage_u_dt(_load_raw(p_u + o_tt * su_t + o_d[None, :] * su_d, o_t >= 0, m_d, True),
+                            _load_raw(p_dt + o_tt * sdt_t + o_d[None, :] * sdt_d, o_t >= 0, m_d, True), s_u, s_dt,
+                            s_dtu, o_t, b_bias, BLOCK_D, HAS_BIAS, SOFTPLUS, False)  # pass 1 reads no u
                 if B_VAR:
                     _stage(p_B + k0 * sB3, s_B, o_t, o_n, o_t >= 0, m_n, True, sB3, sB2, b_bias, BLOCK_N, 0)
                 tl.debug_barrier()
                 for j in range(0, TT):
-                    b_h = _state_step(b_h, s_u, s_dt, s_B, j, o_j, o_n, b_A2, b_B, BLOCK_D, BLOCK_N, B_VAR)
+                    b_h = _state_step(b_h, s_dtu, s_dt, s_B, j, o_j, o_n, b_A2, b_B, BLOCK_D, BLOCK_N, B_VAR)
                 tl.store(s_hb + (kt + 1) * TILE + o_s, b_h)
             # ---- pass 2: tiles in reverse
             b_carry = _load_state(dlast_ptr + r_dn, o_dn0, m_dn & (f_c == NC - 1), HAS_DLAST, BLOCK_D, BLOCK_N)
@@ -336,7 +322,7 @@ def _bwd_tile_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
                 n_in = tl.minimum(TT, n_t - k0)
                 tl.store(s_h + o_s, b_h)
                 for j in range(0, n_in):  # recompute h_0 .. h_{n_in-1}; h_0 .. h_{n_in-2} into area H after it
-                    b_h = _state_step(b_h, s_dtu, s_dt, s_B, j, o_j, o_n, b_A2, b_B, BLOCK_D, BLOCK_N, B_VAR, True)
+                    b_h = _state_step(b_h, s_dtu, s_dt, s_B, j, o_j, o_n, b_A2, b_B, BLOCK_D, BLOCK_N, B_VAR)
                     if j < n_in - 1:
                         tl.store(s_h + (j + 1) * TILE + o_s, b_h)
                 # the adjoint, backwards over the tile: the state-wise work and the sums over states and

@@ -70,6 +70,17 @@ def _load_raw(p, m_t, m_x, full):
 
 
 @triton.jit
+def _store_tile(p, x, m_t, m_x, full):
+    """Store the [TT, W] tile ``x`` at pointers ``p`` in their dtype, masks as ``_load_raw`` (``full``: by column only,
+    which keeps a column's steps one vector store)."""
+    x = x.to(p.dtype.element_ty)
+    if full:
+        tl.store(p, x, mask=m_x[None, :])
+    else:
+        tl.store(p, x, mask=m_t[:, None] & m_x[None, :])
+
+
+@triton.jit
 def _stage_x(x, s_ptr, o_t, bias, W: tl.constexpr, KIND: tl.constexpr, HAS_BIAS: tl.constexpr = False,
              SOFTPLUS: tl.constexpr = False):
     """Store the [TT, W] tile ``x`` (any float dtype) into the float32 scratch rows ``s_ptr + o_t * W + x``: KIND 0
@@ -231,8 +242,4 @@ def _unstage(ptr, s_ptr, o_t, o_x, m_t, m_x, full, st, sx, W: tl.constexpr, ATOM
     if ATOMIC:
         tl.atomic_add(p, x, mask=m_t[:, None] & m_x[None, :], sem="relaxed")
     else:
-        x = x.to(ptr.dtype.element_ty)
-        if full:
-            tl.store(p, x, mask=m_x[None, :])
-        else:
-            tl.store(p, x, mask=m_t[:, None] & m_x[None, :])
+        _store_tile(p, x, m_t, m_x, full)
