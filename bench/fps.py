@@ -4,7 +4,7 @@ decoder part on the cached pyramids; the score is copied to the host every frame
 independent streams scored in lock-step as one batch.
 
     python bench/fps.py [--device cpu|cuda] [--preset m2s2l_lite] [--threads N] [--seconds 5] [--streams 32]
-                        [--amp] [--compile] [--cuda-graphs] [--backend auto] [--json PATH]
+                        [--amp] [--compile] [--cuda-graphs] [--branches] [--backend auto] [--json PATH]
 
 Frame decoding / resizing is excluded (frames are already tensors on the device). Each mode runs a warm-up,
 then as many steps as fit in ``--seconds``; FPS = frames scored / wall time. ``--compile`` wraps the step in
@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import profile, sync  # noqa: E402
 from m2s2l.engine.evaluate import apply_backend  # noqa: E402
 from m2s2l.engine.export import pure_torch_ops  # noqa: E402
-from m2s2l.engine.stream import StreamStep  # noqa: E402
+from m2s2l.engine.stream import CudaBranches, StreamStep  # noqa: E402
 from m2s2l.models import create_model  # noqa: E402
 from m2s2l.models.fuse import fused_for_inference  # noqa: E402
 
@@ -57,9 +57,10 @@ def clip_mode(model, device, amp):
     return fn
 
 
-def stream_mode(model, device, batch, amp, compile_=False, graphs=False, pure=False, channels_last=False):
+def stream_mode(model, device, batch, amp, compile_=False, graphs=False, pure=False, channels_last=False,
+                branches=False):
     c = model.config
-    step = StreamStep(model).eval()
+    step = StreamStep(model, run=CudaBranches(device) if branches else None).eval()
     g = torch.Generator().manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     frame = (torch.rand(batch, c.in_channels, c.image_size, c.image_size, generator=g) * 2 - 1).to(device)
@@ -135,6 +136,8 @@ def main(argv=None):
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
     p.add_argument("--compile", action="store_true", help="torch.compile the streaming step")
     p.add_argument("--cuda-graphs", action="store_true", help="replay the streaming step as a CUDA graph")
+    p.add_argument("--branches", action="store_true", help="run the step's independent parts on parallel CUDA "
+                   "streams (m2s2l.engine.stream.CudaBranches; with --cuda-graphs a graph with parallel branches)")
     p.add_argument("--pure-torch", action="store_true", help="run the Mamba ops as their plain-PyTorch references "
                    "(not the m2s2l:: custom ops), so --compile can fuse the scan loop (see m2s2l.engine.export)")
     p.add_argument("--backend", default="auto", help="auto (torch on CPU) | triton | cuda | torch")
@@ -175,19 +178,19 @@ def main(argv=None):
                 m.layout = a.mamba_layout
     amp = a.amp and device.type == "cuda"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    res = {"preset": a.preset, "device": name, "amp": amp, "compile": a.compile, "cuda_graphs": a.cuda_graphs,
+    res = {"preset": a.preset, "device": name, "amp": amp, "compile": a.compile, "cuda_graphs": a.cuda_graphs, "branches": a.branches,
            "channels_last": a.channels_last, "ln_backend": a.ln_backend, "fuse_bn": not a.no_fuse_bn,
            "mamba_layout": a.mamba_layout, "backend": a.backend, "pure_torch": a.pure_torch,
            "image_size": model.config.image_size, "clip_len": model.config.clip_len,
            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None, "modes": {}}
     todo = {"clip": lambda: (clip_mode(model, device, amp), 1),
             "stream": lambda: (stream_mode(model, device, 1, amp, a.compile, a.cuda_graphs, a.pure_torch,
-                                              a.channels_last), 1),
+                                              a.channels_last, a.branches), 1),
             "batched": lambda: (stream_mode(model, device, a.streams, amp, a.compile, a.cuda_graphs, a.pure_torch,
-                                               a.channels_last), a.streams),
+                                               a.channels_last, a.branches), a.streams),
             "flow": lambda: (flow_mode(model, a.threads), 1)}
     print(f"# {a.preset} on {name}, amp={amp}, compile={a.compile}, cuda_graphs={a.cuda_graphs}, "
-          f"channels_last={a.channels_last}, fuse_bn={not a.no_fuse_bn}, mamba_layout={a.mamba_layout}", flush=True)
+          f"channels_last={a.channels_last}, branches={a.branches}, fuse_bn={not a.no_fuse_bn}, mamba_layout={a.mamba_layout}", flush=True)
     for mode in a.modes.split(","):
         try:
             fn, per = todo[mode]()

@@ -35,6 +35,58 @@ from m2s2l.models import scoring
 from .video_io import FrameSource, Overlay, plot_scores
 
 
+class CudaBranches:
+    """A runner for ``M2S2L.forward_features(..., run=)``: executes a list of independent zero-argument callables
+    concurrently on CUDA streams and returns their results in order.
+
+    The first callable runs on the current stream, each other one on a side stream (taken round-robin from a pool
+    of ``n_streams``) that first waits for the current stream; the current stream then waits for every side stream
+    before the call returns, so results are ordered before whatever follows, and every result tensor is recorded
+    on the current stream for the caching allocator. Inside a CUDA graph capture this turns the step into a graph
+    with parallel branches: a batch-1 step is bound by the latency of hundreds of small kernels in a row, and the
+    pyramid levels, temporal scales, decoders and the new frame's encoder pass need not wait for one another.
+    Nested calls (a branch forking again) are allowed. Results equal serial execution (the same kernels on the
+    same inputs)."""
+
+    def __init__(self, device, n_streams=8):
+        self.device = torch.device(device)
+        if self.device.type != "cuda":
+            raise ValueError(f"CudaBranches needs a CUDA device, got {self.device}")
+        if n_streams < 1:
+            raise ValueError(f"n_streams must be >= 1, got {n_streams}")
+        self.streams = [torch.cuda.Stream(self.device) for _ in range(n_streams)]
+        self._next = 0
+
+    def __call__(self, thunks):
+        cur = torch.cuda.current_stream(self.device)
+        out, used = [None] * len(thunks), []
+        for k in range(1, len(thunks)):
+            s = self.streams[self._next % len(self.streams)]
+            self._next += 1
+            s.wait_stream(cur)
+            with torch.cuda.stream(s):
+                out[k] = thunks[k]()
+            used.append(s)
+        if thunks:
+            out[0] = thunks[0]()
+        for s in used:
+            cur.wait_stream(s)
+        _record_stream(out, cur)
+        return out
+
+
+def _record_stream(x, stream):
+    if isinstance(x, torch.Tensor):
+        if x.is_cuda:
+            x.record_stream(stream)
+    elif isinstance(x, (list, tuple)):
+        for v in x:
+            _record_stream(v, stream)
+    elif isinstance(x, dict):
+        for v in x.values():
+            _record_stream(v, stream)
+
+
 class StreamStep(nn.Module):
     """One streaming step as a pure function (state in, state out) -- also what ``m2s2l export`` exports.
 
@@ -44,12 +96,17 @@ class StreamStep(nn.Module):
     with ``frame``. ``motion_in`` is what the model's motion target is made of: for ``motion_target="diff"``
     models the frame just before ``frame`` (B, C, H, W); for ``"flow"`` models the optical flow from that frame to
     ``frame`` (B, 2, H, W), computed outside the graph with :func:`m2s2l.data.store.flow_fn` (OpenCV), exactly as
-    training and evaluation compute it."""
+    training and evaluation compute it.
 
-    def __init__(self, model):
+    ``run`` (e.g. :class:`CudaBranches`): a runner for independent work -- the new frame's encoder pass beside the
+    prediction from the state, and the model's own branches (``forward_features(feats, run=)``); None runs
+    everything in order (what ONNX export traces)."""
+
+    def __init__(self, model, run=None):
         super().__init__()
         self.model = model
         self.flow = getattr(model.config, "motion_target", "diff") == "flow"
+        self.run = run
 
     def encode(self, frame):
         return self.model.encode_frames(frame)
@@ -59,11 +116,20 @@ class StreamStep(nn.Module):
         return [torch.cat([s[:, 1:], f[:, None].to(s.dtype)], dim=1) for s, f in zip(state, feats)]
 
     def forward(self, frame, motion_in, *state):
-        pred = self.model.forward_features(list(state))
-        mt = motion_in if self.flow else (frame - motion_in) * 0.5
-        s = scoring.score(self.model.config, pred, frame, mt)
-        new_state = self.roll(list(state), self.encode(frame))
-        return (s["score"], s["appearance"], s["motion"], s["error_map"], *new_state)
+        def score():
+            kw = {} if self.run is None else {"run": self.run}
+            pred = self.model.forward_features(list(state), **kw)
+            mt = motion_in if self.flow else (frame - motion_in) * 0.5
+            s = scoring.score(self.model.config, pred, frame, mt)
+            return s["score"], s["appearance"], s["motion"], s["error_map"]
+
+        def advance():
+            return self.roll(list(state), self.encode(frame))
+        if self.run is None:
+            s, new_state = score(), advance()
+        else:
+            s, new_state = self.run([score, advance])
+        return (*s, *new_state)
 
 
 class StreamScorer:
@@ -78,10 +144,12 @@ class StreamScorer:
     The scorer runs its own eval copy of ``model`` with BatchNorm folded into the convolutions (``fuse_bn=True``,
     :func:`m2s2l.models.fuse.fused_for_inference`); ``fuse_bn=False`` scores with ``model`` itself.
     ``cuda_graphs=True`` (CUDA only) captures the scoring step as a CUDA graph at the first scored frame (and again
-    when the batch size changes) and replays it for every later frame."""
+    when the batch size changes) and replays it for every later frame. ``branches=True`` (CUDA only) runs the
+    step's independent parts on parallel CUDA streams (:class:`CudaBranches`; with ``cuda_graphs`` a graph with
+    parallel branches), same scores."""
 
     def __init__(self, model, calibration=None, device=None, hysteresis=3, threshold_z=None, amp=False,
-                 compile=False, flow_method="dis", fuse_bn=True, cuda_graphs=False):
+                 compile=False, flow_method="dis", fuse_bn=True, cuda_graphs=False, branches=False):
         if hysteresis < 1:
             raise ValueError(f"hysteresis must be >= 1 frame, got {hysteresis}")
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -92,7 +160,9 @@ class StreamScorer:
         if fuse_bn:
             from m2s2l.models.fuse import fused_for_inference
             self.model = fused_for_inference(self.model)
-        self.step = StreamStep(self.model)
+        if branches and self.device.type != "cuda":
+            raise ValueError(f"branches needs a CUDA device, got device={self.device}")
+        self.step = StreamStep(self.model, run=CudaBranches(self.device) if branches else None)
         self.cfg = model.config
         self.calibration = calibration
         self.threshold = None
@@ -297,7 +367,7 @@ def run_score(args):
     if cal is None:
         print("warning: the checkpoint has no calibration: no normalised scores and no alerts", file=sys.stderr)
     scorer = StreamScorer(model, cal, device, hysteresis=args.hysteresis, threshold_z=args.threshold_z,
-                          amp=args.amp, compile=args.compile, cuda_graphs=args.cuda_graphs,
+                          amp=args.amp, compile=args.compile, cuda_graphs=args.cuda_graphs, branches=args.branches,
                           flow_method=(ckpt.get("train_args") or {}).get("flow_method", "dis"))
     os.makedirs(args.out, exist_ok=True)
     csv_path = os.path.join(args.out, "scores.csv")
@@ -342,4 +412,6 @@ def add_parser(subparsers):
                    "faster on CPU after a compile of minutes at the first scored frame")
     p.add_argument("--cuda-graphs", action="store_true", help="CUDA: replay the scoring step as a CUDA graph "
                    "(captured at the first scored frame; far fewer launches per frame)")
+    p.add_argument("--branches", action="store_true", help="CUDA: run the step's independent parts (pyramid "
+                   "levels, temporal scales, decoders, the new frame's encoder) on parallel CUDA streams")
     p.set_defaults(func=run_score)

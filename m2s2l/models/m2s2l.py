@@ -1,5 +1,7 @@
 """M2S2L: multi-scale spatial encoder, multi-temporal Mamba encoders, appearance/motion decomposition,
 two decoders, reconstruction-error scoring. Design and reasoning: docs/ARCHITECTURE.md."""
+import functools
+
 import torch
 import torch.nn as nn
 
@@ -15,6 +17,12 @@ from .registry import register_model
 from .temporal import MultiTemporalMamba, SpatialMamba
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def serial(thunks):
+    """``[f() for f in thunks]``: how ``forward_features`` runs its independent branches unless told otherwise
+    (``run=``; e.g. ``m2s2l.engine.stream.CudaBranches`` runs them on parallel CUDA streams)."""
+    return [f() for f in thunks]
 
 
 class M2S2L(nn.Module):
@@ -87,12 +95,15 @@ class M2S2L(nn.Module):
         self._check_frames("frames", frames, ("N",))
         return self.encoder(frames)
 
-    def forward_features(self, feats):
+    def forward_features(self, feats, run=None):
         """feats: per level (B, T, C_l, H_l, W_l) -- stacked ``encode_frames`` of the clip's T frames.
 
         Returns the predictions dict: "appearance" (B, C, H, W) the predicted next frame in [-1, 1], and
-        "motion" (B, Cm, H, W): the predicted (target - clip[:, -1]) / 2 ("diff", Cm = C) or flow (Cm = 2)."""
-        return self._predict(feats)[0]
+        "motion" (B, Cm, H, W): the predicted (target - clip[:, -1]) / 2 ("diff", Cm = C) or flow (Cm = 2).
+        ``run`` (default ``serial``) is called with lists of independent zero-argument callables -- the pyramid
+        levels, the temporal scales of each level, the two decoders -- and returns their results in order; a
+        runner may execute them concurrently (same results)."""
+        return self._predict(feats, run=run)[0]
 
     def forward(self, clip):
         """clip (B, T, C, H, W) in [-1, 1] -> predictions dict (see ``forward_features``)."""
@@ -104,7 +115,7 @@ class M2S2L(nn.Module):
         feats = self.encoder(clip.reshape(B * T, *clip.shape[2:]))
         return [f.reshape(B, T, *f.shape[1:]) for f in feats]
 
-    def _predict(self, feats, with_decorrelation=False):
+    def _predict(self, feats, with_decorrelation=False, run=None):
         shapes = self.feature_shapes()
         if not isinstance(feats, (list, tuple)) or len(feats) != len(shapes):
             raise ValueError(f"feats must be a list of {len(shapes)} tensors (one per pyramid level), "
@@ -112,11 +123,16 @@ class M2S2L(nn.Module):
         for l, (f, s) in enumerate(zip(feats, shapes)):
             check_tensor(f"feats[{l}]", f, shape=(None, self.config.clip_len) + s, dtypes=_FLOATS,
                          expected="(B, T, C_l, H_l, W_l)")
-        fused = [tm(f) for tm, f in zip(self.temporal, feats)]
-        fused[-1] = self.spatial(fused[-1])
-        parts = [dec(f) for dec, f in zip(self.decompose, fused)]
+        run = serial if run is None else run
+        last = len(shapes) - 1
+
+        def level(l):  # temporal encoders (+ the spatial BiMamba at the coarsest level), then the decomposition
+            fused = self.temporal[l](feats[l], run=run)
+            return self.decompose[l](self.spatial(fused) if l == last else fused)
+        parts = run([functools.partial(level, l) for l in range(last + 1)])
         app, mot = [p[0] for p in parts], [p[1] for p in parts]
-        pred = {"appearance": self.app_decoder(app), "motion": self.motion_decoder(mot)}
+        out = run([functools.partial(self.app_decoder, app), functools.partial(self.motion_decoder, mot)])
+        pred = {"appearance": out[0], "motion": out[1]}
         decor = None
         if with_decorrelation:
             decor = torch.stack([decorrelation_loss(a, m) for a, m in zip(app, mot)]).mean()

@@ -1,4 +1,6 @@
 """Multi-temporal Mamba encoders (per pyramid level, over time) and the spatial BiMamba (coarsest level)."""
+import functools
+
 import torch
 import torch.nn as nn
 
@@ -52,16 +54,19 @@ class MultiTemporalMamba(nn.Module):
         self.fuse = nn.Linear(dim * len(self.scales), dim)
         self.last_only = True  # False: every block on every step (same result up to rounding; FLOP counts)
 
-    def forward(self, feats):
+    def forward(self, feats, run=None):
+        """``run``: how the independent per-scale branches are executed (``m2s2l.models.m2s2l.serial`` when None)."""
         B, T, C, H, W = feats.shape
         seq = feats.permute(0, 3, 4, 1, 2).reshape(B * H * W, T, C)      # (B*H*W, T, C)
-        summaries = []
         last_only = getattr(self, "last_only", True)  # (modules pickled before the attribute existed)
-        for s, branch in zip(self.scales, self.branches):
+
+        def scale(s, branch):
             x = seq if s == 1 else seq.reshape(B * H * W, T // s, s, C).mean(2)
             for i, block in enumerate(branch):
                 x = block(x, last_only=last_only and i == len(branch) - 1)  # last block: (B*H*W, 1, C)
-            summaries.append(x[:, -1])                                  # (B*H*W, C)
+            return x[:, -1]                                                # (B*H*W, C)
+        thunks = [functools.partial(scale, s, b) for s, b in zip(self.scales, self.branches)]
+        summaries = run(thunks) if run is not None else [f() for f in thunks]
         fused = seq[:, -1] + self.fuse(torch.cat(summaries, dim=-1))             # (B*H*W, C)
         return fused.reshape(B, H, W, C).permute(0, 3, 1, 2)
 

@@ -10,7 +10,7 @@ from m2s2l.cli import main
 from m2s2l.data.frames import Clip, read_clip
 from m2s2l.engine.calibrate import calibrate
 from m2s2l.engine.checkpoint import make_checkpoint, save_checkpoint
-from m2s2l.engine.stream import StreamScorer
+from m2s2l.engine.stream import CudaBranches, StreamScorer, StreamStep
 from m2s2l.models import create_model
 
 cv2 = pytest.importorskip("cv2")
@@ -89,18 +89,50 @@ def test_scorer_folds_batchnorm_in_its_own_copy():
 def test_cuda_graphs_need_a_cuda_device():
     with pytest.raises(ValueError, match="cuda_graphs needs a CUDA device"):
         StreamScorer(tiny(), device="cpu", cuda_graphs=True)
+    with pytest.raises(ValueError, match="branches needs a CUDA device"):
+        StreamScorer(tiny(), device="cpu", branches=True)
+    with pytest.raises(ValueError, match="CudaBranches needs a CUDA device"):
+        CudaBranches("cpu")
+
+
+def test_stream_step_runner_runs_encoder_beside_prediction():
+    """StreamStep(model, run=R): R gets [prediction + score, the new frame's encoder pass + roll] and the model's
+    branches; executing every group in reverse order gives exactly the serial step."""
+    model = tiny(3)
+    c = model.config
+    g = torch.Generator().manual_seed(0)
+    frame, prev = (torch.rand(2, 3, 32, 32, generator=g) * 2 - 1 for _ in range(2))
+    state = [torch.randn(2, c.clip_len, *s, generator=g) for s in model.feature_shapes()]
+    calls = []
+
+    def backwards(thunks):
+        calls.append(len(thunks))
+        return [f() for f in thunks[::-1]][::-1]
+    with torch.no_grad():
+        ref = StreamStep(model)(frame, prev, *state)
+        got = StreamStep(model, run=backwards)(frame, prev, *state)
+    assert calls[0] == 2 and len(calls) == 3 + len(c.widths) and len(got) == len(ref) == 4 + len(c.widths)
+    for a, b in zip(got, ref):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("amp", [False, True])
-def test_cuda_graph_stream_equals_eager_stream_gpu(amp):
-    """The replayed graph scores exactly what the eager step scores: single stream, then 3 streams in one batch
-    (re-capture), then a reset (same batch: the graph is reused)."""
+@pytest.mark.parametrize("amp,branches", [(False, False), (True, False), (False, True), (True, True)])
+def test_cuda_graph_stream_equals_eager_stream_gpu(amp, branches):
+    """The replayed graph (with ``branches``: parallel CUDA streams inside it) scores exactly what the eager step
+    scores: single stream, then 3 streams in one batch (re-capture), then a reset (same batch: the graph is
+    reused)."""
     model = tiny(3).cuda().set_backend("auto")  # the Triton kernels on CUDA, as m2s2l score runs them
     frames = moving_frames(9)
     T = model.config.clip_len
     eager = StreamScorer(model, device="cuda", amp=amp)
-    graph = StreamScorer(model, device="cuda", amp=amp, cuda_graphs=True)
+    graph = StreamScorer(model, device="cuda", amp=amp, cuda_graphs=True, branches=branches)
+    if branches:  # eager on parallel streams, too
+        par = StreamScorer(model, device="cuda", amp=amp, branches=True)
+        np.testing.assert_allclose([r["score"] for r in [par.push(f) for f in frames][T:]],
+                                   [r["score"] for r in [eager.push(f) for f in frames][T:]], rtol=0,
+                                   atol=1e-4 if not amp else 2e-2)
+        eager.reset()
     a = [eager.push(f) for f in frames][T:]
     b = [graph.push(f) for f in frames][T:]
     tol = 1e-4 if not amp else 2e-2

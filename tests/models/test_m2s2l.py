@@ -83,6 +83,26 @@ def test_streaming_split_equals_clip_forward_and_is_deterministic():
         assert torch.equal(again[k], ref[k]), f"eval forward is not deterministic for {k!r}"
 
 
+def test_forward_features_branches_are_independent():
+    """``run`` receives the independent branches (4 pyramid levels, 2 temporal scales per level, 2 decoders); a
+    runner that executes every group in reverse order gives exactly the serial result."""
+    model = tiny().eval()
+    (clip,) = model.example_inputs(2)
+    feats = model._encode_clip(clip)
+    groups = []
+
+    def backwards(thunks):
+        groups.append(len(thunks))
+        return [f() for f in thunks[::-1]][::-1]
+    with torch.no_grad():
+        ref = model.forward_features(feats)
+        got = model.forward_features(feats, run=backwards)
+    L, S = len(model.config.widths), len(model.config.temporal_scales)
+    assert sorted(groups) == sorted([L, 2] + [S] * L)
+    for k in ref:
+        assert torch.equal(got[k], ref[k]), k
+
+
 def test_score_formula_by_hand():
     pred, target = torch.zeros(1, 3, 8, 8), torch.full((1, 3, 8, 8), 0.2)        # MSE 0.04
     torch.testing.assert_close(neg_psnr(pred, target), torch.tensor([10 * math.log10(0.04 / 4)]))
