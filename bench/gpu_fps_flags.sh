@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One device call: `bench/fps.py` (m2s2l_paper, bf16, CUDA graphs, channels_last, streaming batch 1 and 32 streams)
+# once per flag set, in the order given, each in its own process; a summary table last.
+#   bash bench/gpu_fps_flags.sh OUT_DIR "FLAGS_1" "FLAGS_2" ...     (e.g. "" "--branches")
+# Env: FPS_ARGS (default: --preset m2s2l_paper --amp --cuda-graphs --channels-last --modes stream,batched
+# --seconds 2), FPS_TIMEOUT (seconds a flag set, default 240).
+set -u
+OUT=${1:?OUT_DIR}; shift
+mkdir -p "$OUT"
+ARGS=${FPS_ARGS:---preset m2s2l_paper --amp --cuda-graphs --channels-last --modes stream,batched --seconds 2}
+i=0
+for flags in "$@"; do
+  i=$((i + 1))
+  # shellcheck disable=SC2086
+  timeout "${FPS_TIMEOUT:-240}" python3 bench/fps.py $ARGS $flags --json "$OUT/fps_$i.json" > "$OUT/fps_$i.txt" 2>&1
+  echo "flags [$flags] rc=$?"
+done
+i=0
+echo "| flags | streaming, batch 1 | 32 streams batched |"
+for flags in "$@"; do
+  i=$((i + 1))
+  python3 - "$OUT/fps_$i.json" "$flags" <<'PY'
+import json, sys
+try:
+    r = json.load(open(sys.argv[1]))["modes"]
+except Exception as e:
+    print(f"| {sys.argv[2]} | failed: {e} | |"); sys.exit()
+cell = lambda m: (f"{r[m]['fps']:.1f} frames/s ({r[m]['ms_per_call']:.2f} ms)" if "fps" in r.get(m, {})
+                  else r.get(m, {}).get("error", "-")[:80])
+print(f"| {sys.argv[2] or '(baseline)'} | {cell('stream')} | {cell('batched')} |")
+PY
+done
