@@ -315,10 +315,10 @@ def test_scan_opcheck_backend_cuda(L):
     """Schema, fake implementation (the chunk-states shape) and autograd registration of the scan op."""
     inp = _public_scan_inputs(2, 4, L, 3, torch.float32, "var", groups=2)
     names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
-    args = tuple(inp[k] for k in names) + (True, True, True, "cuda")
+    args = tuple(inp[k] for k in names) + (True, True, True, False, "cuda")
     torch.library.opcheck(torch.ops.m2s2l.selective_scan_fwd.default, args,
                           test_utils=("test_schema", "test_faketensor"))
-    args = tuple(inp[k].requires_grad_() for k in names) + (True, True, True, "cuda")
+    args = tuple(inp[k].requires_grad_() for k in names) + (True, True, True, False, "cuda")
     torch.library.opcheck(torch.ops.m2s2l.selective_scan_fwd.default, args,
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 

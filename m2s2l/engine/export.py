@@ -35,9 +35,12 @@ def pure_torch_ops():
     from m2s2l.triton_kernels.selective_scan.naive import selective_scan_ref
 
     def scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
-             *, initial_state=None, backend="auto"):
-        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
-                                  initial_state)
+             *, initial_state=None, backend="auto", last_only=False):
+        res = selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
+                                 initial_state)
+        if not last_only:
+            return res
+        return (res[0][:, :, -1:], res[1]) if return_last_state else res[:, :, -1:]
 
     def conv(x, weight, bias=None, activation=None, initial_states=None, return_final_states=False, *,
              backend="auto"):

@@ -125,8 +125,9 @@ class Mamba(nn.Module):
 
         inference_cache: optional ``(conv_state, ssm_state)`` from ``allocate_inference_cache``; the chunk
         starts from these states and they are overwritten in place with the states after the chunk.
-        last_only: return only the last step's output, (batch, 1, d_model): out_proj runs on that step alone
-        (the scan still runs over the whole chunk; the result equals ``forward(...)[:, -1:]`` up to rounding).
+        last_only: return only the last step's output, (batch, 1, d_model): the scan forms that step's output
+        alone (``selective_scan_fn(last_only=True)``) and out_proj runs on it (equals ``forward(...)[:, -1:]`` up
+        to rounding).
         """
         check_hidden("hidden_states", hidden_states, self.d_model)
         batch, seqlen, _ = hidden_states.shape
@@ -138,9 +139,7 @@ class Mamba(nn.Module):
             conv_state, ssm_state = self._check_cache(inference_cache, batch)
         x = self._conv(x, self.conv1d.weight[:, 0], self.conv1d.bias, conv_state)
         delta, B, C = self._x_dt_proj(x, self.x_proj.weight, self.dt_proj.weight, chan)
-        y = self._scan(x, delta, self.A_log, B, C, self.D, z, self.dt_proj.bias, ssm_state)
-        if last_only:
-            y = y[:, :, -1:]
+        y = self._scan(x, delta, self.A_log, B, C, self.D, z, self.dt_proj.bias, ssm_state, last_only)
         return self.out_proj(y.transpose(1, 2))
 
     def _channel_layout(self, seqlen, device):
@@ -186,11 +185,12 @@ class Mamba(nn.Module):
         delta = (dt_proj_w @ dt.t()).view(-1, batch, seqlen).transpose(0, 1)
         return delta, B.contiguous(), C.contiguous()
 
-    def _scan(self, x, delta, A_log, B, C, D, z, dt_bias, ssm_state):
+    def _scan(self, x, delta, A_log, B, C, D, z, dt_bias, ssm_state, last_only=False):
         A = -torch.exp(A_log.float())
+        kw = {"last_only": True} if last_only else {}  # (plain-PyTorch stand-ins without the keyword: export)
         out = ops.selective_scan_fn(x, delta, A, B, C, D.float(), z=z, delta_bias=dt_bias.float(),
                                     delta_softplus=True, return_last_state=ssm_state is not None,
-                                    initial_state=ssm_state, backend=self.backend)
+                                    initial_state=ssm_state, backend=self.backend, **kw)
         if ssm_state is None:
             return out
         y, last = out

@@ -65,21 +65,23 @@ def _ref(*args, **kw):
 def _fwd_impl(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
          D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
          initial_state: Optional[torch.Tensor], delta_softplus: bool, return_last_state: bool, save_states: bool,
-         backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+         last_only: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if backend == "triton":
         from m2s2l.triton_kernels.selective_scan.scan import selective_scan_fwd
         out, last, hc = selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
-                                           return_last_state, save_states)
+                                           return_last_state, save_states, last_only)
         empty = lambda: u.new_zeros(0, dtype=torch.float32)  # noqa: E731  (outputs may not alias)
         return out, empty() if last is None else last, empty() if hc is None else hc
     if backend == "cuda":
         from ._cuda import selective_scan_fwd as cuda_fwd
         out, last, saved = cuda_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, save_states)
+        out = out[:, :, -1:].contiguous() if last_only else out
         return out, last if return_last_state else u.new_zeros(0, dtype=torch.float32), saved
     with torch.no_grad():
         res = _ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state)
     out, last = res if return_last_state else (res, None)
     last = last.float().contiguous() if return_last_state else u.new_zeros(0, dtype=torch.float32)
+    out = out[:, :, -1:] if last_only else out
     return out.contiguous(), last, u.new_zeros(0, dtype=torch.float32)
 
 
@@ -88,7 +90,7 @@ _fwd = torch.library.custom_op("m2s2l::selective_scan_fwd", mutates_args=())(_fw
 
 @_fwd.register_fake
 def _fwd_fake(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, return_last_state,
-              save_states, backend):
+              save_states, last_only, backend):
     batch, dim, L = u.shape
     N = A.shape[1]
     last = u.new_empty(batch, dim, N, dtype=torch.float32) if return_last_state else u.new_empty(0,
@@ -101,7 +103,7 @@ def _fwd_fake(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
             hc = u.new_empty(batch, ns, dim, N, dtype=torch.float32)
     if backend == "cuda" and save_states:  # the state at the start of every 64-step chunk (csrc/README.md)
         hc = u.new_empty(batch, dim, -(-L // 64), N, dtype=torch.float32)
-    return u.new_empty(u.shape), last, hc
+    return u.new_empty((batch, dim, 1) if last_only else (batch, dim, L)), last, hc
 
 
 def _bwd_impl(dout: torch.Tensor, dlast: Optional[torch.Tensor], u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
@@ -149,9 +151,11 @@ def _bwd_fake(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, c
 
 
 def _setup_context(ctx, inputs, output):
-    u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, return_last_state, _, backend = inputs
+    u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, return_last_state, _, last_only, backend = \
+        inputs
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, output[2])
     ctx.delta_softplus, ctx.return_last_state, ctx.backend = delta_softplus, return_last_state, backend
+    ctx.last_only = last_only
     ctx.mark_non_differentiable(output[2])
 
 
@@ -159,10 +163,12 @@ def _backward(ctx, dout, dlast, _dhc, bwd=None):
     u, delta, A, B, C, D, z, delta_bias, initial_state, hc = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(u)
+    elif ctx.last_only:  # the gradient of out[..., -1:] alone: the full backward with zeros at the other steps
+        dout = torch.cat([dout.new_zeros(*u.shape[:2], u.shape[2] - 1), dout], dim=2)
     dlast = dlast if ctx.return_last_state and dlast is not None else None
     g = (bwd or _bwd)(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, hc, ctx.delta_softplus, ctx.backend)
     opt = [None if t is None else gt for t, gt in zip((D, z, delta_bias, initial_state), g[5:])]
-    return (*g[:5], *opt, None, None, None, None)
+    return (*g[:5], *opt, None, None, None, None, None)
 
 
 _fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -188,7 +194,7 @@ def _check_bc(name, X, batch, dim, N, L, dtype, device):
 
 
 def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                      return_last_state=False, *, initial_state=None, backend="auto"):
+                      return_last_state=False, *, initial_state=None, backend="auto", last_only=False):
     """Selective scan: h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t ; y_t = C_t . h_t + D u_t ; out = y silu(z).
 
     Args:
@@ -203,8 +209,11 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
       delta_softplus, return_last_state: bools.
       initial_state: (batch, dim, dstate) float32 or None (zeros): the state before step 0.
       backend: "auto" | "triton" | "cuda" | "torch" (see ``m2s2l.ops._backend``).
+      last_only: return the last step's output only, out (batch, dim, 1) = the full out[..., -1:] (gradients as
+        for that slice); the Triton kernel for short sequences then forms no other step's output (m2s2l's
+        extension, e.g. for a sequence summarised by its last step).
     Returns:
-      out (batch, dim, seqlen) contiguous in u's dtype, and with return_last_state ``(out, last_state)``,
+      out (batch, dim, seqlen) contiguous in u's dtype ((batch, dim, 1) with last_only), and with return_last_state ``(out, last_state)``,
       last_state (batch, dim, dstate) float32. Differentiable in every tensor input, including initial_state
       and through last_state, so chained calls equal one call.
     """
@@ -233,11 +242,13 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
     if initial_state is not None:
         check_tensor("initial_state", initial_state, shape=(batch, dim, N), dtypes=_F32, device=dev,
                      expected="(batch, dim, dstate) float32")
-    for name, v in (("delta_softplus", delta_softplus), ("return_last_state", return_last_state)):
+    for name, v in (("delta_softplus", delta_softplus), ("return_last_state", return_last_state),
+                    ("last_only", last_only)):
         if not isinstance(v, bool):
             raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
     backend = resolve_backend(backend, dev)
     save = needs_grad(u, delta, A, B, C, D, z, delta_bias, initial_state)
-    args = (u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, return_last_state, save, backend)
+    args = (u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, return_last_state, save, last_only,
+            backend)
     out, last, _ = call_op(_fwd, _fwd_impl, _EagerScan, args, save)
     return (out, last) if return_last_state else out

@@ -220,6 +220,82 @@ def test_short_sequences(case, device, spies, monkeypatch):
     assert spies["_bwd_kernel"].launches == int(not seq_bwd)
 
 
+# (batch, dim, L, N, bc, dtype, z, D, M2S2L_SCAN_CFG overrides, whether _fwd_seq_kernel forms the last step alone)
+LAST_CASES = [
+    (2, 6, 1, 4, "g2", "fp32", True, True, {}, True),
+    (2, 5, 7, 17, "g1", "fp32", True, True, {}, True),
+    (3, 8, 9, 16, "fixed", "fp32", False, True, {}, True),
+    (2, 6, 6, 4, "mixed", "fp32", True, False, {}, True),
+    (2, 8, 9, 16, "g2", "bf16", True, True, {}, True),
+    (2, 8, 9, 16, "3d", "fp16", True, True, {}, True),
+    (2, 6, 40, 4, "g1", "fp32", True, True, {}, False),  # chunked forward: all steps formed, then the slice
+    (2, 6, 20, 4, "g1", "fp32", True, True, dict(tile=1, tile_steps=4), False),  # tiled forward: likewise
+]
+
+
+@pytest.mark.parametrize("case", LAST_CASES, ids=lambda c: f"B{c[0]}-D{c[1]}-L{c[2]}-N{c[3]}-{c[4]}-{c[5]}"
+                         f"{'-z' if c[6] else ''}{'-D' if c[7] else ''}{'-' + str(c[8]) if c[8] else ''}")
+def test_last_only(case, device, spies, monkeypatch):
+    """last_only=True: out (batch, dim, 1) equals the float64 reference's last step, last_state as without it, and
+    every gradient of (out * dout).sum() + (last * dlast).sum() equals the reference's with dout on the last step
+    alone; the sequential kernel gets a (batch, dim, 1) output buffer poisoned with NaN and fills it."""
+    b, d, L, n, bc, dt, z, D, cfg, kern = case
+    monkeypatch.setattr(scan_config, "_CFG", dict(cfg))
+    ins = make_inputs(b, d, L, n, bc, dt, z=z, D=D, device=device)
+    gen = torch.Generator().manual_seed(3)
+    dout = torch.randn(b, d, 1, generator=gen).to(device)
+    dlast = torch.randn(b, d, n, generator=gen).to(device)
+    poisoned = []
+    real_empty = torch.empty
+
+    def nan_empty(*shape, **kw):  # the launcher's output buffers, NaN-poisoned
+        t = real_empty(*shape, **kw)
+        if t.is_floating_point():
+            t.fill_(float("nan"))
+            poisoned.append(tuple(t.shape))
+        return t
+    monkeypatch.setattr(scan.torch, "empty", nan_empty)
+    xs = {k: v.detach().clone().requires_grad_() if v is not None else None for k, v in ins.items()}
+    out, last = selective_scan_fn(xs["u"], xs["delta"], xs["A"], xs["B"], xs["C"], D=xs["D"], z=xs["z"],
+                                  delta_bias=xs["delta_bias"], delta_softplus=True, return_last_state=True,
+                                  initial_state=xs["initial_state"], backend="triton", last_only=True)
+    monkeypatch.setattr(scan.torch, "empty", real_empty)
+    assert out.shape == (b, d, 1) and out.dtype == ins["u"].dtype and last.shape == (b, d, n)
+    assert ((b, d, 1) in poisoned) == kern
+    assert spies["_fwd_seq_kernel"].launches == int(kern or (L <= 32 and not cfg.get("tile")))
+    if spies["_fwd_seq_kernel"].launches:
+        assert spies["_fwd_seq_kernel"].arg("LAST_ONLY") == kern
+    names = [k for k in NAMES if xs[k] is not None]
+    loss = (out.double() * dout.double()).sum() + (last.double() * dlast.double()).sum()
+    grads = torch.autograd.grad(loss, [xs[k] for k in names])
+    full = torch.cat([torch.zeros(b, d, L - 1, device=device), dout], dim=2)
+    rout, rlast, rg = run(ins, True, None, full, dlast, double=True)
+    tol_o, tol_g = TOL[dt]
+    assert rel_rms(out, rout[:, :, -1:]) < tol_o and rel_rms(last, rlast) < tol_o
+    for k, g in zip(names, grads):
+        assert g.shape == ins[k].shape and rel_rms(g, rg[k]) < tol_g, k
+
+
+def test_last_only_other_backends(device):
+    """The torch backend and the pure-PyTorch stand-in (m2s2l.engine.export.pure_torch_ops) slice the last step;
+    last_only must be a bool."""
+    from m2s2l import ops
+    from m2s2l.engine.export import pure_torch_ops
+    ins = make_inputs(2, 6, 5, 4, "g1", device=device)
+    a = dict(D=ins["D"], z=ins["z"], delta_bias=ins["delta_bias"], delta_softplus=True,
+             initial_state=ins["initial_state"])
+    full = selective_scan_fn(ins["u"], ins["delta"], ins["A"], ins["B"], ins["C"], **a, backend="torch")
+    got = selective_scan_fn(ins["u"], ins["delta"], ins["A"], ins["B"], ins["C"], **a, backend="torch",
+                            last_only=True)
+    assert torch.equal(got, full[:, :, -1:])
+    with pure_torch_ops():
+        o2, _ = ops.selective_scan_fn(ins["u"], ins["delta"], ins["A"], ins["B"], ins["C"], **a,
+                                      return_last_state=True, last_only=True)
+    torch.testing.assert_close(o2, full[:, :, -1:])
+    with pytest.raises(TypeError, match="last_only must be a bool"):
+        selective_scan_fn(ins["u"], ins["delta"], ins["A"], ins["B"], ins["C"], last_only=1)
+
+
 def test_seq_bwd_equals_chunked_bwd(device, monkeypatch):
     """The two backward kernels agree to float32 rounding (persistent: 2 programs over 3 rows x 2 blocks)."""
     ins = make_inputs(3, 8, 6, 4, "g1", device=device)
@@ -292,13 +368,14 @@ def test_forward_only_and_no_last_state(device):
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_opcheck(backend, device):
+@pytest.mark.parametrize("last_only", [False, True])
+def test_opcheck(backend, last_only, device):
     """Schema, fake (meta) implementation and autograd registration of m2s2l::selective_scan_fwd."""
     ins = make_inputs(2, 4, 20, 3, "g2", device=device)
-    args = tuple(ins[k] for k in NAMES) + (True, True, True, backend)
+    args = tuple(ins[k] for k in NAMES) + (True, True, True, last_only, backend)
     torch.library.opcheck(torch.ops.m2s2l.selective_scan_fwd.default, args,
                           test_utils=("test_schema", "test_faketensor"))
-    args = tuple(ins[k].requires_grad_() for k in NAMES) + (True, True, True, backend)
+    args = tuple(ins[k].requires_grad_() for k in NAMES) + (True, True, True, last_only, backend)
     torch.library.opcheck(torch.ops.m2s2l.selective_scan_fwd.default, args,
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 

@@ -121,7 +121,7 @@ def test_cseq_opcheck(device, monkeypatch):
     monkeypatch.setattr(scan_config, "_CFG", dict(cseq=1, cseq_chunk=8))
     ins = make_inputs(1, 4, 20, 3, "g2", device=device)
     assert scan_config.saved_state_count(20, 3) == 2
-    args = tuple(v.requires_grad_() for v in ins.values()) + (True, True, True, "triton")
+    args = tuple(v.requires_grad_() for v in ins.values()) + (True, True, True, False, "triton")
     torch.library.opcheck(torch.ops.m2s2l.selective_scan_fwd.default, args,
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 

@@ -134,10 +134,10 @@ def _combine_chunks(x0, X, dsum, A, reverse):
 
 
 def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_state=None,
-                       delta_softplus=False, return_last_state=False, save_states=False):
+                       delta_softplus=False, return_last_state=False, save_states=False, last_only=False):
     """Forward launcher. Shapes as in ``m2s2l.ops.selective_scan_fn`` (arguments assumed validated).
 
-    Returns (out (batch, dim, L) in u's dtype, last_state (batch, dim, N) float32 or None,
+    Returns (out (batch, dim, L) in u's dtype -- (batch, dim, 1), the last step's output, with ``last_only``, last_state (batch, dim, N) float32 or None,
     chunk_states (batch, nchunks - 1, dim, N) float32 or None — the states entering chunks 1.., for the backward;
     chunks of ``chunk_len`` steps, or of ``cseq_chunk`` steps when the chunk-parallel sequential scan runs).
     """
@@ -154,7 +154,9 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, initi
     nblk = triton.cdiv(cpg, BLOCK_D)
     nchunks = triton.cdiv(L, T_C)
     A = A.contiguous()
-    out = torch.empty(batch, dim, L, device=u.device, dtype=u.dtype)
+    # last_only: the sequential kernel forms the last step's output alone; the other kernels form all and slice
+    kern_last = last_only and seq and nc == 1 and not use_tile_fwd(bool(Lc))
+    out = torch.empty(batch, dim, 1 if kern_last else L, device=u.device, dtype=u.dtype)
     hlast = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32) if return_last_state else None
     hc = None
     if save_states and nchunks > 1 and not Lc:
@@ -187,7 +189,7 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, initi
         def launch(rows, n_cp, LC, **kw):
             if not tile:
                 _fwd_seq_kernel[(rows, G * nblk)](*ptrs, hb, dsum, L, LC, nc, n_cp, dim, cpg, nblk, *strides, **kw,
-                                                  num_warps=warps)
+                                                  LAST_ONLY=kern_last, num_warps=warps)
                 return
             n_work = rows * G * nblk
             progs = max(1, min(n_work, _tile_programs(u.device)))
@@ -205,6 +207,8 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, initi
     else:
         _fwd_kernel[(batch, G * nblk)](*ptrs, L, nchunks, dim, cpg, nblk, *strides, **meta,
                                        num_warps=scan_config._CFG.get("fwd_warps", 4))
+    if last_only and not kern_last:
+        out = out[:, :, -1:].contiguous()
     return out, hlast, hc
 
 

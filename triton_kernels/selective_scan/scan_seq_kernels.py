@@ -38,7 +38,7 @@ def _fwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
                     STORE_LAST: tl.constexpr, SAVE_CHUNKS: tl.constexpr, STATE_ONLY: tl.constexpr,
-                    CSEQ: tl.constexpr):
+                    CSEQ: tl.constexpr, LAST_ONLY: tl.constexpr = False):
     """Sequential-in-time forward: the [BLOCK_D, BLOCK_N] state stays in registers and the program steps through
     time, loading [BLOCK_D] of u/delta/z and [BLOCK_N] of B/C per step (no scan, no cross-thread traffic except
     the sum over N). Same outputs as ``_fwd_kernel``, including the chunk states (SAVE_CHUNKS, NC == 1 only).
@@ -47,7 +47,8 @@ def _fwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
     LC = L: the whole sequence). STATE_ONLY (chunk-parallel pass 1): from a zero state, no outputs; stores the
     chunk's end state into hb[b, c] (batch, NC - 1, dim, N) and its delta sum into dsum[b, c] (batch, NC - 1, dim).
     CSEQ (pass 2): chunk c > 0 starts from hb[b, c - 1] (the combined boundary state), chunk 0 from h0; last_state
-    is stored by the last chunk."""
+    is stored by the last chunk. LAST_ONLY (NC == 1): out is (batch, dim, 1), the last step's output alone, formed
+    once from the final state (no per-step C / z loads, sums over N or stores)."""
     pid = tl.program_id(0)
     i_b, i_c = (pid // n_cp).to(tl.int64), pid % n_cp
     i_gd = tl.program_id(1)
@@ -77,11 +78,12 @@ def _fwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
     # software prefetch: step t + 1's inputs are loaded while step t is computed
     n_u = tl.load(p_u, mask=m_d, other=0.0)
     n_dt = tl.load(p_dt, mask=m_d, other=0.0)
-    if HAS_Z and not STATE_ONLY:
+    PER_STEP_Y: tl.constexpr = not STATE_ONLY and not LAST_ONLY  # outputs formed every step
+    if HAS_Z and PER_STEP_Y:
         n_z = tl.load(p_z, mask=m_d, other=0.0)
     if B_VAR:
         n_B = tl.load(p_B, mask=m_n, other=0.0)
-    if C_VAR and not STATE_ONLY:
+    if C_VAR and PER_STEP_Y:
         n_C = tl.load(p_C, mask=m_n, other=0.0)
     for t in range(0, n_t):
         if SAVE_CHUNKS:
@@ -102,7 +104,7 @@ def _fwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
         b_h = tl.exp2(b_dt[:, None] * b_A2) * b_h + (b_dt * b_u)[:, None] * b_Bt
         if STATE_ONLY:
             b_dts += b_dt
-        else:
+        if PER_STEP_Y:
             if HAS_Z:
                 b_z = n_z.to(tl.float32)
                 n_z = tl.load(p_z + (t + 1) * sz_t, mask=m_dn1, other=0.0)
@@ -117,6 +119,19 @@ def _fwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
             if HAS_Z:
                 b_y = b_y * b_z * tl.sigmoid(b_z)
             tl.store(p_o + t, b_y.to(out_ptr.dtype.element_ty), mask=m_d)
+    if LAST_ONLY:  # y_{L-1} = C_{L-1} . h_{L-1} + D u_{L-1}, gated by silu(z_{L-1})
+        b_u = tl.load(p_u + (n_t - 1) * su_t, mask=m_d, other=0.0).to(tl.float32)
+        if C_VAR:
+            b_Ct = tl.load(p_C + (n_t - 1) * sC3, mask=m_n, other=0.0).to(tl.float32)[None, :]
+        else:
+            b_Ct = b_C
+        b_y = tl.sum(b_h * b_Ct, 1)
+        if HAS_D:
+            b_y += b_D * b_u
+        if HAS_Z:
+            b_z = tl.load(p_z + (n_t - 1) * sz_t, mask=m_d, other=0.0).to(tl.float32)
+            b_y = b_y * b_z * tl.sigmoid(b_z)
+        tl.store(out_ptr + i_b * dim + o_d, b_y.to(out_ptr.dtype.element_ty), mask=m_d)
     if STATE_ONLY:  # n_cp = NC - 1 programs a row: pid0 = b * (NC - 1) + c
         tl.store(hb_ptr + (pid.to(tl.int64) * dim + o_d[:, None]) * N + o_n[None, :], b_h, mask=m_dn)
         tl.store(dsum_ptr + pid.to(tl.int64) * dim + o_d, b_dts, mask=m_d)
