@@ -137,7 +137,8 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, initi
                        delta_softplus=False, return_last_state=False, save_states=False, last_only=False):
     """Forward launcher. Shapes as in ``m2s2l.ops.selective_scan_fn`` (arguments assumed validated).
 
-    Returns (out (batch, dim, L) in u's dtype -- (batch, dim, 1), the last step's output, with ``last_only``, last_state (batch, dim, N) float32 or None,
+    Returns (out (batch, dim, L) in u's dtype -- (batch, dim, 1), the last step's output, with ``last_only``,
+    last_state (batch, dim, N) float32 or None,
     chunk_states (batch, nchunks - 1, dim, N) float32 or None — the states entering chunks 1.., for the backward;
     chunks of ``chunk_len`` steps, or of ``cseq_chunk`` steps when the chunk-parallel sequential scan runs).
     """
@@ -154,8 +155,10 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, initi
     nblk = triton.cdiv(cpg, BLOCK_D)
     nchunks = triton.cdiv(L, T_C)
     A = A.contiguous()
-    # last_only: the sequential kernel forms the last step's output alone; the other kernels form all and slice
-    kern_last = last_only and seq and nc == 1 and not use_tile_fwd(bool(Lc))
+    # last_only: the sequential kernel forms the last step's output alone (M2S2L_SCAN_CFG last_kernel=0: it forms
+    # all, as the other kernels do, and the launcher slices)
+    kern_last = bool(last_only and seq and nc == 1 and not use_tile_fwd(bool(Lc))
+                     and scan_config._CFG.get("last_kernel", 1))
     out = torch.empty(batch, dim, 1 if kern_last else L, device=u.device, dtype=u.dtype)
     hlast = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32) if return_last_state else None
     hc = None
