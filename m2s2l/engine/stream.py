@@ -71,7 +71,8 @@ class CudaBranches:
             out[0] = thunks[0]()
         for s in used:
             cur.wait_stream(s)
-        _record_stream(out, cur)
+        if not torch.compiler.is_compiling():  # (under torch.compile the compiled graph plans its own buffers)
+            _record_stream(out, cur)
         return out
 
 

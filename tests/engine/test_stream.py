@@ -117,6 +117,21 @@ def test_stream_step_runner_runs_encoder_beside_prediction():
 
 
 @pytest.mark.gpu
+def test_compiled_branches_equal_eager_stream_gpu():
+    """torch.compile of the step with its branches on parallel CUDA streams, replayed as a CUDA graph, scores what
+    the eager single-stream step scores."""
+    model = tiny(3).cuda().set_backend("auto")
+    frames = moving_frames(8)
+    T = model.config.clip_len
+    eager = StreamScorer(model, device="cuda")
+    fast = StreamScorer(model, device="cuda", compile=True, cuda_graphs=True, branches=True)
+    a = [eager.push(f) for f in frames][T:]
+    b = [fast.push(f) for f in frames][T:]
+    np.testing.assert_allclose([r["score"] for r in b], [r["score"] for r in a], rtol=0, atol=1e-3)
+    np.testing.assert_allclose(b[-1]["error_map"], a[-1]["error_map"], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("amp,branches", [(False, False), (True, False), (False, True), (True, True)])
 def test_cuda_graph_stream_equals_eager_stream_gpu(amp, branches):
     """The replayed graph (with ``branches``: parallel CUDA streams inside it) scores exactly what the eager step
