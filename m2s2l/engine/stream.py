@@ -147,10 +147,12 @@ class StreamScorer:
     ``cuda_graphs=True`` (CUDA only) captures the scoring step as a CUDA graph at the first scored frame (and again
     when the batch size changes) and replays it for every later frame. ``branches=True`` (CUDA only) runs the
     step's independent parts on parallel CUDA streams (:class:`CudaBranches`; with ``cuda_graphs`` a graph with
-    parallel branches), same scores."""
+    parallel branches), same scores; None (default) turns it on exactly with ``cuda_graphs`` and no ``compile``
+    (H100, m2s2l_paper, bf16: streaming batch 1 586 -> 827-842 frames/s, docs/BENCHMARKS.md). Not with
+    ``compile``: the compiled step did not score what the eager one does on the GPU, and was no faster."""
 
     def __init__(self, model, calibration=None, device=None, hysteresis=3, threshold_z=None, amp=False,
-                 compile=False, flow_method="dis", fuse_bn=True, cuda_graphs=False, branches=False):
+                 compile=False, flow_method="dis", fuse_bn=True, cuda_graphs=False, branches=None):
         if hysteresis < 1:
             raise ValueError(f"hysteresis must be >= 1 frame, got {hysteresis}")
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -161,8 +163,13 @@ class StreamScorer:
         if fuse_bn:
             from m2s2l.models.fuse import fused_for_inference
             self.model = fused_for_inference(self.model)
+        if branches is None:
+            branches = bool(cuda_graphs) and not compile and self.device.type == "cuda"
         if branches and self.device.type != "cuda":
             raise ValueError(f"branches needs a CUDA device, got device={self.device}")
+        if branches and compile:
+            raise ValueError("branches cannot be combined with compile (the compiled multi-stream step is not "
+                             "checked equal to the eager one); use cuda_graphs with branches, or compile alone")
         self.step = StreamStep(self.model, run=CudaBranches(self.device) if branches else None)
         self.cfg = model.config
         self.calibration = calibration
@@ -368,7 +375,8 @@ def run_score(args):
     if cal is None:
         print("warning: the checkpoint has no calibration: no normalised scores and no alerts", file=sys.stderr)
     scorer = StreamScorer(model, cal, device, hysteresis=args.hysteresis, threshold_z=args.threshold_z,
-                          amp=args.amp, compile=args.compile, cuda_graphs=args.cuda_graphs, branches=args.branches,
+                          amp=args.amp, compile=args.compile, cuda_graphs=args.cuda_graphs,
+                          branches={"auto": None, "on": True, "off": False}[args.branches],
                           flow_method=(ckpt.get("train_args") or {}).get("flow_method", "dis"))
     os.makedirs(args.out, exist_ok=True)
     csv_path = os.path.join(args.out, "scores.csv")
@@ -413,6 +421,7 @@ def add_parser(subparsers):
                    "faster on CPU after a compile of minutes at the first scored frame")
     p.add_argument("--cuda-graphs", action="store_true", help="CUDA: replay the scoring step as a CUDA graph "
                    "(captured at the first scored frame; far fewer launches per frame)")
-    p.add_argument("--branches", action="store_true", help="CUDA: run the step's independent parts (pyramid "
-                   "levels, temporal scales, decoders, the new frame's encoder) on parallel CUDA streams")
+    p.add_argument("--branches", choices=("auto", "on", "off"), default="auto", help="CUDA: run the step's "
+                   "independent parts (pyramid levels, temporal scales, decoders, the new frame's encoder) on "
+                   "parallel CUDA streams (auto: with --cuda-graphs, without --compile)")
     p.set_defaults(func=run_score)
