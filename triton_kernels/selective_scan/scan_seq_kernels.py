@@ -28,6 +28,17 @@ from .scan_common import (_adjoint_step, _bwd_prologue, _channel_offsets, _chann
                           _zero_grads)
 
 
+@triton.jit
+def _gated_output(b_h, b_Ct, b_u, b_D, b_z, HAS_D: tl.constexpr, HAS_Z: tl.constexpr):
+    """y = C . h + D u, times silu(z): one step's [BLOCK_D] output from its [BLOCK_D, BLOCK_N] state."""
+    b_y = tl.sum(b_h * b_Ct, 1)
+    if HAS_D:
+        b_y += b_D * b_u
+    if HAS_Z:
+        b_y = b_y * b_z * tl.sigmoid(b_z)
+    return b_y
+
+
 @triton.jit(do_not_specialize=["L", "NC", "n_cp"])
 def _fwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, hlast_ptr, hc_ptr,
                     hb_ptr, dsum_ptr,
@@ -105,6 +116,7 @@ def _fwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
         if STATE_ONLY:
             b_dts += b_dt
         if PER_STEP_Y:
+            b_z = b_u  # (unused without z)
             if HAS_Z:
                 b_z = n_z.to(tl.float32)
                 n_z = tl.load(p_z + (t + 1) * sz_t, mask=m_dn1, other=0.0)
@@ -113,24 +125,18 @@ def _fwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                 n_C = tl.load(p_C + (t + 1) * sC3, mask=m_nn1, other=0.0)
             else:
                 b_Ct = b_C
-            b_y = tl.sum(b_h * b_Ct, 1)
-            if HAS_D:
-                b_y += b_D * b_u
-            if HAS_Z:
-                b_y = b_y * b_z * tl.sigmoid(b_z)
+            b_y = _gated_output(b_h, b_Ct, b_u, b_D, b_z, HAS_D, HAS_Z)
             tl.store(p_o + t, b_y.to(out_ptr.dtype.element_ty), mask=m_d)
-    if LAST_ONLY:  # y_{L-1} = C_{L-1} . h_{L-1} + D u_{L-1}, gated by silu(z_{L-1})
+    if LAST_ONLY:  # the last step's output from the final state
         b_u = tl.load(p_u + (n_t - 1) * su_t, mask=m_d, other=0.0).to(tl.float32)
         if C_VAR:
             b_Ct = tl.load(p_C + (n_t - 1) * sC3, mask=m_n, other=0.0).to(tl.float32)[None, :]
         else:
             b_Ct = b_C
-        b_y = tl.sum(b_h * b_Ct, 1)
-        if HAS_D:
-            b_y += b_D * b_u
+        b_z = b_u  # (unused without z)
         if HAS_Z:
             b_z = tl.load(p_z + (n_t - 1) * sz_t, mask=m_d, other=0.0).to(tl.float32)
-            b_y = b_y * b_z * tl.sigmoid(b_z)
+        b_y = _gated_output(b_h, b_Ct, b_u, b_D, b_z, HAS_D, HAS_Z)
         tl.store(out_ptr + i_b * dim + o_d, b_y.to(out_ptr.dtype.element_ty), mask=m_d)
     if STATE_ONLY:  # n_cp = NC - 1 programs a row: pid0 = b * (NC - 1) + c
         tl.store(hb_ptr + (pid.to(tl.int64) * dim + o_d[:, None]) * N + o_n[None, :], b_h, mask=m_dn)
