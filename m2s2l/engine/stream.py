@@ -149,7 +149,8 @@ class StreamScorer:
     step's independent parts on parallel CUDA streams (:class:`CudaBranches`; with ``cuda_graphs`` a graph with
     parallel branches), same scores; None (default) turns it on exactly with ``cuda_graphs`` and no ``compile``
     (H100, m2s2l_paper, bf16: streaming batch 1 586 -> 827-842 frames/s, docs/BENCHMARKS.md). Not with
-    ``compile``: the compiled step did not score what the eager one does on the GPU, and was no faster."""
+    ``compile``: a GPU test of the compiled multi-stream step against the eager step failed (cause not yet
+    investigated), and it was no faster than either alone."""
 
     def __init__(self, model, calibration=None, device=None, hysteresis=3, threshold_z=None, amp=False,
                  compile=False, flow_method="dis", fuse_bn=True, cuda_graphs=False, branches=None):
