@@ -178,7 +178,8 @@ def main(argv=None):
                 m.layout = a.mamba_layout
     amp = a.amp and device.type == "cuda"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    res = {"preset": a.preset, "device": name, "amp": amp, "compile": a.compile, "cuda_graphs": a.cuda_graphs, "branches": a.branches,
+    res = {"preset": a.preset, "device": name, "amp": amp, "compile": a.compile, "cuda_graphs": a.cuda_graphs,
+           "branches": a.branches,
            "channels_last": a.channels_last, "ln_backend": a.ln_backend, "fuse_bn": not a.no_fuse_bn,
            "mamba_layout": a.mamba_layout, "backend": a.backend, "pure_torch": a.pure_torch,
            "image_size": model.config.image_size, "clip_len": model.config.clip_len,
@@ -190,7 +191,8 @@ def main(argv=None):
                                                a.channels_last, a.branches), a.streams),
             "flow": lambda: (flow_mode(model, a.threads), 1)}
     print(f"# {a.preset} on {name}, amp={amp}, compile={a.compile}, cuda_graphs={a.cuda_graphs}, "
-          f"channels_last={a.channels_last}, branches={a.branches}, fuse_bn={not a.no_fuse_bn}, mamba_layout={a.mamba_layout}", flush=True)
+          f"channels_last={a.channels_last}, branches={a.branches}, fuse_bn={not a.no_fuse_bn}, "
+          f"mamba_layout={a.mamba_layout}", flush=True)
     for mode in a.modes.split(","):
         try:
             fn, per = todo[mode]()

@@ -14,15 +14,9 @@ from .decoder import Decoder
 from .decomposition import Decomposition, decorrelation_loss
 from .encoder import SpatialEncoder
 from .registry import register_model
-from .temporal import MultiTemporalMamba, SpatialMamba
+from .temporal import MultiTemporalMamba, SpatialMamba, serial
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-
-
-def serial(thunks):
-    """``[f() for f in thunks]``: how ``forward_features`` runs its independent branches unless told otherwise
-    (``run=``; e.g. ``m2s2l.engine.stream.CudaBranches`` runs them on parallel CUDA streams)."""
-    return [f() for f in thunks]
 
 
 class M2S2L(nn.Module):

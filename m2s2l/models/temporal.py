@@ -7,6 +7,12 @@ import torch.nn as nn
 from m2s2l.modules import BiMamba, LayerNorm, Mamba
 
 
+def serial(thunks):
+    """``[f() for f in thunks]``: how the model runs its independent branches unless told otherwise (``run=``;
+    e.g. ``m2s2l.engine.stream.CudaBranches`` runs them on parallel CUDA streams)."""
+    return [f() for f in thunks]
+
+
 class MambaBlock(nn.Module):
     """Pre-norm residual block: x + mixer(LayerNorm(x)), x (batch, seqlen, dim).
 
@@ -55,7 +61,7 @@ class MultiTemporalMamba(nn.Module):
         self.last_only = True  # False: every block on every step (same result up to rounding; FLOP counts)
 
     def forward(self, feats, run=None):
-        """``run``: how the independent per-scale branches are executed (``m2s2l.models.m2s2l.serial`` when None)."""
+        """``run``: how the independent per-scale branches are executed (``serial`` when None)."""
         B, T, C, H, W = feats.shape
         seq = feats.permute(0, 3, 4, 1, 2).reshape(B * H * W, T, C)      # (B*H*W, T, C)
         last_only = getattr(self, "last_only", True)  # (modules pickled before the attribute existed)
@@ -65,8 +71,7 @@ class MultiTemporalMamba(nn.Module):
             for i, block in enumerate(branch):
                 x = block(x, last_only=last_only and i == len(branch) - 1)  # last block: (B*H*W, 1, C)
             return x[:, -1]                                                # (B*H*W, C)
-        thunks = [functools.partial(scale, s, b) for s, b in zip(self.scales, self.branches)]
-        summaries = run(thunks) if run is not None else [f() for f in thunks]
+        summaries = (run or serial)([functools.partial(scale, s, b) for s, b in zip(self.scales, self.branches)])
         fused = seq[:, -1] + self.fuse(torch.cat(summaries, dim=-1))             # (B*H*W, C)
         return fused.reshape(B, H, W, C).permute(0, 3, 1, 2)
 

@@ -187,10 +187,9 @@ class Mamba(nn.Module):
 
     def _scan(self, x, delta, A_log, B, C, D, z, dt_bias, ssm_state, last_only=False):
         A = -torch.exp(A_log.float())
-        kw = {"last_only": True} if last_only else {}  # (plain-PyTorch stand-ins without the keyword: export)
         out = ops.selective_scan_fn(x, delta, A, B, C, D.float(), z=z, delta_bias=dt_bias.float(),
                                     delta_softplus=True, return_last_state=ssm_state is not None,
-                                    initial_state=ssm_state, backend=self.backend, **kw)
+                                    initial_state=ssm_state, backend=self.backend, last_only=last_only)
         if ssm_state is None:
             return out
         y, last = out

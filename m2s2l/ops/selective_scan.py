@@ -213,7 +213,8 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
         for that slice); the Triton kernel for short sequences then forms no other step's output (m2s2l's
         extension, e.g. for a sequence summarised by its last step).
     Returns:
-      out (batch, dim, seqlen) contiguous in u's dtype ((batch, dim, 1) with last_only), and with return_last_state ``(out, last_state)``,
+      out (batch, dim, seqlen) contiguous in u's dtype ((batch, dim, 1) with last_only), and with
+      return_last_state ``(out, last_state)``,
       last_state (batch, dim, dstate) float32. Differentiable in every tensor input, including initial_state
       and through last_state, so chained calls equal one call.
     """
