@@ -72,7 +72,8 @@ def block_pieces(block, x):
             ("x_proj+dt_proj", lambda: m._x_dt_proj(xc, m.x_proj.weight, m.dt_proj.weight, chan)),
             ("scan (last_only)", lambda: m._scan(xc, delta, m.A_log, B, C, m.D, z, m.dt_proj.bias, None, True)),
             ("out_proj", lambda: m.out_proj(y.transpose(1, 2))),
-            ("whole block", lambda: block(x, last_only=True))]
+            ("whole block", lambda: block(x, last_only=True))] + (
+            [("whole block, fused kernel", lambda: block.fused_last(x))] if block.can_fuse(x) else [])
 
 
 def parts(model, B, amp, channels_last):
@@ -129,6 +130,7 @@ def main(argv=None):
     p.add_argument("--reps", type=int, default=50)
     p.add_argument("--no-amp", action="store_true")
     p.add_argument("--no-channels-last", action="store_true")
+    p.add_argument("--no-fused-block", action="store_true", help="temporal blocks unfused (MambaBlock.fused = False)")
     a = p.parse_args(argv)
     REPS = a.reps
     if not torch.cuda.is_available():
@@ -136,6 +138,11 @@ def main(argv=None):
     model = fused_for_inference(create_model(a.preset).to(DEVICE).eval())
     if not a.no_channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if a.no_fused_block:
+        from m2s2l.models.temporal import MambaBlock
+        for m in model.modules():
+            if isinstance(m, MambaBlock):
+                m.fused = False
     tables = {}
     for B in [int(v) for v in a.streams.split(",")]:
         tables[B] = parts(model, B, not a.no_amp, not a.no_channels_last)

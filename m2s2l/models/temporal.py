@@ -4,7 +4,10 @@ import functools
 import torch
 import torch.nn as nn
 
+from m2s2l import ops
 from m2s2l.modules import BiMamba, LayerNorm, Mamba
+from m2s2l.ops._backend import needs_grad, resolve_backend
+from m2s2l.ops.mamba_block import eligible
 
 
 def serial(thunks):
@@ -20,14 +23,40 @@ class MambaBlock(nn.Module):
     short rows) with the mixer's backend; under autocast it outputs the autocast dtype, which the mixer's in_proj
     would cast its input to anyway. ``forward(x, last_only=True)`` returns only the last step,
     (batch, 1, dim) = ``forward(x)[:, -1:]`` up to rounding, with the mixer's output projection and the residual
-    computed for that step alone (the mixer must take ``last_only``, as ``Mamba`` does)."""
+    computed for that step alone (the mixer must take ``last_only``, as ``Mamba`` does).
+
+    Inference fast path: ``last_only`` without gradients, with a ``Mamba`` mixer the Triton backend runs and the
+    sizes ``m2s2l.ops.mamba_block_last`` takes, runs the whole block as that one kernel (same result up to
+    accumulation order); ``fused = False`` (attribute) turns it off. ``fused_last(x, pool, out)`` is that path
+    with the input's steps averaged in groups of ``pool`` first (``MultiTemporalMamba`` reads its feature maps so,
+    without a layout copy)."""
 
     def __init__(self, dim, mixer):
         super().__init__()
         self.norm = LayerNorm(dim, backend=mixer.backend)
         self.mixer = mixer
+        self.fused = True
+
+    def can_fuse(self, x):
+        """Whether ``forward(x, last_only=True)`` / ``fused_last`` may run as ``m2s2l.ops.mamba_block_last``."""
+        m = self.mixer
+        return (getattr(self, "fused", True) and isinstance(m, Mamba) and not torch.jit.is_tracing()
+                and m.in_proj.bias is None and m.out_proj.bias is None and self.norm.elementwise_affine
+                and eligible(m.d_model, m.d_inner, m.d_state, m.dt_rank, m.d_conv)
+                and resolve_backend(m.backend, x.device) == "triton" and not needs_grad(x, *self.parameters()))
+
+    def fused_last(self, x, pool=1, out=None):
+        """x (batch, seqlen, dim) or (n_outer, n_inner, seqlen, dim) -> the last step of the block applied to x
+        averaged over groups of ``pool`` steps, (*x.shape[:-2], dim) (written to ``out`` if given). Only where
+        ``can_fuse(x)``."""
+        m = self.mixer
+        return ops.mamba_block_last(x, self.norm.weight, self.norm.bias, m.in_proj.weight, m.conv1d.weight[:, 0],
+                                    m.conv1d.bias, m.x_proj.weight, m.dt_proj.weight, m.dt_proj.bias, m.A_log, m.D,
+                                    m.out_proj.weight, eps=self.norm.eps, pool=pool, out=out, backend=m.backend)
 
     def forward(self, x, last_only=False):
+        if last_only and self.can_fuse(x):
+            return self.fused_last(x)[:, None]
         # under autocast the mixer's first use of the normed x is a GEMM that casts it to the autocast dtype:
         # the norm writes that dtype directly (same values; nn.LayerNorm would return float32 on CUDA)
         dt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
@@ -63,6 +92,8 @@ class MultiTemporalMamba(nn.Module):
     def forward(self, feats, run=None):
         """``run``: how the independent per-scale branches are executed (``serial`` when None)."""
         B, T, C, H, W = feats.shape
+        if self._fusable(feats):
+            return self._forward_fused(feats, run)
         seq = feats.permute(0, 3, 4, 1, 2).reshape(B * H * W, T, C)      # (B*H*W, T, C)
         last_only = getattr(self, "last_only", True)  # (modules pickled before the attribute existed)
 
@@ -74,6 +105,26 @@ class MultiTemporalMamba(nn.Module):
         summaries = (run or serial)([functools.partial(scale, s, b) for s, b in zip(self.scales, self.branches)])
         fused = seq[:, -1] + self.fuse(torch.cat(summaries, dim=-1))             # (B*H*W, C)
         return fused.reshape(B, H, W, C).permute(0, 3, 1, 2)
+
+    def _fusable(self, feats):
+        return (getattr(self, "last_only", True) and all(len(b) == 1 for b in self.branches)
+                and all(b[0].can_fuse(feats) for b in self.branches))
+
+    def _forward_fused(self, feats, run):
+        """Every branch one block, run as ``MambaBlock.fused_last`` straight from the (B, T, C, H, W) maps (the
+        pooling done on load) into its column slice of the fuse layer's input: no layout copy, no pooled copies,
+        no concatenation."""
+        B, T, C, H, W = feats.shape
+        x = feats.flatten(3).permute(0, 3, 1, 2)                                  # (B, H*W, T, C), a view
+        cat = torch.empty(B * H * W, C * len(self.scales), device=feats.device, dtype=feats.dtype)
+
+        def scale(i, s, branch):
+            return branch[0].fused_last(x, pool=s, out=cat[:, i * C:(i + 1) * C].view(B, H * W, C))
+        (run or serial)([functools.partial(scale, i, s, b) for i, (s, b) in enumerate(zip(self.scales,
+                                                                                           self.branches))])
+        y = self.fuse(cat).view(B, H, W, C)
+        y += feats[:, -1].permute(0, 2, 3, 1)       # the residual, in y's (B, H, W, C) layout as the unfused path
+        return y.permute(0, 3, 1, 2)
 
 
 class SpatialMamba(nn.Module):

@@ -1,0 +1,140 @@
+"""``mamba_block_last``: the last step of a pre-norm residual Mamba block over many short sequences, as one kernel.
+
+Inference only (no autograd): the temporal encoders of the video model need, per spatial location and scale, only
+the last step of a block over a few frames; see ``m2s2l.triton_kernels.mamba_block.mamba_last`` for the kernel and
+why. The Triton backend runs as the custom op ``m2s2l::mamba_block_last`` for the tracers (torch.compile, jit
+trace / fvcore, fake tensors; see ``_backend.use_custom_op``) and directly in eager mode; the torch backend is the
+reference (``naive.mamba_block_last_ref``: the unfused block of reference ops).
+"""
+import numbers
+from typing import Optional
+
+import torch
+
+from ._backend import BACKENDS, FLOAT_DTYPES, check_tensor, needs_grad, resolve_backend, use_custom_op
+
+
+def _fwd_impl(x: torch.Tensor, out: torch.Tensor, norm_weight: Optional[torch.Tensor],
+              norm_bias: Optional[torch.Tensor], eps: float, in_proj_weight: torch.Tensor,
+              conv_weight: torch.Tensor, conv_bias: Optional[torch.Tensor], x_proj_weight: torch.Tensor,
+              dt_proj_weight: torch.Tensor, dt_proj_bias: torch.Tensor, A_log: torch.Tensor, D: torch.Tensor,
+              out_proj_weight: torch.Tensor, pool: int, dot_dtype: torch.dtype) -> None:
+    from m2s2l.triton_kernels.mamba_block.mamba_last import mamba_last_fwd
+    mamba_last_fwd(x, out, norm_weight, norm_bias, eps, in_proj_weight, conv_weight, conv_bias, x_proj_weight,
+                   dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight, pool, dot_dtype)
+
+
+_fwd = torch.library.custom_op("m2s2l::mamba_block_last", mutates_args=("out",))(_fwd_impl)
+
+
+@_fwd.register_fake
+def _fwd_fake(x, out, norm_weight, norm_bias, eps, in_proj_weight, conv_weight, conv_bias, x_proj_weight,
+              dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight, pool, dot_dtype):
+    return None
+
+
+def eligible(d_model, d_inner, d_state, dt_rank, d_conv):
+    """Whether the Triton kernel takes a block of these sizes (d_inner <= 128, d_state <= 16, dt_rank <= 16,
+    d_conv <= 4: its per-program state and weights must fit the registers)."""
+    from m2s2l.triton_kernels import mamba_block as mb
+    return (1 <= d_inner <= mb.MAX_D_INNER and 1 <= d_state <= mb.MAX_D_STATE and 1 <= dt_rank <= mb.MAX_DT_RANK
+            and 1 <= d_conv <= mb.MAX_D_CONV and d_model >= 1)
+
+
+def mamba_block_last(x, norm_weight, norm_bias, in_proj_weight, conv_weight, conv_bias, x_proj_weight,
+                     dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight, *, eps=1e-5, pool=1, out=None,
+                     backend="auto"):
+    """The last step of ``x + Mamba(LayerNorm(x))`` on every sequence, after averaging groups of ``pool`` steps.
+
+    With xp = x averaged over consecutive groups of ``pool`` steps (seqlen / pool steps), returns
+    ``xp[..., -1, :] + out_proj(y_T)``, y_T the last step of the Mamba-1 mixer (mamba-ssm's ``Mamba`` without
+    biases on in_proj / out_proj: in_proj -> causal depthwise conv + SiLU -> x_proj -> dt_proj -> selective scan
+    with D, the SiLU(z) gate, dt bias and softplus, from a zero state) applied to LayerNorm(xp): what
+    ``m2s2l.models.temporal.MambaBlock(..)(xp, last_only=True)[:, 0]`` computes, in one kernel. Inference only.
+
+    Args:
+      x: (batch, seqlen, d_model) or (n_outer, n_inner, seqlen, d_model), float32/float16/bfloat16, any strides
+        (e.g. a (B, T, C, H, W) feature map seen as (B, H*W, T, C) without a copy); seqlen % pool == 0.
+      norm_weight, norm_bias: (d_model,) or None -- the LayerNorm's affine parameters.
+      in_proj_weight: (2 * d_inner, d_model); conv_weight: (d_inner, d_conv); conv_bias: (d_inner,) or None;
+      x_proj_weight: (dt_rank + 2 * d_state, d_inner) -- rows dt, B, C;
+      dt_proj_weight: (d_inner, dt_rank); dt_proj_bias: (d_inner,); A_log: (d_inner, d_state) (A = -exp(A_log));
+      D: (d_inner,); out_proj_weight: (d_model, d_inner). Any float dtypes; one device.
+      eps: LayerNorm epsilon. pool: int >= 1 dividing seqlen.
+      out: optional output tensor of shape x.shape[:-2] + (d_model,) (any strides, e.g. a column slice of a wider
+        buffer), written in place; default a new tensor in x's dtype.
+      backend: "auto" | "triton" | "cuda" | "torch". "auto" = the Triton kernel for CUDA tensors (and for CPU
+        tensors under TRITON_INTERPRET=1) where ``eligible`` sizes allow, the reference otherwise; "cuda" means
+        "auto"; "torch" = the reference.
+    GEMM precision: under autocast its dtype (as the unfused block's GEMMs), otherwise x's dtype (float32: exact
+    products). Returns out (x.shape[:-2] + (d_model,)). Raises if a gradient would be needed (no backward).
+    """
+    check_tensor("x", x, ndim=(3, 4), dtypes=FLOAT_DTYPES, expected="(batch, seqlen, d_model)")
+    *lead, T, C = x.shape
+    dev = x.device
+    if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1 or T % pool or T == 0:
+        raise ValueError(f"pool must be an int >= 1 dividing seqlen = {T} (seqlen >= 1), got {pool!r}")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps >= 0 or eps == float("inf"):
+        raise ValueError(f"eps must be a finite float >= 0, got {eps!r}")
+    check_tensor("in_proj_weight", in_proj_weight, ndim=2, dtypes=FLOAT_DTYPES, device=dev,
+                 expected="(2 * d_inner, d_model)")
+    if in_proj_weight.shape[1] != C or in_proj_weight.shape[0] % 2:
+        raise ValueError(f"in_proj_weight must have shape (2 * d_inner, d_model={C}), got {tuple(in_proj_weight.shape)}")
+    DI = in_proj_weight.shape[0] // 2
+    check_tensor("A_log", A_log, ndim=2, dtypes=FLOAT_DTYPES, device=dev, expected="(d_inner, d_state)")
+    N = A_log.shape[1]
+    check_tensor("dt_proj_weight", dt_proj_weight, ndim=2, dtypes=FLOAT_DTYPES, device=dev,
+                 expected="(d_inner, dt_rank)")
+    R = dt_proj_weight.shape[1]
+    check_tensor("conv_weight", conv_weight, ndim=2, dtypes=FLOAT_DTYPES, device=dev, expected="(d_inner, d_conv)")
+    K = conv_weight.shape[1]
+    shapes = {"A_log": (A_log, (DI, N), "(d_inner, d_state)"),
+              "dt_proj_weight": (dt_proj_weight, (DI, R), "(d_inner, dt_rank)"),
+              "conv_weight": (conv_weight, (DI, K), "(d_inner, d_conv)"),
+              "x_proj_weight": (x_proj_weight, (R + 2 * N, DI), "(dt_rank + 2 * d_state, d_inner)"),
+              "dt_proj_bias": (dt_proj_bias, (DI,), "(d_inner,)"), "D": (D, (DI,), "(d_inner,)"),
+              "out_proj_weight": (out_proj_weight, (C, DI), "(d_model, d_inner)"),
+              "conv_bias": (conv_bias, (DI,), "(d_inner,)"), "norm_weight": (norm_weight, (C,), "(d_model,)"),
+              "norm_bias": (norm_bias, (C,), "(d_model,)")}
+    for name, (t, shape, desc) in shapes.items():
+        if t is None and name in ("conv_bias", "norm_weight", "norm_bias"):
+            continue
+        check_tensor(name, t, shape=shape, dtypes=FLOAT_DTYPES, device=dev, expected=desc)
+    if out is not None:
+        check_tensor("out", out, shape=tuple(lead) + (C,), dtypes=FLOAT_DTYPES, device=dev,
+                     expected="x.shape[:-2] + (d_model,)")
+    params = (norm_weight, norm_bias, in_proj_weight, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
+              dt_proj_bias, A_log, D, out_proj_weight)
+    if needs_grad(x, *params) or (out is not None and needs_grad(out)):
+        raise RuntimeError("mamba_block_last is inference only (no backward): call it under torch.no_grad() or "
+                           "with tensors that do not require grad")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    ok = eligible(C, DI, N, R, K)
+    if backend == "triton" and not ok:
+        raise ValueError(f"backend='triton' takes d_inner <= 128, d_state <= 16, dt_rank <= 16, d_conv <= 4; got "
+                         f"d_inner={DI}, d_state={N}, dt_rank={R}, d_conv={K}: use backend='auto' or 'torch'")
+    if backend == "cuda":
+        backend = "auto"
+    if backend == "auto" and not ok:
+        backend = "torch"
+    if resolve_backend(backend, dev) != "triton":
+        from m2s2l.triton_kernels.mamba_block.naive import mamba_block_last_ref
+        res = mamba_block_last_ref(x, *params, eps=float(eps), pool=pool)
+        if out is None:
+            return res.to(x.dtype)
+        out.copy_(res)
+        return out
+    amp = torch.is_autocast_enabled(dev.type)
+    dot_dtype = torch.get_autocast_dtype(dev.type) if amp else x.dtype
+    if out is None:
+        out = torch.empty(tuple(lead) + (C,), device=dev, dtype=x.dtype)
+    x4 = x if x.dim() == 4 else x.unsqueeze(0)
+    out3 = out if out.dim() == 3 else out.unsqueeze(0)
+    params = tuple(None if t is None else t.contiguous() for t in params)
+    args = (x4, out3, params[0], params[1], float(eps)) + params[2:] + (pool, dot_dtype)
+    if use_custom_op(x):
+        _fwd(*args)
+    else:
+        _fwd_impl(*args)
+    return out
