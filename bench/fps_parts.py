@@ -66,13 +66,19 @@ def block_pieces(block, x):
     xc = m._conv(xs, m.conv1d.weight[:, 0], m.conv1d.bias, None)
     delta, B, C = m._x_dt_proj(xc, m.x_proj.weight, m.dt_proj.weight, chan)
     y = m._scan(xc, delta, m.A_log, B, C, m.D, z, m.dt_proj.bias, None, True)
+    def unfused():
+        saved, block.fused = block.fused, False
+        try:
+            return block(x, last_only=True)
+        finally:
+            block.fused = saved
     return [("LayerNorm", lambda: block.norm(x, out_dtype=dt)),
             ("in_proj", lambda: m._in_proj(h, chan)),
             ("conv1d", lambda: m._conv(xs, m.conv1d.weight[:, 0], m.conv1d.bias, None)),
             ("x_proj+dt_proj", lambda: m._x_dt_proj(xc, m.x_proj.weight, m.dt_proj.weight, chan)),
             ("scan (last_only)", lambda: m._scan(xc, delta, m.A_log, B, C, m.D, z, m.dt_proj.bias, None, True)),
             ("out_proj", lambda: m.out_proj(y.transpose(1, 2))),
-            ("whole block", lambda: block(x, last_only=True))] + (
+            ("whole block, unfused", unfused)] + (
             [("whole block, fused kernel", lambda: block.fused_last(x))] if block.can_fuse(x) else [])
 
 
