@@ -82,7 +82,7 @@ def block_pieces(block, x):
             [("whole block, fused kernel", lambda: block.fused_last(x))] if block.can_fuse(x) else [])
 
 
-def parts(model, B, amp, channels_last):
+def parts(model, B, amp, channels_last, blocks_only=False):
     c = model.config
     dev = DEVICE
     dtype = torch.bfloat16 if amp else torch.float32
@@ -113,7 +113,7 @@ def parts(model, B, amp, channels_last):
             for name, fn in block_pieces(model.temporal[l].branches[0][0], x):
                 detail.append((f"  L{l} scale-1 block: {name}", fn))
     out = []
-    for name, fn in rows + detail:
+    for name, fn in (detail if blocks_only else rows + detail):
         def run(fn=fn):
             with torch.no_grad(), torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=amp):
                 return fn()
@@ -137,6 +137,7 @@ def main(argv=None):
     p.add_argument("--no-amp", action="store_true")
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--no-fused-block", action="store_true", help="temporal blocks unfused (MambaBlock.fused = False)")
+    p.add_argument("--blocks-only", action="store_true", help="only the temporal blocks' rows")
     a = p.parse_args(argv)
     REPS = a.reps
     if not torch.cuda.is_available():
@@ -151,7 +152,7 @@ def main(argv=None):
                 m.fused = False
     tables = {}
     for B in [int(v) for v in a.streams.split(",")]:
-        tables[B] = parts(model, B, not a.no_amp, not a.no_channels_last)
+        tables[B] = parts(model, B, not a.no_amp, not a.no_channels_last, a.blocks_only)
     name = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu (wall ms, no graphs)"
     print(f"# {a.preset} on {name}, amp={not a.no_amp}, "
           f"channels_last={not a.no_channels_last}; device ms a call (CUDA graph replay)")

@@ -26,12 +26,13 @@ import torch
 
 @contextlib.contextmanager
 def pure_torch_ops():
-    """Within the block, ``m2s2l.ops.selective_scan_fn`` / ``causal_conv1d_fn`` / ``layer_norm`` (looked up at call
-    time by the Mamba and LayerNorm modules) run plain PyTorch (the naive references, F.layer_norm) instead of the
-    custom ops; restored on exit."""
+    """Within the block, ``m2s2l.ops.selective_scan_fn`` / ``causal_conv1d_fn`` / ``layer_norm`` /
+    ``mamba_block_last`` (looked up at call time by the Mamba, LayerNorm and MambaBlock modules) run plain PyTorch
+    (the naive references, F.layer_norm) instead of the custom ops; restored on exit."""
     from m2s2l import ops
     from m2s2l.ops.layer_norm import _torch_layer_norm
     from m2s2l.triton_kernels.causal_conv1d.naive import causal_conv1d_ref
+    from m2s2l.triton_kernels.mamba_block.naive import mamba_block_last_ref
     from m2s2l.triton_kernels.selective_scan.naive import selective_scan_ref
 
     def scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
@@ -49,12 +50,17 @@ def pure_torch_ops():
     def layer_norm(x, weight=None, bias=None, eps=1e-5, *, backend="auto", out_dtype=None):
         return _torch_layer_norm(x, weight, bias, eps, out_dtype)
 
-    saved = ops.selective_scan_fn, ops.causal_conv1d_fn, ops.layer_norm
-    ops.selective_scan_fn, ops.causal_conv1d_fn, ops.layer_norm = scan, conv, layer_norm
+    def block_last(x, *params, eps=1e-5, pool=1, out=None, backend="auto"):
+        res = mamba_block_last_ref(x, *params, eps=eps, pool=pool)
+        return res if out is None else out.copy_(res)
+
+    saved = ops.selective_scan_fn, ops.causal_conv1d_fn, ops.layer_norm, ops.mamba_block_last
+    ops.selective_scan_fn, ops.causal_conv1d_fn, ops.layer_norm, ops.mamba_block_last = (scan, conv, layer_norm,
+                                                                                          block_last)
     try:
         yield
     finally:
-        ops.selective_scan_fn, ops.causal_conv1d_fn, ops.layer_norm = saved
+        ops.selective_scan_fn, ops.causal_conv1d_fn, ops.layer_norm, ops.mamba_block_last = saved
 
 
 def example_step_inputs(model, batch=1, seed=0):

@@ -82,7 +82,7 @@ def _mamba_last_kernel(x_ptr, out_ptr, nw_ptr, nb_ptr, win_ptr, cw_ptr, cb_ptr, 
     m_c, m_d, m_n, m_r = o_c < C, o_d < DI, o_n < N, o_r < RANK
     m_xc = m_m[:, None] & m_c[None, :]
 
-    # ---- parameters, once a program ----
+    # ---- per-channel parameters, once a program ----
     if HAS_NW:
         b_nw = tl.load(nw_ptr + o_c, mask=m_c, other=0.).to(tl.float32)
     else:
@@ -92,17 +92,7 @@ def _mamba_last_kernel(x_ptr, out_ptr, nw_ptr, nb_ptr, win_ptr, cw_ptr, cb_ptr, 
     else:
         b_nb = tl.zeros([BLOCK_C], dtype=tl.float32)
     m_cd = m_c[:, None] & m_d[None, :]
-    w_inx = tl.load(win_ptr + o_d[None, :] * C + o_c[:, None], mask=m_cd, other=0.).to(DT)           # (C, D)
-    w_inz = tl.load(win_ptr + (DI + o_d[None, :]) * C + o_c[:, None], mask=m_cd, other=0.).to(DT)    # (C, D)
-    w_xdt = tl.load(wx_ptr + o_r[None, :] * DI + o_d[:, None], mask=m_d[:, None] & m_r[None, :],
-                    other=0.).to(DT)                                                                # (D, R)
     m_dn = m_d[:, None] & m_n[None, :]
-    w_xb = tl.load(wx_ptr + (RANK + o_n[None, :]) * DI + o_d[:, None], mask=m_dn, other=0.).to(DT)   # (D, N)
-    w_xc = tl.load(wx_ptr + (RANK + N + o_n[None, :]) * DI + o_d[:, None], mask=m_dn, other=0.).to(DT)
-    w_dt = tl.load(wdt_ptr + o_d[None, :] * RANK + o_r[:, None], mask=m_r[:, None] & m_d[None, :],
-                   other=0.).to(DT)                                                                 # (R, D)
-    w_out = tl.load(wout_ptr + o_c[None, :] * DI + o_d[:, None], mask=m_d[:, None] & m_c[None, :],
-                    other=0.).to(DT)                                                                # (D, C)
     b_dtb = tl.load(dtb_ptr + o_d, mask=m_d, other=0.).to(tl.float32)
     b_A = -tl.exp(tl.load(alog_ptr + o_d[:, None] * N + o_n[None, :], mask=m_dn, other=0.).to(tl.float32))
     b_D = tl.load(d_ptr + o_d, mask=m_d, other=0.).to(tl.float32)
@@ -141,6 +131,9 @@ def _mamba_last_kernel(x_ptr, out_ptr, nw_ptr, nb_ptr, win_ptr, cw_ptr, cb_ptr, 
         b_xm = tl.where(m_c[None, :], b_xt - mean[:, None], 0.)
         rstd = tl.rsqrt(tl.sum(b_xm * b_xm, axis=1) / C + eps)
         b_h = (b_xm * rstd[:, None] * b_nw[None, :] + b_nb[None, :]).to(DT)
+        # the weight tiles are (re)loaded where used, from L1/L2: held across the loop they would take the
+        # registers the state needs
+        w_inx = tl.load(win_ptr + o_d[None, :] * C + o_c[:, None], mask=m_cd, other=0.).to(DT)       # (C, D)
         b_xi = _rnd(_mm(b_h, w_inx, IEEE), DT)                                              # (M, D)
         b_cv = b_xi * cw0[None, :] + b_x1 * cw1[None, :] + b_x2 * cw2[None, :] + b_x3 * cw3[None, :] + b_cb[None, :]
         b_xs = _rnd(_silu(b_cv), DT)
@@ -148,6 +141,12 @@ def _mamba_last_kernel(x_ptr, out_ptr, nw_ptr, nb_ptr, win_ptr, cw_ptr, cb_ptr, 
         b_x2 = b_x1
         b_x1 = b_xi
         b_xsd = b_xs.to(DT)
+        w_xdt = tl.load(wx_ptr + o_r[None, :] * DI + o_d[:, None], mask=m_d[:, None] & m_r[None, :],
+                        other=0.).to(DT)                                                            # (D, R)
+        w_xb = tl.load(wx_ptr + (RANK + o_n[None, :]) * DI + o_d[:, None], mask=m_dn, other=0.).to(DT)  # (D, N)
+        w_xc = tl.load(wx_ptr + (RANK + N + o_n[None, :]) * DI + o_d[:, None], mask=m_dn, other=0.).to(DT)
+        w_dt = tl.load(wdt_ptr + o_d[None, :] * RANK + o_r[:, None], mask=m_r[:, None] & m_d[None, :],
+                       other=0.).to(DT)                                                             # (R, D)
         b_dtl = _mm(b_xsd, w_xdt, IEEE).to(DT)                                               # (M, R)
         b_bm = _rnd(_mm(b_xsd, w_xb, IEEE), DT)                                              # (M, N)
         b_cm = _rnd(_mm(b_xsd, w_xc, IEEE), DT)
@@ -156,8 +155,11 @@ def _mamba_last_kernel(x_ptr, out_ptr, nw_ptr, nb_ptr, win_ptr, cw_ptr, cb_ptr, 
 
     # ---- the last step's output ----
     b_y = tl.sum(b_s * b_cm[:, None, :], axis=2) + b_D[None, :] * b_xs
+    w_inz = tl.load(win_ptr + (DI + o_d[None, :]) * C + o_c[:, None], mask=m_cd, other=0.).to(DT)    # (C, D)
     b_z = _rnd(_mm(b_h, w_inz, IEEE), DT)
     b_y = (b_y * _silu(b_z)).to(DT)
+    w_out = tl.load(wout_ptr + o_c[None, :] * DI + o_d[:, None], mask=m_d[:, None] & m_c[None, :],
+                    other=0.).to(DT)                                                                # (D, C)
     b_o = _rnd(_mm(b_y, w_out, IEEE), DT)                                                   # (M, C)
     if POOL == 1:
         b_xt = b_xt.to(x_ptr.dtype.element_ty).to(tl.float32)
