@@ -37,12 +37,14 @@ class MambaBlock(nn.Module):
         self.mixer = mixer
         self.fused = True
 
-    def can_fuse(self, x):
-        """Whether ``forward(x, last_only=True)`` / ``fused_last`` may run as ``m2s2l.ops.mamba_block_last``."""
+    def can_fuse(self, x, steps=None):
+        """Whether ``forward(x, last_only=True)`` / ``fused_last`` (on ``steps`` pooled steps, default x's
+        seqlen) may run as ``m2s2l.ops.mamba_block_last``."""
         m = self.mixer
+        steps = x.shape[-2] if steps is None else steps
         return (getattr(self, "fused", True) and isinstance(m, Mamba) and not torch.jit.is_tracing()
                 and m.in_proj.bias is None and m.out_proj.bias is None and self.norm.elementwise_affine
-                and eligible(m.d_model, m.d_inner, m.d_state, m.dt_rank, m.d_conv)
+                and eligible(m.d_model, m.d_inner, m.d_state, m.dt_rank, m.d_conv, steps)
                 and resolve_backend(m.backend, x.device) == "triton" and not needs_grad(x, *self.parameters()))
 
     def fused_last(self, x, pool=1, out=None):
@@ -108,7 +110,7 @@ class MultiTemporalMamba(nn.Module):
 
     def _fusable(self, feats):
         return (getattr(self, "last_only", True) and all(len(b) == 1 for b in self.branches)
-                and all(b[0].can_fuse(feats) for b in self.branches))
+                and all(b[0].can_fuse(feats, self.clip_len // s) for s, b in zip(self.scales, self.branches)))
 
     def _forward_fused(self, feats, run):
         """Every branch one block, run as ``MambaBlock.fused_last`` straight from the (B, T, C, H, W) maps (the

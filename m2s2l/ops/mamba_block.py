@@ -33,12 +33,15 @@ def _fwd_fake(x, out, norm_weight, norm_bias, eps, in_proj_weight, conv_weight, 
     return None
 
 
-def eligible(d_model, d_inner, d_state, dt_rank, d_conv):
-    """Whether the Triton kernel takes a block of these sizes (d_inner <= 128, d_state <= 16, dt_rank <= 16,
-    d_conv <= 4: its per-program state and weights must fit the registers)."""
+def eligible(d_model, d_inner, d_state, dt_rank, d_conv, steps=1):
+    """Whether the Triton kernel takes a block of these sizes on ``steps`` (pooled) steps: d_state <= 16,
+    dt_rank <= 16, d_conv <= 4, and d_inner <= 128 (one chunk), or <= 1024 with at most 8 steps (in chunks): its
+    per-program state and step values must fit the registers."""
     from m2s2l.triton_kernels import mamba_block as mb
-    return (1 <= d_inner <= mb.MAX_D_INNER and 1 <= d_state <= mb.MAX_D_STATE and 1 <= dt_rank <= mb.MAX_DT_RANK
-            and 1 <= d_conv <= mb.MAX_D_CONV and d_model >= 1)
+    from m2s2l.triton_kernels.mamba_block.mamba_last import MAX_ONE_CHUNK
+    wide_ok = d_inner <= mb.MAX_D_INNER and steps <= mb.MAX_CHUNKED_STEPS
+    return (1 <= d_state <= mb.MAX_D_STATE and 1 <= dt_rank <= mb.MAX_DT_RANK and 1 <= d_conv <= mb.MAX_D_CONV
+            and d_model >= 1 and 1 <= d_inner and (d_inner <= MAX_ONE_CHUNK or wide_ok))
 
 
 def mamba_block_last(x, norm_weight, norm_bias, in_proj_weight, conv_weight, conv_bias, x_proj_weight,
@@ -64,7 +67,8 @@ def mamba_block_last(x, norm_weight, norm_bias, in_proj_weight, conv_weight, con
       out: optional output tensor of shape x.shape[:-2] + (d_model,) (any strides, e.g. a column slice of a wider
         buffer), written in place; default a new tensor in x's dtype.
       backend: "auto" | "triton" | "cuda" | "torch". "auto" = the Triton kernel for CUDA tensors (and for CPU
-        tensors under TRITON_INTERPRET=1) where ``eligible`` sizes allow, the reference otherwise; "cuda" means
+        tensors under TRITON_INTERPRET=1) where ``eligible`` sizes allow (d_inner <= 128, or <= 1024 on <= 8
+        pooled steps; d_state, dt_rank <= 16; d_conv <= 4), the reference otherwise; "cuda" means
         "auto"; "torch" = the reference.
     GEMM precision: under autocast its dtype (as the unfused block's GEMMs), otherwise x's dtype (float32: exact
     products). Returns out (x.shape[:-2] + (d_model,)). Raises if a gradient would be needed (no backward).
@@ -110,10 +114,11 @@ def mamba_block_last(x, norm_weight, norm_bias, in_proj_weight, conv_weight, con
                            "with tensors that do not require grad")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    ok = eligible(C, DI, N, R, K)
+    ok = eligible(C, DI, N, R, K, T // pool)
     if backend == "triton" and not ok:
-        raise ValueError(f"backend='triton' takes d_inner <= 128, d_state <= 16, dt_rank <= 16, d_conv <= 4; got "
-                         f"d_inner={DI}, d_state={N}, dt_rank={R}, d_conv={K}: use backend='auto' or 'torch'")
+        raise ValueError(f"backend='triton' takes d_state <= 16, dt_rank <= 16, d_conv <= 4 and d_inner <= 128 (or "
+                         f"<= 1024 on <= 8 pooled steps); got d_inner={DI}, d_state={N}, dt_rank={R}, d_conv={K}, "
+                         f"{T // pool} steps: use backend='auto' or 'torch'")
     if backend == "cuda":
         backend = "auto"
     if backend == "auto" and not ok:

@@ -48,7 +48,10 @@ CASES = [  # rows, seqlen, pool, d_model, d_state, d_conv, expand, dt_rank
     (16, 8, 4, 32, 8, 3, 2, 3),          # d_state 8, d_conv 3, odd dt_rank
     (5, 1, 1, 16, 5, 2, 1, "auto"),      # one step, d_state 5 (padded), d_conv 2, fewer rows than a program
     (33, 6, 3, 20, 16, 1, 2, 16),        # d_conv 1 (no history), pool 3, dt_rank 16
-    (17, 3, 1, 64, 16, 4, 2, "auto"),    # d_inner 128 (the widest the kernel takes), dt_rank 4
+    (17, 3, 1, 64, 16, 4, 2, "auto"),    # d_inner 128 (the widest in one chunk), dt_rank 4
+    (19, 4, 1, 96, 16, 4, 2, "auto"),    # d_inner 192: 3 chunks of 64 (phase 1 sums x_proj over them), dt_rank 6
+    (9, 8, 2, 128, 16, 4, 2, "auto"),    # d_inner 256: 4 chunks, pool 2
+    (7, 8, 1, 72, 8, 3, 2, 5),           # d_inner 144: 3 chunks, the last one partial
 ]
 
 
@@ -107,9 +110,9 @@ def test_torch_backend_is_the_reference(device):
 
 
 def test_auto_falls_back_where_the_kernel_does_not_fit(device):
-    """d_inner 256 > 128: "auto" computes the reference, "triton" refuses with the sizes named."""
+    """d_inner 256 on 9 steps (> 8, the chunked kernel's limit): "auto" computes the reference, "triton" refuses."""
     blk = make_block(128, device=device)
-    x = torch.randn(4, 2, 128, device=device)
+    x = torch.randn(4, 9, 128, device=device)
     with torch.no_grad():
         got = mamba_block_last(x, *params(blk))
         ref = mamba_block_last_ref(x.double(), *[p.double() for p in params(blk)])
@@ -199,9 +202,10 @@ def test_custom_op_schema_and_fake(device):
 
 @pytest.mark.gpu
 def test_gpu_bf16_and_fp32_paper_sizes():
-    """The paper model's level-0/1 blocks (d_model 32 / 64) on CUDA: fp32 and bf16 autocast vs float64."""
+    """The paper model's four levels' blocks (d_model 32 .. 256; d_inner 256, 512 in chunks) on CUDA: fp32 and bf16
+    autocast vs float64."""
     dev = torch.device("cuda")
-    for C in (32, 64):
+    for C in (32, 64, 128, 256):
         blk = make_block(C, device=dev)
         feats = torch.randn(2, 4, C, 9, 11, device=dev)
         x = feats.flatten(3).permute(0, 3, 1, 2)

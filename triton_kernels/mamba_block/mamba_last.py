@@ -63,45 +63,31 @@ def _softplus(v):
     return tl.where(v <= 20.0, tl.log(1.0 + tl.exp(v)), v)
 
 
-@triton.jit(do_not_specialize=["n_rows", "n_inner"])
-def _mamba_last_kernel(x_ptr, out_ptr, nw_ptr, nb_ptr, win_ptr, cw_ptr, cb_ptr, wx_ptr, wdt_ptr, dtb_ptr, alog_ptr,
-                       d_ptr, wout_ptr, n_rows, n_inner, sx_o, sx_i, sx_t, sx_c, so_o, so_i, so_c, eps,
-                       T: tl.constexpr, POOL: tl.constexpr, C: tl.constexpr, DI: tl.constexpr, N: tl.constexpr,
-                       RANK: tl.constexpr, K: tl.constexpr, HAS_NW: tl.constexpr, HAS_NB: tl.constexpr,
-                       HAS_CB: tl.constexpr, DT: tl.constexpr, IEEE: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                       BLOCK_R: tl.constexpr):
-    pid = tl.program_id(0)
-    o_m = pid.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_m = o_m < n_rows
-    p_x = x_ptr + (o_m // n_inner) * sx_o + (o_m % n_inner) * sx_i                     # (BLOCK_M,) row starts
-    o_c = tl.arange(0, BLOCK_C)
-    o_d = tl.arange(0, BLOCK_D)
-    o_n = tl.arange(0, BLOCK_N)
-    o_r = tl.arange(0, BLOCK_R)
-    m_c, m_d, m_n, m_r = o_c < C, o_d < DI, o_n < N, o_r < RANK
-    m_xc = m_m[:, None] & m_c[None, :]
+@triton.jit
+def _step_input(p_x, t, sx_t, sx_c, o_c, m_c, m_xc, b_nw, b_nb, eps, X_DT: tl.constexpr, C: tl.constexpr,
+                POOL: tl.constexpr, DT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Step t of the rows: (the pooled input in float32, its LayerNorm in the GEMM dtype), (BLOCK_M, BLOCK_C)."""
+    b_xt = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    for p in tl.static_range(POOL):
+        b_xt += tl.load(p_x[:, None] + (t * POOL + p) * sx_t + o_c[None, :] * sx_c, mask=m_xc,
+                        other=0.).to(tl.float32)
+    if POOL > 1:  # the unfused block's mean over the pool, stored in x's dtype
+        b_xt = (b_xt / POOL).to(X_DT).to(tl.float32)
+    mean = tl.sum(b_xt, axis=1) / C
+    b_xm = tl.where(m_c[None, :], b_xt - mean[:, None], 0.)
+    rstd = tl.rsqrt(tl.sum(b_xm * b_xm, axis=1) / C + eps)
+    return b_xt, (b_xm * rstd[:, None] * b_nw[None, :] + b_nb[None, :]).to(DT)
 
-    # ---- per-channel parameters, once a program ----
-    if HAS_NW:
-        b_nw = tl.load(nw_ptr + o_c, mask=m_c, other=0.).to(tl.float32)
-    else:
-        b_nw = tl.where(m_c, 1.0, 0.0)
-    if HAS_NB:
-        b_nb = tl.load(nb_ptr + o_c, mask=m_c, other=0.).to(tl.float32)
-    else:
-        b_nb = tl.zeros([BLOCK_C], dtype=tl.float32)
-    m_cd = m_c[:, None] & m_d[None, :]
-    m_dn = m_d[:, None] & m_n[None, :]
-    b_dtb = tl.load(dtb_ptr + o_d, mask=m_d, other=0.).to(tl.float32)
-    b_A = -tl.exp(tl.load(alog_ptr + o_d[None, :] * N + o_n[:, None], mask=m_dn.T, other=0.).to(tl.float32))  # (N, D)
-    b_D = tl.load(d_ptr + o_d, mask=m_d, other=0.).to(tl.float32)
-    cw0 = tl.load(cw_ptr + o_d * K + (K - 1), mask=m_d, other=0.).to(tl.float32)   # tap of x_t
+
+@triton.jit
+def _conv_taps(cw_ptr, cb_ptr, o_d, m_d, K: tl.constexpr, HAS_CB: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The conv weights of x_t, x_{t-1}, x_{t-2}, x_{t-3} (zero beyond d_conv) and the bias, (BLOCK_D,) each."""
+    cw0 = tl.load(cw_ptr + o_d * K + (K - 1), mask=m_d, other=0.).to(tl.float32)
     cw1 = tl.zeros([BLOCK_D], dtype=tl.float32)
     cw2 = tl.zeros([BLOCK_D], dtype=tl.float32)
     cw3 = tl.zeros([BLOCK_D], dtype=tl.float32)
     if K > 1:
-        cw1 = tl.load(cw_ptr + o_d * K + (K - 2), mask=m_d, other=0.).to(tl.float32)  # tap of x_{t-1}
+        cw1 = tl.load(cw_ptr + o_d * K + (K - 2), mask=m_d, other=0.).to(tl.float32)
     if K > 2:
         cw2 = tl.load(cw_ptr + o_d * K + (K - 3), mask=m_d, other=0.).to(tl.float32)
     if K > 3:
@@ -110,67 +96,144 @@ def _mamba_last_kernel(x_ptr, out_ptr, nw_ptr, nb_ptr, win_ptr, cw_ptr, cb_ptr, 
         b_cb = tl.load(cb_ptr + o_d, mask=m_d, other=0.).to(tl.float32)
     else:
         b_cb = tl.zeros([BLOCK_D], dtype=tl.float32)
+    return cw0, cw1, cw2, cw3, b_cb
 
-    # ---- the T steps ----
-    # the state is (N, M, D): with the state index first, each thread's share of the tensor runs along it (the
-    # default layout spreads the last axes over the threads), so the per-(row, channel) step values it multiplies
-    # in and the final sum over N stay in the thread
-    b_s = tl.zeros([BLOCK_N, BLOCK_M, BLOCK_D], dtype=tl.float32)
-    b_x1 = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)   # conv inputs of steps t-1, t-2, t-3
-    b_x2 = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    b_x3 = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+@triton.jit
+def _pick(acc, o_t, t):
+    """Row t of a (BLOCK_T, ...) register tensor."""
+    return tl.sum(tl.where(o_t[:, None, None] == t, acc, 0.), axis=0)
+
+
+@triton.jit(do_not_specialize=["n_rows", "n_inner"])
+def _mamba_last_kernel(x_ptr, out_ptr, nw_ptr, nb_ptr, win_ptr, cw_ptr, cb_ptr, wx_ptr, wdt_ptr, dtb_ptr, alog_ptr,
+                       d_ptr, wout_ptr, n_rows, n_inner, sx_o, sx_i, sx_t, sx_c, so_o, so_i, so_c, eps,
+                       T: tl.constexpr, POOL: tl.constexpr, C: tl.constexpr, DI: tl.constexpr, N: tl.constexpr,
+                       RANK: tl.constexpr, K: tl.constexpr, HAS_NW: tl.constexpr, HAS_NB: tl.constexpr,
+                       HAS_CB: tl.constexpr, DT: tl.constexpr, IEEE: tl.constexpr, CHUNKS: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr):
+    X_DT: tl.constexpr = x_ptr.dtype.element_ty
+    pid = tl.program_id(0)
+    o_m = pid.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_m = o_m < n_rows
+    p_x = x_ptr + (o_m // n_inner) * sx_o + (o_m % n_inner) * sx_i                     # (BLOCK_M,) row starts
+    o_c = tl.arange(0, BLOCK_C)
+    o_n = tl.arange(0, BLOCK_N)
+    o_r = tl.arange(0, BLOCK_R)
+    m_c, m_n, m_r = o_c < C, o_n < N, o_r < RANK
+    m_xc = m_m[:, None] & m_c[None, :]
+    if HAS_NW:
+        b_nw = tl.load(nw_ptr + o_c, mask=m_c, other=0.).to(tl.float32)
+    else:
+        b_nw = tl.where(m_c, 1.0, 0.0)
+    if HAS_NB:
+        b_nb = tl.load(nb_ptr + o_c, mask=m_c, other=0.).to(tl.float32)
+    else:
+        b_nb = tl.zeros([BLOCK_C], dtype=tl.float32)
+    o_t = tl.arange(0, BLOCK_T)
+
+    # ---- phase 1, only when d_inner spans several chunks: x_proj's outputs (dt, B, C) of every step, summed over
+    # the chunks in float32 registers (BLOCK_T, BLOCK_M, .) -- the scan of a chunk needs them whole ----
+    acc_dt = tl.zeros([BLOCK_T, BLOCK_M, BLOCK_R], dtype=tl.float32)
+    acc_b = tl.zeros([BLOCK_T, BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc_c = tl.zeros([BLOCK_T, BLOCK_M, BLOCK_N], dtype=tl.float32)
+    if CHUNKS > 1:
+        for ic in range(CHUNKS):
+            o_d = ic * BLOCK_D + tl.arange(0, BLOCK_D)
+            m_d = o_d < DI
+            cw0, cw1, cw2, cw3, b_cb = _conv_taps(cw_ptr, cb_ptr, o_d, m_d, K, HAS_CB, BLOCK_D)
+            b_x1 = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+            b_x2 = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+            b_x3 = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+            for t in range(T):
+                b_xt, b_h = _step_input(p_x, t, sx_t, sx_c, o_c, m_c, m_xc, b_nw, b_nb, eps, X_DT, C, POOL, DT,
+                                        BLOCK_M, BLOCK_C)
+                w_inx = tl.load(win_ptr + o_d[None, :] * C + o_c[:, None], mask=m_c[:, None] & m_d[None, :],
+                                other=0.).to(DT)
+                b_xi = _rnd(_mm(b_h, w_inx, IEEE), DT)
+                b_cv = (b_xi * cw0[None, :] + b_x1 * cw1[None, :] + b_x2 * cw2[None, :] + b_x3 * cw3[None, :]
+                        + b_cb[None, :])
+                b_xsd = _silu(b_cv).to(DT)
+                b_x3 = b_x2
+                b_x2 = b_x1
+                b_x1 = b_xi
+                m_dr = m_d[:, None] & m_r[None, :]
+                m_dn = m_d[:, None] & m_n[None, :]
+                w_xdt = tl.load(wx_ptr + o_r[None, :] * DI + o_d[:, None], mask=m_dr, other=0.).to(DT)
+                w_xb = tl.load(wx_ptr + (RANK + o_n[None, :]) * DI + o_d[:, None], mask=m_dn, other=0.).to(DT)
+                w_xc = tl.load(wx_ptr + (RANK + N + o_n[None, :]) * DI + o_d[:, None], mask=m_dn, other=0.).to(DT)
+                sel = o_t[:, None, None] == t
+                acc_dt += tl.where(sel, _mm(b_xsd, w_xdt, IEEE)[None, :, :], 0.)
+                acc_b += tl.where(sel, _mm(b_xsd, w_xb, IEEE)[None, :, :], 0.)
+                acc_c += tl.where(sel, _mm(b_xsd, w_xc, IEEE)[None, :, :], 0.)
+
+    # ---- phase 2: per chunk of d_inner, the T steps with loop-carried registers, then the chunk's share of
+    # out_proj. The state is (N, M, D): with the state index first, each thread's share of the tensor runs along it
+    # (the default layout spreads the last axes over the threads), so the per-(row, channel) step values it
+    # multiplies in and the final sum over N stay in the thread ----
+    acc_o = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
     b_xt = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
-    b_h = tl.zeros([BLOCK_M, BLOCK_C], dtype=DT)
-    b_xs = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    b_cm = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for t in range(T):
-        b_xt = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
-        for p in tl.static_range(POOL):
-            b_xt += tl.load(p_x[:, None] + (t * POOL + p) * sx_t + o_c[None, :] * sx_c, mask=m_xc,
-                            other=0.).to(tl.float32)
-        if POOL > 1:  # the unfused block's mean over the pool, stored in x's dtype
-            b_xt = (b_xt / POOL).to(x_ptr.dtype.element_ty).to(tl.float32)
-        mean = tl.sum(b_xt, axis=1) / C
-        b_xm = tl.where(m_c[None, :], b_xt - mean[:, None], 0.)
-        rstd = tl.rsqrt(tl.sum(b_xm * b_xm, axis=1) / C + eps)
-        b_h = (b_xm * rstd[:, None] * b_nw[None, :] + b_nb[None, :]).to(DT)
-        # the weight tiles are (re)loaded where used, from L1/L2: held across the loop they would take the
-        # registers the state needs
-        w_inx = tl.load(win_ptr + o_d[None, :] * C + o_c[:, None], mask=m_cd, other=0.).to(DT)       # (C, D)
-        b_xi = _rnd(_mm(b_h, w_inx, IEEE), DT)                                              # (M, D)
-        b_cv = b_xi * cw0[None, :] + b_x1 * cw1[None, :] + b_x2 * cw2[None, :] + b_x3 * cw3[None, :] + b_cb[None, :]
-        b_xs = _rnd(_silu(b_cv), DT)
-        b_x3 = b_x2
-        b_x2 = b_x1
-        b_x1 = b_xi
-        b_xsd = b_xs.to(DT)
-        w_xdt = tl.load(wx_ptr + o_r[None, :] * DI + o_d[:, None], mask=m_d[:, None] & m_r[None, :],
-                        other=0.).to(DT)                                                            # (D, R)
-        w_xb = tl.load(wx_ptr + (RANK + o_n[None, :]) * DI + o_d[:, None], mask=m_dn, other=0.).to(DT)  # (D, N)
-        w_xc = tl.load(wx_ptr + (RANK + N + o_n[None, :]) * DI + o_d[:, None], mask=m_dn, other=0.).to(DT)
-        w_dt = tl.load(wdt_ptr + o_d[None, :] * RANK + o_r[:, None], mask=m_r[:, None] & m_d[None, :],
-                       other=0.).to(DT)                                                             # (R, D)
-        b_dtl = _mm(b_xsd, w_xdt, IEEE).to(DT)                                               # (M, R)
-        b_bm = _rnd(_mm(b_xsd, w_xb, IEEE), DT)                                              # (M, N)
-        b_cm = _rnd(_mm(b_xsd, w_xc, IEEE), DT)
-        b_dl = _softplus(_rnd(_mm(b_dtl, w_dt, IEEE), DT) + b_dtb[None, :])                 # (M, D)
-        b_s = b_s * tl.exp(b_dl[None, :, :] * b_A[:, None, :]) + (b_dl * b_xs)[None, :, :] * tl.trans(b_bm)[:, :, None]
-
-    # ---- the last step's output ----
-    b_y = tl.sum(b_s * tl.trans(b_cm)[:, :, None], axis=0) + b_D[None, :] * b_xs
-    w_inz = tl.load(win_ptr + (DI + o_d[None, :]) * C + o_c[:, None], mask=m_cd, other=0.).to(DT)    # (C, D)
-    b_z = _rnd(_mm(b_h, w_inz, IEEE), DT)
-    b_y = (b_y * _silu(b_z)).to(DT)
-    w_out = tl.load(wout_ptr + o_c[None, :] * DI + o_d[:, None], mask=m_d[:, None] & m_c[None, :],
-                    other=0.).to(DT)                                                                # (D, C)
-    b_o = _rnd(_mm(b_y, w_out, IEEE), DT)                                                   # (M, C)
+    for ic in range(CHUNKS):
+        o_d = ic * BLOCK_D + tl.arange(0, BLOCK_D)
+        m_d = o_d < DI
+        m_cd = m_c[:, None] & m_d[None, :]
+        m_dn = m_d[:, None] & m_n[None, :]
+        m_dr = m_d[:, None] & m_r[None, :]
+        cw0, cw1, cw2, cw3, b_cb = _conv_taps(cw_ptr, cb_ptr, o_d, m_d, K, HAS_CB, BLOCK_D)
+        b_dtb = tl.load(dtb_ptr + o_d, mask=m_d, other=0.).to(tl.float32)
+        b_A = -tl.exp(tl.load(alog_ptr + o_d[None, :] * N + o_n[:, None], mask=m_dn.T, other=0.).to(tl.float32))
+        b_s = tl.zeros([BLOCK_N, BLOCK_M, BLOCK_D], dtype=tl.float32)
+        b_x1 = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)   # conv inputs of steps t-1, t-2, t-3
+        b_x2 = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        b_x3 = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        b_h = tl.zeros([BLOCK_M, BLOCK_C], dtype=DT)
+        b_xs = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        b_cm = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for t in range(T):
+            b_xt, b_h = _step_input(p_x, t, sx_t, sx_c, o_c, m_c, m_xc, b_nw, b_nb, eps, X_DT, C, POOL, DT,
+                                    BLOCK_M, BLOCK_C)
+            # the weight tiles are (re)loaded where used, from L1/L2: held across the loop they would take the
+            # registers the state needs
+            w_inx = tl.load(win_ptr + o_d[None, :] * C + o_c[:, None], mask=m_cd, other=0.).to(DT)   # (C, D)
+            b_xi = _rnd(_mm(b_h, w_inx, IEEE), DT)                                          # (M, D)
+            b_cv = b_xi * cw0[None, :] + b_x1 * cw1[None, :] + b_x2 * cw2[None, :] + b_x3 * cw3[None, :] + b_cb[None, :]
+            b_xs = _rnd(_silu(b_cv), DT)
+            b_x3 = b_x2
+            b_x2 = b_x1
+            b_x1 = b_xi
+            if CHUNKS == 1:
+                b_xsd = b_xs.to(DT)
+                w_xdt = tl.load(wx_ptr + o_r[None, :] * DI + o_d[:, None], mask=m_dr, other=0.).to(DT)  # (D, R)
+                w_xb = tl.load(wx_ptr + (RANK + o_n[None, :]) * DI + o_d[:, None], mask=m_dn, other=0.).to(DT)
+                w_xc = tl.load(wx_ptr + (RANK + N + o_n[None, :]) * DI + o_d[:, None], mask=m_dn, other=0.).to(DT)
+                b_dtl = _mm(b_xsd, w_xdt, IEEE).to(DT)                                       # (M, R)
+                b_bm = _rnd(_mm(b_xsd, w_xb, IEEE), DT)                                      # (M, N)
+                b_cm = _rnd(_mm(b_xsd, w_xc, IEEE), DT)
+            else:
+                b_dtl = _pick(acc_dt, o_t, t).to(DT)
+                b_bm = _rnd(_pick(acc_b, o_t, t), DT)
+                b_cm = _rnd(_pick(acc_c, o_t, t), DT)
+            w_dt = tl.load(wdt_ptr + o_d[None, :] * RANK + o_r[:, None], mask=m_dr.T, other=0.).to(DT)   # (R, D)
+            b_dl = _softplus(_rnd(_mm(b_dtl, w_dt, IEEE), DT) + b_dtb[None, :])             # (M, D)
+            b_s = (b_s * tl.exp(b_dl[None, :, :] * b_A[:, None, :])
+                   + (b_dl * b_xs)[None, :, :] * tl.trans(b_bm)[:, :, None])
+        # the last step's output for this chunk
+        b_D = tl.load(d_ptr + o_d, mask=m_d, other=0.).to(tl.float32)
+        b_y = tl.sum(b_s * tl.trans(b_cm)[:, :, None], axis=0) + b_D[None, :] * b_xs
+        w_inz = tl.load(win_ptr + (DI + o_d[None, :]) * C + o_c[:, None], mask=m_cd, other=0.).to(DT)   # (C, D)
+        b_z = _rnd(_mm(b_h, w_inz, IEEE), DT)
+        b_y = (b_y * _silu(b_z)).to(DT)
+        w_out = tl.load(wout_ptr + o_c[None, :] * DI + o_d[:, None], mask=m_cd.T, other=0.).to(DT)      # (D, C)
+        acc_o += _mm(b_y, w_out, IEEE)
     if POOL == 1:
-        b_xt = b_xt.to(x_ptr.dtype.element_ty).to(tl.float32)
-    b_o = b_xt + b_o
+        b_xt = b_xt.to(X_DT).to(tl.float32)
+    b_o = b_xt + _rnd(acc_o, DT)
     p_o = out_ptr + (o_m // n_inner)[:, None] * so_o + (o_m % n_inner)[:, None] * so_i + o_c[None, :] * so_c
     tl.store(p_o, b_o.to(out_ptr.dtype.element_ty), mask=m_xc)
 
 
+MAX_ONE_CHUNK = 128  # d_inner up to this: one chunk (no phase 1); wider: chunks of M2S2L_BLOCK_CFG "chunk" (64)
 _TL = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
@@ -197,12 +260,14 @@ def mamba_last_fwd(x, out, norm_weight, norm_bias, eps, in_proj_weight, conv_wei
     if rows == 0:
         return out
     block_m, warps = launch_config(rows, DI, N)
+    block_d = _pow2(DI) if DI <= MAX_ONE_CHUNK else _CFG.get("chunk", 64)
     grid = (triton.cdiv(rows, block_m),)
     _mamba_last_kernel[grid](
         x, out, norm_weight, norm_bias, in_proj_weight, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
         dt_proj_bias, A_log, D, out_proj_weight, rows, n_inner, *x.stride(), *out.stride(), eps,
         T=seqlen // pool, POOL=pool, C=C, DI=DI, N=N, RANK=rank, K=K, HAS_NW=norm_weight is not None,
         HAS_NB=norm_bias is not None, HAS_CB=conv_bias is not None, DT=_TL[dot_dtype],
-        IEEE=dot_dtype == torch.float32 or _INTERPRET, BLOCK_M=block_m, BLOCK_C=_pow2(C), BLOCK_D=_pow2(DI), BLOCK_N=_pow2(N),
-        BLOCK_R=_pow2(rank), num_warps=warps)
+        IEEE=dot_dtype == torch.float32 or _INTERPRET, CHUNKS=triton.cdiv(DI, block_d), BLOCK_M=block_m,
+        BLOCK_C=_pow2(C), BLOCK_D=block_d, BLOCK_N=_pow2(N), BLOCK_R=_pow2(rank),
+        BLOCK_T=triton.next_power_of_2(seqlen // pool), num_warps=warps)
     return out
