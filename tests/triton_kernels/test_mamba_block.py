@@ -219,3 +219,15 @@ def test_gpu_bf16_and_fp32_paper_sizes():
                     gb = mamba_block_last(xb, *params(blk), pool=pool)
                 refb = mamba_block_last_ref(xb.double(), *[p.double() for p in params(blk)], pool=pool)
                 assert gb.dtype == torch.bfloat16 and rel_err(gb, refb) < 4e-2
+
+
+def test_torch_compile_fullgraph_equals_eager(device):
+    """The custom op (with its out= slice of the fuse layer's input) inside torch.compile(fullgraph=True)."""
+    torch.manual_seed(0)
+    mtm = MultiTemporalMamba(16, 4, (1, 2), 1, 8, 4, 2, "auto").to(device).eval()
+    feats = torch.randn(2, 4, 16, 3, 5, device=device)
+    with torch.no_grad():
+        assert mtm._fusable(feats)
+        want = mtm(feats)
+        got = torch.compile(mtm, fullgraph=True)(feats)
+    assert rel_err(got, want) < 1e-6
