@@ -83,7 +83,8 @@ def mamba_block_last(x, norm_weight, norm_bias, in_proj_weight, conv_weight, con
     check_tensor("in_proj_weight", in_proj_weight, ndim=2, dtypes=FLOAT_DTYPES, device=dev,
                  expected="(2 * d_inner, d_model)")
     if in_proj_weight.shape[1] != C or in_proj_weight.shape[0] % 2:
-        raise ValueError(f"in_proj_weight must have shape (2 * d_inner, d_model={C}), got {tuple(in_proj_weight.shape)}")
+        raise ValueError(f"in_proj_weight must have shape (2 * d_inner, d_model={C}), "
+                         f"got {tuple(in_proj_weight.shape)}")
     DI = in_proj_weight.shape[0] // 2
     check_tensor("A_log", A_log, ndim=2, dtypes=FLOAT_DTYPES, device=dev, expected="(d_inner, d_state)")
     N = A_log.shape[1]

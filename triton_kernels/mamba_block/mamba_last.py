@@ -110,10 +110,10 @@ def _mamba_last_kernel(x_ptr, out_ptr, nw_ptr, nb_ptr, win_ptr, cw_ptr, cb_ptr, 
                        d_ptr, wout_ptr, n_rows, n_inner, sx_o, sx_i, sx_t, sx_c, so_o, so_i, so_c, eps,
                        T: tl.constexpr, POOL: tl.constexpr, C: tl.constexpr, DI: tl.constexpr, N: tl.constexpr,
                        RANK: tl.constexpr, K: tl.constexpr, HAS_NW: tl.constexpr, HAS_NB: tl.constexpr,
-                       HAS_CB: tl.constexpr, DT: tl.constexpr, IEEE: tl.constexpr, CHUNKS: tl.constexpr,
+                       HAS_CB: tl.constexpr, X_DT: tl.constexpr, DT: tl.constexpr, IEEE: tl.constexpr,
+                       CHUNKS: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
                        BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr):
-    X_DT: tl.constexpr = x_ptr.dtype.element_ty
     pid = tl.program_id(0)
     o_m = pid.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     m_m = o_m < n_rows
@@ -182,7 +182,8 @@ def _mamba_last_kernel(x_ptr, out_ptr, nw_ptr, nb_ptr, win_ptr, cw_ptr, cb_ptr, 
         m_dr = m_d[:, None] & m_r[None, :]
         cw0, cw1, cw2, cw3, b_cb = _conv_taps(cw_ptr, cb_ptr, o_d, m_d, K, HAS_CB, BLOCK_D)
         b_dtb = tl.load(dtb_ptr + o_d, mask=m_d, other=0.).to(tl.float32)
-        b_A = -tl.exp(tl.load(alog_ptr + o_d[None, :] * N + o_n[:, None], mask=m_dn.T, other=0.).to(tl.float32))
+        m_nd = m_n[:, None] & m_d[None, :]
+        b_A = -tl.exp(tl.load(alog_ptr + o_d[None, :] * N + o_n[:, None], mask=m_nd, other=0.).to(tl.float32))
         b_s = tl.zeros([BLOCK_N, BLOCK_M, BLOCK_D], dtype=tl.float32)
         b_x1 = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)   # conv inputs of steps t-1, t-2, t-3
         b_x2 = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -214,7 +215,8 @@ def _mamba_last_kernel(x_ptr, out_ptr, nw_ptr, nb_ptr, win_ptr, cw_ptr, cb_ptr, 
                 b_dtl = _pick(acc_dt, o_t, t).to(DT)
                 b_bm = _rnd(_pick(acc_b, o_t, t), DT)
                 b_cm = _rnd(_pick(acc_c, o_t, t), DT)
-            w_dt = tl.load(wdt_ptr + o_d[None, :] * RANK + o_r[:, None], mask=m_dr.T, other=0.).to(DT)   # (R, D)
+            w_dt = tl.load(wdt_ptr + o_d[None, :] * RANK + o_r[:, None], mask=m_r[:, None] & m_d[None, :],
+                           other=0.).to(DT)                                                         # (R, D)
             b_dl = _softplus(_rnd(_mm(b_dtl, w_dt, IEEE), DT) + b_dtb[None, :])             # (M, D)
             b_s = (b_s * tl.exp(b_dl[None, :, :] * b_A[:, None, :])
                    + (b_dl * b_xs)[None, :, :] * tl.trans(b_bm)[:, :, None])
@@ -224,7 +226,8 @@ def _mamba_last_kernel(x_ptr, out_ptr, nw_ptr, nb_ptr, win_ptr, cw_ptr, cb_ptr, 
         w_inz = tl.load(win_ptr + (DI + o_d[None, :]) * C + o_c[:, None], mask=m_cd, other=0.).to(DT)   # (C, D)
         b_z = _rnd(_mm(b_h, w_inz, IEEE), DT)
         b_y = (b_y * _silu(b_z)).to(DT)
-        w_out = tl.load(wout_ptr + o_c[None, :] * DI + o_d[:, None], mask=m_cd.T, other=0.).to(DT)      # (D, C)
+        w_out = tl.load(wout_ptr + o_c[None, :] * DI + o_d[:, None], mask=m_d[:, None] & m_c[None, :],
+                        other=0.).to(DT)                                                            # (D, C)
         acc_o += _mm(b_y, w_out, IEEE)
     if POOL == 1:
         b_xt = b_xt.to(X_DT).to(tl.float32)
@@ -266,7 +269,7 @@ def mamba_last_fwd(x, out, norm_weight, norm_bias, eps, in_proj_weight, conv_wei
         x, out, norm_weight, norm_bias, in_proj_weight, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
         dt_proj_bias, A_log, D, out_proj_weight, rows, n_inner, *x.stride(), *out.stride(), eps,
         T=seqlen // pool, POOL=pool, C=C, DI=DI, N=N, RANK=rank, K=K, HAS_NW=norm_weight is not None,
-        HAS_NB=norm_bias is not None, HAS_CB=conv_bias is not None, DT=_TL[dot_dtype],
+        HAS_NB=norm_bias is not None, HAS_CB=conv_bias is not None, X_DT=_TL[x.dtype], DT=_TL[dot_dtype],
         IEEE=dot_dtype == torch.float32 or _INTERPRET, CHUNKS=triton.cdiv(DI, block_d), BLOCK_M=block_m,
         BLOCK_C=_pow2(C), BLOCK_D=block_d, BLOCK_N=_pow2(N), BLOCK_R=_pow2(rank),
         BLOCK_T=triton.next_power_of_2(seqlen // pool), num_warps=warps)
