@@ -147,8 +147,9 @@ def main(argv=None):
                    "(NHWC convolutions)")
     p.add_argument("--mamba-layout", default=None, help="time | channel | auto: Mamba.layout of every Mamba block "
                    "(the scan inputs' memory layout; default: the blocks' own, auto)")
-    p.add_argument("--no-fused-block", action="store_true", help="run the temporal Mamba blocks unfused (default: "
-                   "one m2s2l.ops.mamba_block_last kernel a block where it applies)")
+    p.add_argument("--fused-block", default="auto", choices=("auto", "on", "off"), help="the temporal Mamba blocks "
+                   "as one m2s2l.ops.mamba_block_last kernel each (on), unfused (off), or MambaBlock's default (auto: "
+                   "m2s2l.models.temporal.fused_default)")
     p.add_argument("--no-fuse-bn", action="store_true", help="keep the BatchNorm kernels (default: fold them into "
                    "the convolutions, as m2s2l score / StreamScorer do)")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="after timing, profile N calls of each mode "
@@ -173,11 +174,11 @@ def main(argv=None):
         for m in model.modules():
             if isinstance(m, LayerNorm):
                 m.backend = a.ln_backend
-    if a.no_fused_block:
+    if a.fused_block != "auto":
         from m2s2l.models.temporal import MambaBlock
         for m in model.modules():
             if isinstance(m, MambaBlock):
-                m.fused = False
+                m.fused = a.fused_block == "on"
     if a.mamba_layout:
         from m2s2l.modules import Mamba
         for m in model.modules():
@@ -188,7 +189,7 @@ def main(argv=None):
     res = {"preset": a.preset, "device": name, "amp": amp, "compile": a.compile, "cuda_graphs": a.cuda_graphs,
            "branches": a.branches,
            "channels_last": a.channels_last, "ln_backend": a.ln_backend, "fuse_bn": not a.no_fuse_bn,
-           "mamba_layout": a.mamba_layout, "fused_block": not a.no_fused_block, "backend": a.backend, "pure_torch": a.pure_torch,
+           "mamba_layout": a.mamba_layout, "fused_block": a.fused_block, "backend": a.backend, "pure_torch": a.pure_torch,
            "image_size": model.config.image_size, "clip_len": model.config.clip_len,
            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None, "modes": {}}
     todo = {"clip": lambda: (clip_mode(model, device, amp), 1),

@@ -66,6 +66,10 @@ def block_pieces(block, x):
     xc = m._conv(xs, m.conv1d.weight[:, 0], m.conv1d.bias, None)
     delta, B, C = m._x_dt_proj(xc, m.x_proj.weight, m.dt_proj.weight, chan)
     y = m._scan(xc, delta, m.A_log, B, C, m.D, z, m.dt_proj.bias, None, True)
+    saved, block.fused = block.fused, True
+    fusable = block.can_fuse(x)  # the kernel takes these sizes (whatever block.fused says)
+    block.fused = saved
+
     def unfused():
         saved, block.fused = block.fused, False
         try:
@@ -79,7 +83,7 @@ def block_pieces(block, x):
             ("scan (last_only)", lambda: m._scan(xc, delta, m.A_log, B, C, m.D, z, m.dt_proj.bias, None, True)),
             ("out_proj", lambda: m.out_proj(y.transpose(1, 2))),
             ("whole block, unfused", unfused)] + (
-            [("whole block, fused kernel", lambda: block.fused_last(x))] if block.can_fuse(x) else [])
+            [("whole block, fused kernel", lambda: block.fused_last(x))] if fusable else [])
 
 
 def parts(model, B, amp, channels_last, blocks_only=False):
@@ -136,7 +140,8 @@ def main(argv=None):
     p.add_argument("--reps", type=int, default=50)
     p.add_argument("--no-amp", action="store_true")
     p.add_argument("--no-channels-last", action="store_true")
-    p.add_argument("--no-fused-block", action="store_true", help="temporal blocks unfused (MambaBlock.fused = False)")
+    p.add_argument("--fused-block", default="auto", choices=("auto", "on", "off"), help="MambaBlock.fused of the "
+                   "temporal blocks: True (on), False (off), None (auto)")
     p.add_argument("--blocks-only", action="store_true", help="only the temporal blocks' rows")
     a = p.parse_args(argv)
     REPS = a.reps
@@ -145,11 +150,11 @@ def main(argv=None):
     model = fused_for_inference(create_model(a.preset).to(DEVICE).eval())
     if not a.no_channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if a.no_fused_block:
+    if a.fused_block != "auto":
         from m2s2l.models.temporal import MambaBlock
         for m in model.modules():
             if isinstance(m, MambaBlock):
-                m.fused = False
+                m.fused = a.fused_block == "on"
     tables = {}
     for B in [int(v) for v in a.streams.split(",")]:
         tables[B] = parts(model, B, not a.no_amp, not a.no_channels_last, a.blocks_only)

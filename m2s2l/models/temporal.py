@@ -1,5 +1,6 @@
 """Multi-temporal Mamba encoders (per pyramid level, over time) and the spatial BiMamba (coarsest level)."""
 import functools
+import os
 
 import torch
 import torch.nn as nn
@@ -16,6 +17,16 @@ def serial(thunks):
     return [f() for f in thunks]
 
 
+def fused_default(device):
+    """Whether ``MambaBlock``s whose ``fused`` is None take the one-kernel inference path on ``device``:
+    ``M2S2L_FUSED_BLOCK=1`` / ``0`` decide; unset, on for CPU tensors (Triton's interpreter, the tested path) and
+    off on CUDA until the kernel has been run and measured on a GPU."""
+    env = os.environ.get("M2S2L_FUSED_BLOCK", "")
+    if env in ("0", "1"):
+        return env == "1"
+    return device.type != "cuda"
+
+
 class MambaBlock(nn.Module):
     """Pre-norm residual block: x + mixer(LayerNorm(x)), x (batch, seqlen, dim).
 
@@ -27,22 +38,26 @@ class MambaBlock(nn.Module):
 
     Inference fast path: ``last_only`` without gradients, with a ``Mamba`` mixer the Triton backend runs and the
     sizes ``m2s2l.ops.mamba_block_last`` takes, runs the whole block as that one kernel (same result up to
-    accumulation order); ``fused = False`` (attribute) turns it off. ``fused_last(x, pool, out)`` is that path
-    with the input's steps averaged in groups of ``pool`` first (``MultiTemporalMamba`` reads its feature maps so,
-    without a layout copy)."""
+    accumulation order). Attribute ``fused``: True / False force it on / off; None (default) = ``fused_default``
+    (environment ``M2S2L_FUSED_BLOCK=1|0``, else on for CPU tensors -- Triton's interpreter, where its tests run --
+    and off on CUDA, where the kernel compiles for sm_90 with triton 3.6 and 3.9 but has not run yet).
+    ``fused_last(x, pool, out)`` is that path with the input's steps averaged in groups of ``pool`` first
+    (``MultiTemporalMamba`` reads its feature maps so, without a layout copy)."""
 
     def __init__(self, dim, mixer):
         super().__init__()
         self.norm = LayerNorm(dim, backend=mixer.backend)
         self.mixer = mixer
-        self.fused = True
+        self.fused = None
 
     def can_fuse(self, x, steps=None):
         """Whether ``forward(x, last_only=True)`` / ``fused_last`` (on ``steps`` pooled steps, default x's
         seqlen) may run as ``m2s2l.ops.mamba_block_last``."""
         m = self.mixer
         steps = x.shape[-2] if steps is None else steps
-        return (getattr(self, "fused", True) and isinstance(m, Mamba) and not torch.jit.is_tracing()
+        fused = getattr(self, "fused", None)
+        fused = fused_default(x.device) if fused is None else fused
+        return (fused and isinstance(m, Mamba) and not torch.jit.is_tracing()
                 and m.in_proj.bias is None and m.out_proj.bias is None and self.norm.elementwise_affine
                 and eligible(m.d_model, m.d_inner, m.d_state, m.dt_rank, m.d_conv, steps)
                 and resolve_backend(m.backend, x.device) == "triton" and not needs_grad(x, *self.parameters()))

@@ -152,6 +152,7 @@ def test_multi_temporal_mamba_fused_equals_unfused(device):
     torch.manual_seed(1)
     mtm = MultiTemporalMamba(24, 4, (1, 2), 1, 16, 4, 2, "auto").to(device).eval()
     for b in mtm.branches:
+        b[0].fused = True
         with torch.no_grad():
             b[0].mixer.D.normal_()
             b[0].norm.bias.normal_(0, 0.3)
@@ -176,15 +177,44 @@ def test_multi_temporal_mamba_fused_equals_unfused(device):
     assert a.shape == b.shape == (6, 1, 24) and rel_err(a, b) < 2e-5
 
 
+class _LastOnly(torch.nn.Module):
+    def __init__(self, blk):
+        super().__init__()
+        self.blk = blk
+
+    def forward(self, x):
+        return self.blk(x, last_only=True)
+
+
 def test_fused_path_not_taken_with_gradients_or_tracing(device):
     blk = make_block(16, device=device)
+    blk.fused = True
     x = torch.randn(3, 4, 16, device=device)
     assert not blk.can_fuse(x)           # parameters require grad and grad mode is on
     with torch.no_grad():
         assert blk.can_fuse(x) == (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
+        traced = torch.jit.trace(_LastOnly(blk), (x,), check_trace=False)
+    assert "mamba_block_last" not in str(traced.graph)   # fvcore / ONNX see the unfused ops
     y = blk(x, last_only=True)           # the unfused path, differentiable
     y.sum().backward()
     assert blk.mixer.in_proj.weight.grad is not None
+
+
+def test_fused_default(monkeypatch):
+    """fused=None: on for CPU tensors (the interpreter, tested), off on CUDA until GPU-run; the env var decides."""
+    from m2s2l.models.temporal import fused_default
+    monkeypatch.delenv("M2S2L_FUSED_BLOCK", raising=False)
+    assert fused_default(torch.device("cpu")) and not fused_default(torch.device("cuda"))
+    monkeypatch.setenv("M2S2L_FUSED_BLOCK", "1")
+    assert fused_default(torch.device("cuda"))
+    monkeypatch.setenv("M2S2L_FUSED_BLOCK", "0")
+    assert not fused_default(torch.device("cpu"))
+    blk = make_block(16)
+    x = torch.randn(3, 4, 16)
+    with torch.no_grad():
+        assert blk.fused is None and not blk.can_fuse(x)
+        blk.fused = True
+        assert blk.can_fuse(x) == (os.environ.get("TRITON_INTERPRET") == "1")
 
 
 def test_custom_op_schema_and_fake(device):
@@ -225,6 +255,8 @@ def test_torch_compile_fullgraph_equals_eager(device):
     """The custom op (with its out= slice of the fuse layer's input) inside torch.compile(fullgraph=True)."""
     torch.manual_seed(0)
     mtm = MultiTemporalMamba(16, 4, (1, 2), 1, 8, 4, 2, "auto").to(device).eval()
+    for b in mtm.branches:
+        b[0].fused = True
     feats = torch.randn(2, 4, 16, 3, 5, device=device)
     with torch.no_grad():
         assert mtm._fusable(feats)

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# One device call to verify and measure the fused temporal block (m2s2l.ops.mamba_block_last) on a GPU:
+#   bash bench/gpu_fused_block.sh OUT_DIR
+# 1. its GPU tests (every test of tests/triton_kernels/test_mamba_block.py runs on CUDA there), 2. the paper model's
+# temporal outputs and predictions fused vs unfused (bench/fused_block_check.py), 3. fps with the blocks unfused /
+# fused, with branches (bench/gpu_fps_flags.sh), 4. the step's parts with the fused blocks (bench/fps_parts.py).
+# Tables last. Env: FPS_TIMEOUT (seconds a flag set, default 90).
+set -u
+OUT=${1:?OUT_DIR}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name --format=csv,noheader
+M2S2L_TEST_GPU=1 timeout 150 python3 -m pytest -q -x tests/triton_kernels/test_mamba_block.py > "$OUT/tests.txt" 2>&1
+echo "tests rc=$?"
+timeout 90 python3 bench/fused_block_check.py > "$OUT/check.txt" 2>&1
+echo "check rc=$?"
+FPS_TIMEOUT=${FPS_TIMEOUT:-90} bash bench/gpu_fps_flags.sh "$OUT/fps" "--fused-block off --branches" \
+  "--fused-block on --branches" "--fused-block on" > "$OUT/flags.txt" 2>&1
+timeout 120 python3 bench/fps_parts.py --streams 1,32 --fused-block on > "$OUT/parts.txt" 2>&1
+echo "parts rc=$?"
+tail -3 "$OUT/tests.txt"; cat "$OUT/check.txt"; cat "$OUT/parts.txt"; cat "$OUT/flags.txt"
