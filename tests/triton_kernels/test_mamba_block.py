@@ -2,7 +2,7 @@
 against the unfused model path.
 
 Tolerance: max |a - ref| / max(1, max |ref|). fp32: the kernel's GEMMs take exact float32 products
-(``input_precision="ieee"``), so the error is float32 accumulation over <= 8 steps: 2e-5. bf16 (autocast): the
+(``input_precision="ieee"``), so the error is float32 accumulation over <= 8 steps: 2e-5. bf16 / fp16 (autocast): the
 kernel rounds what the unfused block stores in bf16 (xi, z, the conv output, dt/B/C, delta, y, out_proj's output)
 at the same points, so it differs from the float64 reference by those roundings, a few bf16 ulps (2^-8 relative
 each) through the scan and two projections: 4e-2. Output buffers come from the NaN-poisoned torch.empty
@@ -68,17 +68,17 @@ def test_fp32_matches_float64_reference(rows, T, pool, C, N, K, expand, rank, de
     assert rel_err(got, ref) < 2e-5
 
 
-@pytest.mark.parametrize("pool", [1, 2])
-def test_bf16_autocast_matches_reference_and_unfused_block(pool, device):
+@pytest.mark.parametrize("pool,dtype", [(1, torch.bfloat16), (2, torch.bfloat16), (2, torch.float16)])
+def test_half_autocast_matches_reference_and_unfused_block(pool, dtype, device):
     blk = make_block(24, device=device)
-    x = (torch.randn(40, 4, 24, device=device) * 2).to(torch.bfloat16)
+    x = (torch.randn(40, 4, 24, device=device) * 2).to(dtype)
     xp = x if pool == 1 else x.reshape(40, 2, 2, 24).mean(2)
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast(device.type, dtype=dtype):
         got = mamba_block_last(x, *params(blk), pool=pool, backend="triton")
         blk.fused = False
         unfused = blk(xp, last_only=True)[:, 0]
     ref = mamba_block_last_ref(x.double(), *[p.double() for p in params(blk)], pool=pool)
-    assert got.dtype == torch.bfloat16 and torch.isfinite(got).all()
+    assert got.dtype == dtype and torch.isfinite(got).all()
     assert rel_err(got, ref) < 4e-2
     assert rel_err(unfused, ref) < 4e-2
     assert rel_err(got, unfused) < 4e-2
