@@ -29,6 +29,7 @@ from m2s2l.engine.export import pure_torch_ops  # noqa: E402
 from m2s2l.engine.stream import CudaBranches, StreamStep  # noqa: E402
 from m2s2l.models import create_model  # noqa: E402
 from m2s2l.models.fuse import fused_for_inference  # noqa: E402
+from m2s2l.models.temporal import set_fused  # noqa: E402
 
 
 def timed(fn, frames_per_call, device, seconds, warmup=3):
@@ -174,11 +175,7 @@ def main(argv=None):
         for m in model.modules():
             if isinstance(m, LayerNorm):
                 m.backend = a.ln_backend
-    if a.fused_block != "auto":
-        from m2s2l.models.temporal import MambaBlock
-        for m in model.modules():
-            if isinstance(m, MambaBlock):
-                m.fused = a.fused_block == "on"
+    set_fused(model, {"auto": None, "on": True, "off": False}[a.fused_block])
     if a.mamba_layout:
         from m2s2l.modules import Mamba
         for m in model.modules():
@@ -189,7 +186,8 @@ def main(argv=None):
     res = {"preset": a.preset, "device": name, "amp": amp, "compile": a.compile, "cuda_graphs": a.cuda_graphs,
            "branches": a.branches,
            "channels_last": a.channels_last, "ln_backend": a.ln_backend, "fuse_bn": not a.no_fuse_bn,
-           "mamba_layout": a.mamba_layout, "fused_block": a.fused_block, "backend": a.backend, "pure_torch": a.pure_torch,
+           "mamba_layout": a.mamba_layout, "fused_block": a.fused_block, "backend": a.backend,
+           "pure_torch": a.pure_torch,
            "image_size": model.config.image_size, "clip_len": model.config.clip_len,
            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None, "modes": {}}
     todo = {"clip": lambda: (clip_mode(model, device, amp), 1),

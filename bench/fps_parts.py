@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from m2s2l.models import create_model  # noqa: E402
 from m2s2l.models import scoring  # noqa: E402
 from m2s2l.models.fuse import fused_for_inference  # noqa: E402
+from m2s2l.models.temporal import set_fused  # noqa: E402
 
 
 def graph_ms(fn, reps):
@@ -150,11 +151,7 @@ def main(argv=None):
     model = fused_for_inference(create_model(a.preset).to(DEVICE).eval())
     if not a.no_channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if a.fused_block != "auto":
-        from m2s2l.models.temporal import MambaBlock
-        for m in model.modules():
-            if isinstance(m, MambaBlock):
-                m.fused = a.fused_block == "on"
+    set_fused(model, {"auto": None, "on": True, "off": False}[a.fused_block])
     tables = {}
     for B in [int(v) for v in a.streams.split(",")]:
         tables[B] = parts(model, B, not a.no_amp, not a.no_channels_last, a.blocks_only)

@@ -13,13 +13,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from m2s2l.models import create_model  # noqa: E402
 from m2s2l.models.fuse import fused_for_inference  # noqa: E402
-from m2s2l.models.temporal import MambaBlock  # noqa: E402
-
-
-def set_fused(model, on):
-    for m in model.modules():
-        if isinstance(m, MambaBlock):
-            m.fused = on
+from m2s2l.models.temporal import set_fused  # noqa: E402
 
 
 def main(argv=None):

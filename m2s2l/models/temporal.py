@@ -27,6 +27,14 @@ def fused_default(device):
     return device.type != "cuda"
 
 
+def set_fused(model, fused):
+    """Set ``fused`` (True / False / None = ``fused_default``) on every ``MambaBlock`` in ``model``; returns it."""
+    for m in model.modules():
+        if isinstance(m, MambaBlock):
+            m.fused = fused
+    return model
+
+
 class MambaBlock(nn.Module):
     """Pre-norm residual block: x + mixer(LayerNorm(x)), x (batch, seqlen, dim).
 

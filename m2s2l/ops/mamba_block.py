@@ -37,11 +37,10 @@ def eligible(d_model, d_inner, d_state, dt_rank, d_conv, steps=1):
     """Whether the Triton kernel takes a block of these sizes on ``steps`` (pooled) steps: d_state <= 16,
     dt_rank <= 16, d_conv <= 4, and d_inner <= 128 (one chunk), or <= 1024 with at most 8 steps (in chunks): its
     per-program state and step values must fit the registers."""
-    from m2s2l.triton_kernels import mamba_block as mb
-    from m2s2l.triton_kernels.mamba_block.mamba_last import MAX_ONE_CHUNK
+    from m2s2l.triton_kernels import mamba_block as mb  # the limits only: no Triton import
     wide_ok = d_inner <= mb.MAX_D_INNER and steps <= mb.MAX_CHUNKED_STEPS
     return (1 <= d_state <= mb.MAX_D_STATE and 1 <= dt_rank <= mb.MAX_DT_RANK and 1 <= d_conv <= mb.MAX_D_CONV
-            and d_model >= 1 and 1 <= d_inner and (d_inner <= MAX_ONE_CHUNK or wide_ok))
+            and d_model >= 1 and 1 <= d_inner and (d_inner <= mb.MAX_ONE_CHUNK or wide_ok))
 
 
 def mamba_block_last(x, norm_weight, norm_bias, in_proj_weight, conv_weight, conv_bias, x_proj_weight,
@@ -86,17 +85,13 @@ def mamba_block_last(x, norm_weight, norm_bias, in_proj_weight, conv_weight, con
         raise ValueError(f"in_proj_weight must have shape (2 * d_inner, d_model={C}), "
                          f"got {tuple(in_proj_weight.shape)}")
     DI = in_proj_weight.shape[0] // 2
-    check_tensor("A_log", A_log, ndim=2, dtypes=FLOAT_DTYPES, device=dev, expected="(d_inner, d_state)")
-    N = A_log.shape[1]
-    check_tensor("dt_proj_weight", dt_proj_weight, ndim=2, dtypes=FLOAT_DTYPES, device=dev,
+    check_tensor("A_log", A_log, shape=(DI, None), dtypes=FLOAT_DTYPES, device=dev, expected="(d_inner, d_state)")
+    check_tensor("dt_proj_weight", dt_proj_weight, shape=(DI, None), dtypes=FLOAT_DTYPES, device=dev,
                  expected="(d_inner, dt_rank)")
-    R = dt_proj_weight.shape[1]
-    check_tensor("conv_weight", conv_weight, ndim=2, dtypes=FLOAT_DTYPES, device=dev, expected="(d_inner, d_conv)")
-    K = conv_weight.shape[1]
-    shapes = {"A_log": (A_log, (DI, N), "(d_inner, d_state)"),
-              "dt_proj_weight": (dt_proj_weight, (DI, R), "(d_inner, dt_rank)"),
-              "conv_weight": (conv_weight, (DI, K), "(d_inner, d_conv)"),
-              "x_proj_weight": (x_proj_weight, (R + 2 * N, DI), "(dt_rank + 2 * d_state, d_inner)"),
+    check_tensor("conv_weight", conv_weight, shape=(DI, None), dtypes=FLOAT_DTYPES, device=dev,
+                 expected="(d_inner, d_conv)")
+    N, R, K = A_log.shape[1], dt_proj_weight.shape[1], conv_weight.shape[1]
+    shapes = {"x_proj_weight": (x_proj_weight, (R + 2 * N, DI), "(dt_rank + 2 * d_state, d_inner)"),
               "dt_proj_bias": (dt_proj_bias, (DI,), "(d_inner,)"), "D": (D, (DI,), "(d_inner,)"),
               "out_proj_weight": (out_proj_weight, (C, DI), "(d_model, d_inner)"),
               "conv_bias": (conv_bias, (DI,), "(d_inner,)"), "norm_weight": (norm_weight, (C,), "(d_model,)"),

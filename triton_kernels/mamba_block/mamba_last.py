@@ -33,6 +33,8 @@ import triton
 import triton.language as tl
 
 from .._config import env_int_config
+from ..selective_scan.scan_common import _softplus
+from . import MAX_ONE_CHUNK
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 _CFG = env_int_config("M2S2L_BLOCK_CFG")
@@ -56,11 +58,6 @@ def _rnd(v, DT: tl.constexpr):
 @triton.jit
 def _silu(v):
     return v / (1.0 + tl.exp(-v))
-
-
-@triton.jit
-def _softplus(v):
-    return tl.where(v <= 20.0, tl.log(1.0 + tl.exp(v)), v)
 
 
 @triton.jit
@@ -97,6 +94,29 @@ def _conv_taps(cw_ptr, cb_ptr, o_d, m_d, K: tl.constexpr, HAS_CB: tl.constexpr, 
     else:
         b_cb = tl.zeros([BLOCK_D], dtype=tl.float32)
     return cw0, cw1, cw2, cw3, b_cb
+
+
+@triton.jit
+def _conv_step(b_h, win_ptr, o_c, o_d, m_cd, b_x1, b_x2, b_x3, cw0, cw1, cw2, cw3, b_cb, C: tl.constexpr,
+               DT: tl.constexpr, IEEE: tl.constexpr):
+    """in_proj's x part of one step for channels o_d, the causal conv with the previous inputs b_x1..b_x3 and SiLU:
+    (its input xi, its output rounded to the GEMM dtype), (BLOCK_M, BLOCK_D) float32 each. The weight tile is
+    (re)loaded here, from L1/L2: held across the time loop it would take the registers the state needs."""
+    w_inx = tl.load(win_ptr + o_d[None, :] * C + o_c[:, None], mask=m_cd, other=0.).to(DT)           # (C, D)
+    b_xi = _rnd(_mm(b_h, w_inx, IEEE), DT)
+    b_cv = b_xi * cw0[None, :] + b_x1 * cw1[None, :] + b_x2 * cw2[None, :] + b_x3 * cw3[None, :] + b_cb[None, :]
+    return b_xi, _rnd(_silu(b_cv), DT)
+
+
+@triton.jit
+def _x_proj(b_xsd, wx_ptr, o_d, o_r, o_n, m_d, m_r, m_n, DI: tl.constexpr, N: tl.constexpr, RANK: tl.constexpr,
+            DT: tl.constexpr, IEEE: tl.constexpr):
+    """x_proj of one step over channels o_d: its dt, B and C parts, (BLOCK_M, BLOCK_R / BLOCK_N) float32 sums."""
+    m_dn = m_d[:, None] & m_n[None, :]
+    w_xdt = tl.load(wx_ptr + o_r[None, :] * DI + o_d[:, None], mask=m_d[:, None] & m_r[None, :], other=0.).to(DT)
+    w_xb = tl.load(wx_ptr + (RANK + o_n[None, :]) * DI + o_d[:, None], mask=m_dn, other=0.).to(DT)
+    w_xc = tl.load(wx_ptr + (RANK + N + o_n[None, :]) * DI + o_d[:, None], mask=m_dn, other=0.).to(DT)
+    return _mm(b_xsd, w_xdt, IEEE), _mm(b_xsd, w_xb, IEEE), _mm(b_xsd, w_xc, IEEE)
 
 
 @triton.jit
@@ -149,24 +169,16 @@ def _mamba_last_kernel(x_ptr, out_ptr, nw_ptr, nb_ptr, win_ptr, cw_ptr, cb_ptr, 
             for t in range(T):
                 b_xt, b_h = _step_input(p_x, t, sx_t, sx_c, o_c, m_c, m_xc, b_nw, b_nb, eps, X_DT, C, POOL, DT,
                                         BLOCK_M, BLOCK_C)
-                w_inx = tl.load(win_ptr + o_d[None, :] * C + o_c[:, None], mask=m_c[:, None] & m_d[None, :],
-                                other=0.).to(DT)
-                b_xi = _rnd(_mm(b_h, w_inx, IEEE), DT)
-                b_cv = (b_xi * cw0[None, :] + b_x1 * cw1[None, :] + b_x2 * cw2[None, :] + b_x3 * cw3[None, :]
-                        + b_cb[None, :])
-                b_xsd = _silu(b_cv).to(DT)
+                b_xi, b_xs = _conv_step(b_h, win_ptr, o_c, o_d, m_c[:, None] & m_d[None, :], b_x1, b_x2, b_x3,
+                                        cw0, cw1, cw2, cw3, b_cb, C, DT, IEEE)
                 b_x3 = b_x2
                 b_x2 = b_x1
                 b_x1 = b_xi
-                m_dr = m_d[:, None] & m_r[None, :]
-                m_dn = m_d[:, None] & m_n[None, :]
-                w_xdt = tl.load(wx_ptr + o_r[None, :] * DI + o_d[:, None], mask=m_dr, other=0.).to(DT)
-                w_xb = tl.load(wx_ptr + (RANK + o_n[None, :]) * DI + o_d[:, None], mask=m_dn, other=0.).to(DT)
-                w_xc = tl.load(wx_ptr + (RANK + N + o_n[None, :]) * DI + o_d[:, None], mask=m_dn, other=0.).to(DT)
+                p_dt, p_b, p_c = _x_proj(b_xs.to(DT), wx_ptr, o_d, o_r, o_n, m_d, m_r, m_n, DI, N, RANK, DT, IEEE)
                 sel = o_t[:, None, None] == t
-                acc_dt += tl.where(sel, _mm(b_xsd, w_xdt, IEEE)[None, :, :], 0.)
-                acc_b += tl.where(sel, _mm(b_xsd, w_xb, IEEE)[None, :, :], 0.)
-                acc_c += tl.where(sel, _mm(b_xsd, w_xc, IEEE)[None, :, :], 0.)
+                acc_dt += tl.where(sel, p_dt[None, :, :], 0.)
+                acc_b += tl.where(sel, p_b[None, :, :], 0.)
+                acc_c += tl.where(sel, p_c[None, :, :], 0.)
 
     # ---- phase 2: per chunk of d_inner, the T steps with loop-carried registers, then the chunk's share of
     # out_proj. The state is (N, M, D): with the state index first, each thread's share of the tensor runs along it
@@ -178,8 +190,6 @@ def _mamba_last_kernel(x_ptr, out_ptr, nw_ptr, nb_ptr, win_ptr, cw_ptr, cb_ptr, 
         o_d = ic * BLOCK_D + tl.arange(0, BLOCK_D)
         m_d = o_d < DI
         m_cd = m_c[:, None] & m_d[None, :]
-        m_dn = m_d[:, None] & m_n[None, :]
-        m_dr = m_d[:, None] & m_r[None, :]
         cw0, cw1, cw2, cw3, b_cb = _conv_taps(cw_ptr, cb_ptr, o_d, m_d, K, HAS_CB, BLOCK_D)
         b_dtb = tl.load(dtb_ptr + o_d, mask=m_d, other=0.).to(tl.float32)
         m_nd = m_n[:, None] & m_d[None, :]
@@ -194,23 +204,16 @@ def _mamba_last_kernel(x_ptr, out_ptr, nw_ptr, nb_ptr, win_ptr, cw_ptr, cb_ptr, 
         for t in range(T):
             b_xt, b_h = _step_input(p_x, t, sx_t, sx_c, o_c, m_c, m_xc, b_nw, b_nb, eps, X_DT, C, POOL, DT,
                                     BLOCK_M, BLOCK_C)
-            # the weight tiles are (re)loaded where used, from L1/L2: held across the loop they would take the
-            # registers the state needs
-            w_inx = tl.load(win_ptr + o_d[None, :] * C + o_c[:, None], mask=m_cd, other=0.).to(DT)   # (C, D)
-            b_xi = _rnd(_mm(b_h, w_inx, IEEE), DT)                                          # (M, D)
-            b_cv = b_xi * cw0[None, :] + b_x1 * cw1[None, :] + b_x2 * cw2[None, :] + b_x3 * cw3[None, :] + b_cb[None, :]
-            b_xs = _rnd(_silu(b_cv), DT)
+            b_xi, b_xs = _conv_step(b_h, win_ptr, o_c, o_d, m_cd, b_x1, b_x2, b_x3, cw0, cw1, cw2, cw3, b_cb, C,
+                                    DT, IEEE)                                               # (M, D)
             b_x3 = b_x2
             b_x2 = b_x1
             b_x1 = b_xi
             if CHUNKS == 1:
-                b_xsd = b_xs.to(DT)
-                w_xdt = tl.load(wx_ptr + o_r[None, :] * DI + o_d[:, None], mask=m_dr, other=0.).to(DT)  # (D, R)
-                w_xb = tl.load(wx_ptr + (RANK + o_n[None, :]) * DI + o_d[:, None], mask=m_dn, other=0.).to(DT)
-                w_xc = tl.load(wx_ptr + (RANK + N + o_n[None, :]) * DI + o_d[:, None], mask=m_dn, other=0.).to(DT)
-                b_dtl = _mm(b_xsd, w_xdt, IEEE).to(DT)                                       # (M, R)
-                b_bm = _rnd(_mm(b_xsd, w_xb, IEEE), DT)                                      # (M, N)
-                b_cm = _rnd(_mm(b_xsd, w_xc, IEEE), DT)
+                p_dt, p_b, p_c = _x_proj(b_xs.to(DT), wx_ptr, o_d, o_r, o_n, m_d, m_r, m_n, DI, N, RANK, DT, IEEE)
+                b_dtl = p_dt.to(DT)                                                          # (M, R)
+                b_bm = _rnd(p_b, DT)                                                         # (M, N)
+                b_cm = _rnd(p_c, DT)
             else:
                 b_dtl = _pick(acc_dt, o_t, t).to(DT)
                 b_bm = _rnd(_pick(acc_b, o_t, t), DT)
@@ -236,7 +239,6 @@ def _mamba_last_kernel(x_ptr, out_ptr, nw_ptr, nb_ptr, win_ptr, cw_ptr, cb_ptr, 
     tl.store(p_o, b_o.to(out_ptr.dtype.element_ty), mask=m_xc)
 
 
-MAX_ONE_CHUNK = 128  # d_inner up to this: one chunk (no phase 1); wider: chunks of M2S2L_BLOCK_CFG "chunk" (64)
 _TL = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
@@ -244,7 +246,7 @@ def _pow2(n, lo=16):
     return max(lo, triton.next_power_of_2(n))
 
 
-def launch_config(rows, d_inner, d_state):
+def launch_config():
     """(BLOCK_M, num_warps): 16 rows and 8 warps a program (sm_90 AOT, triton 3.9, bf16: d_inner 64 -> 229 registers,
     no spills; 128 -> 255 and 1.4 KB of spills, 16 warps spill more); ``M2S2L_BLOCK_CFG`` keys ``block_m`` / ``warps``
     override."""
@@ -262,7 +264,7 @@ def mamba_last_fwd(x, out, norm_weight, norm_bias, eps, in_proj_weight, conv_wei
     rows = n_outer * n_inner
     if rows == 0:
         return out
-    block_m, warps = launch_config(rows, DI, N)
+    block_m, warps = launch_config()
     block_d = _pow2(DI) if DI <= MAX_ONE_CHUNK else _CFG.get("chunk", 64)
     grid = (triton.cdiv(rows, block_m),)
     _mamba_last_kernel[grid](
