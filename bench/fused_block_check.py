@@ -26,6 +26,11 @@ def main(argv=None):
     torch.manual_seed(0)
     model = fused_for_inference(create_model(a.preset).to(dev).eval())
     clip = model.example_inputs(a.batch)[0]
+    set_fused(model, True)
+    with torch.no_grad():
+        if not model.temporal[0]._fusable(model._encode_clip(clip)[0]):
+            raise SystemExit(f"the fused block does not run on {dev} here (CPU needs TRITON_INTERPRET=1): "
+                             "nothing to compare")
     for amp in (False, True):
         if amp:
             model = model.to(memory_format=torch.channels_last)
