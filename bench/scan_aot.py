@@ -1,7 +1,8 @@
 """Ahead-of-time compiler report of the selective-scan kernels for sm_90, without a GPU: what the launchers would
 run on a shape under a launch config (captured on meta tensors), compiled by Triton for sm_90 with its integer
 specialisation mimicked, then registers (cuobjdump), spills (ptxas -v), shared memory, resident warps per SM, the
-grid in waves over 132 SMs, and PTX counts of bar.sync / shfl / ld.shared / ex2. ``python bench/tune_scan.py --aot
+grid in waves over 132 SMs, PTX counts of bar.sync / shfl / ld.shared / ex2, and the SASS counts of the hottest
+loop (``hot_loop``: instructions, MUFU.EX2, loads, stores, barriers an iteration). ``python bench/tune_scan.py --aot
 CFG`` prints it (run without TRITON_INTERPRET: the interpreter picks other block sizes and cannot compile).
 """
 import os
@@ -64,7 +65,41 @@ def _aot_compile(jit, vals, consts, num_warps, maxnreg=None):
             if r.returncode == 0 and sp:
                 spills = sum(int(a) + int(b) for a, b in sp)
                 break
-    return regs, spills, k.metadata.shared, k.asm["ptx"]
+        loop = hot_loop(cub, os.path.join(bindir, "nvdisasm"))
+    return regs, spills, k.metadata.shared, k.asm["ptx"], loop
+
+
+def hot_loop(cubin_path, nvdisasm):
+    """SASS counts of the kernel's hottest loop: of the innermost loops (a label and the backward branch to it, with
+    no other loop inside), the one with the most ``MUFU.EX2`` (the scan's step loop). Returns dict(instr, ex2,
+    loads (LDG / LDS / LDL), stores, bar) counted once per iteration, or {} without nvdisasm or a loop."""
+    import re
+    import subprocess
+    if not os.path.exists(nvdisasm):
+        return {}
+    sass = subprocess.run([nvdisasm, "-c", cubin_path], capture_output=True, text=True).stdout.splitlines()
+    label_at, ops, loops = {}, [], []
+    for line in sass:
+        m = re.match(r"\s*(\.L_x_\d+):", line)
+        if m:
+            label_at[m.group(1)] = len(ops)
+            continue
+        m = re.match(r"\s*/\*[0-9a-f]+\*/\s+(@!?U?P\w+\s+)?([A-Z][\w.]*)(.*)", line)
+        if not m:
+            continue
+        ops.append(m.group(2))
+        b = re.search(r"BRA\s+`\((\.L_x_\d+)\)", line)
+        if m.group(2) == "BRA" and b and b.group(1) in label_at:  # a backward branch closes a loop
+            loops.append((label_at[b.group(1)], len(ops)))
+    inner = [(a, e) for a, e in loops if not any(a <= a2 and e2 <= e and (a2, e2) != (a, e) for a2, e2 in loops)]
+    if not inner:
+        return {}
+    a, e = max(inner, key=lambda r: (sum(o.startswith("MUFU.EX2") for o in ops[r[0]:r[1]]), r[1] - r[0]))
+    body = ops[a:e]
+    return dict(instr=len(body), ex2=sum(o.startswith("MUFU.EX2") for o in body),
+                loads=sum(o.split(".")[0] in ("LDG", "LDS", "LDL") for o in body),
+                stores=sum(o.split(".")[0] in ("STG", "STS", "STL") for o in body),
+                bar=sum(o.startswith("BAR") for o in body))
 
 
 class _Capture:
@@ -116,14 +151,15 @@ def aot_report(shapes, cfg, num_sms=132):
     for name, shape in shapes:
         for bwd in (False, True):
             kname, jit, grid, vals, warps, meta = _capture(shape, bwd)
-            regs, spills, smem, ptx = _aot_compile(jit, vals, meta, warps, meta.pop("maxnreg", None))
+            regs, spills, smem, ptx, loop = _aot_compile(jit, vals, meta, warps, meta.pop("maxnreg", None))
             per_warp = ((max(regs, 1) * 32 + 255) // 256) * 256
             blocks = min(65536 // (per_warp * warps), 64 // warps, 32, 233472 // (smem + 1024) if smem else 32)
             progs = grid[0] * (grid[1] if len(grid) > 1 else 1)
             row = dict(shape=name, dims=list(shape), kernel=kname.strip("_"), T_C=meta.get("T_C", 1),
                        BLOCK_D=meta["BLOCK_D"], warps=warps, regs=regs, spill_bytes=spills, smem=smem,
                        warps_per_sm=blocks * warps, programs=progs, waves=round(progs / (num_sms * max(blocks, 1)), 2),
-                       **{k: ptx.count(k) for k in ("bar.sync", "shfl", "ld.shared", "ex2")})
+                       **{k: ptx.count(k) for k in ("bar.sync", "shfl", "ld.shared", "ex2")},
+                       **{f"loop_{k}": v for k, v in loop.items()})
             rows.append(row)
             print(" ".join(f"{k}={v}" for k, v in row.items() if k != "dims"), flush=True)
     set_cfg({})
