@@ -40,7 +40,9 @@ right after the default, before the chunked-scan configs; ``--cseq`` keeps only 
 ``--aot CFG``: compile the kernels the launchers would run on the bench shapes for sm_90 (no GPU; launch arguments
 captured on meta tensors, integer specialisation mimicked) and print registers (cuobjdump), spill bytes (ptxas -v),
 shared memory, resident warps per SM (64K registers, 64 warps), programs and waves over 132 SMs, and PTX counts
-of bar.sync/shfl/ld.shared/ex2. Run it without TRITON_INTERPRET (the interpreter picks other block sizes).
+of bar.sync/shfl/ld.shared/ex2, and the SASS of the hottest loop (the step loop: instructions, MUFU.EX2, loads,
+stores, barriers an iteration; Triton's bundled nvdisasm). Run it without TRITON_INTERPRET (the interpreter picks
+other block sizes).
 """
 import argparse
 import json
