@@ -10,6 +10,7 @@ another here (no CUDA-stream overlap), so their sum is an upper bound on a step'
 (ms a call, device time by CUDA events) per stream count. Without CUDA: wall ms of plain calls (a smoke run).
 """
 import argparse
+import contextlib
 import functools
 import os
 import sys
@@ -54,6 +55,16 @@ def graph_ms(fn, reps):
     return sorted(times)[1]
 
 
+@contextlib.contextmanager
+def _fused_as(block, fused):
+    """``block.fused`` set to ``fused`` inside the context, restored after."""
+    saved, block.fused = block.fused, fused
+    try:
+        yield
+    finally:
+        block.fused = saved
+
+
 def block_pieces(block, x):
     """The temporal MambaBlock's pieces on rows x (rows, T, C), as (name, thunk) pairs (last_only, as scored)."""
     m = block.mixer
@@ -67,16 +78,12 @@ def block_pieces(block, x):
     xc = m._conv(xs, m.conv1d.weight[:, 0], m.conv1d.bias, None)
     delta, B, C = m._x_dt_proj(xc, m.x_proj.weight, m.dt_proj.weight, chan)
     y = m._scan(xc, delta, m.A_log, B, C, m.D, z, m.dt_proj.bias, None, True)
-    saved, block.fused = block.fused, True
-    fusable = block.can_fuse(x)  # the kernel takes these sizes (whatever block.fused says)
-    block.fused = saved
+    with _fused_as(block, True):
+        fusable = block.can_fuse(x)  # the kernel takes these sizes (whatever block.fused says)
 
     def unfused():
-        saved, block.fused = block.fused, False
-        try:
+        with _fused_as(block, False):
             return block(x, last_only=True)
-        finally:
-            block.fused = saved
     return [("LayerNorm", lambda: block.norm(x, out_dtype=dt)),
             ("in_proj", lambda: m._in_proj(h, chan)),
             ("conv1d", lambda: m._conv(xs, m.conv1d.weight[:, 0], m.conv1d.bias, None)),
