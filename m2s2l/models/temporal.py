@@ -19,8 +19,9 @@ def serial(thunks):
 
 def fused_default(device):
     """Whether ``MambaBlock``s whose ``fused`` is None take the one-kernel inference path on ``device``:
-    ``M2S2L_FUSED_BLOCK=1`` / ``0`` decide; unset, on for CPU tensors (Triton's interpreter, the tested path) and
-    off on CUDA until the kernel has been run and measured on a GPU."""
+    ``M2S2L_FUSED_BLOCK=1`` / ``0`` decide; unset, on for CPU tensors (Triton's interpreter, where it is 9.5x faster
+    than the unfused block) and off on CUDA, where it is correct but slower (H100, session 15, docs/BENCHMARKS.md:
+    32 streams 1455 vs 2002 frames/s, streaming batch 1 789 vs 834; per block faster only at level 0, batch 1)."""
     env = os.environ.get("M2S2L_FUSED_BLOCK", "")
     if env in ("0", "1"):
         return env == "1"
@@ -48,7 +49,7 @@ class MambaBlock(nn.Module):
     sizes ``m2s2l.ops.mamba_block_last`` takes, runs the whole block as that one kernel (same result up to
     accumulation order). Attribute ``fused``: True / False force it on / off; None (default) = ``fused_default``
     (environment ``M2S2L_FUSED_BLOCK=1|0``, else on for CPU tensors -- Triton's interpreter, where its tests run --
-    and off on CUDA, where the kernel compiles for sm_90 with triton 3.6 and 3.9 but has not run yet).
+    and off on CUDA, where its GPU tests pass but it measured slower than the unfused block: docs/BENCHMARKS.md).
     ``fused_last(x, pool, out)`` is that path with the input's steps averaged in groups of ``pool`` first
     (``MultiTemporalMamba`` reads its feature maps so, without a layout copy)."""
 
