@@ -77,13 +77,14 @@ def _converting(fn):
     return call
 
 
-def _kernels(ins, dout):
-    """The Triton launchers alone (no validation, no custom-op/autograd dispatch): the kernels' own time."""
+def _kernels(ins, dout, last_only=False):
+    """The Triton launchers alone (no validation, no custom-op/autograd dispatch): the kernels' own time;
+    ``last_only`` (forward only): the last step's output alone."""
     from m2s2l.triton_kernels.selective_scan.scan import selective_scan_bwd, selective_scan_fwd
     a = [ins[k].detach() for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
 
     def run():
-        out, _, hc = selective_scan_fwd(*a, None, True, False, dout is not None)
+        out, _, hc = selective_scan_fwd(*a, None, True, False, dout is not None, last_only=last_only)
         if dout is not None:
             return selective_scan_bwd(dout, *a, None, hc, True)
         return out

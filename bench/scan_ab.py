@@ -44,6 +44,8 @@ def main(argv=None):
     ap.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
     ap.add_argument("--dims", default="", help="extra shapes 'b,d,L;b,d,L' (named by their dims)")
     ap.add_argument("--once", action="store_true", help="run each config once, untimed (for ncu)")
+    ap.add_argument("--last-only", action="store_true", help="fwd: the last step's output alone (last_only=True, "
+                    "as the video model's temporal blocks run it)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -67,7 +69,7 @@ def main(argv=None):
             for cfg, text in zip(cfgs, args.cfgs):
                 scan_config._CFG.clear()
                 scan_config._CFG.update(cfg)
-                run = _kernels(ins, dout)
+                run = _kernels(ins, dout, last_only=args.last_only and not grad)
                 try:
                     res = run()
                     res = [r for r in (res if isinstance(res, (tuple, list)) else (res,)) if r is not None]

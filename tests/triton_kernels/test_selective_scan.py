@@ -220,28 +220,36 @@ def test_short_sequences(case, device, spies, monkeypatch):
     assert spies["_bwd_kernel"].launches == int(not seq_bwd)
 
 
-# (batch, dim, L, N, bc, dtype, z, D, M2S2L_SCAN_CFG overrides, whether _fwd_seq_kernel forms the last step alone)
+# (batch, dim, L, N, bc, dtype, z, D, M2S2L_SCAN_CFG overrides, whether _fwd_seq_kernel forms the last step alone,
+#  initial_state given)
 LAST_CASES = [
-    (2, 6, 1, 4, "g2", "fp32", True, True, {}, True),
-    (2, 5, 7, 17, "g1", "fp32", True, True, {}, True),
-    (3, 8, 9, 16, "fixed", "fp32", False, True, {}, True),
-    (2, 6, 6, 4, "mixed", "fp32", True, False, {}, True),
-    (2, 8, 9, 16, "g2", "bf16", True, True, {}, True),
-    (2, 8, 9, 16, "3d", "fp16", True, True, {}, True),
-    (2, 6, 40, 4, "g1", "fp32", True, True, {}, False),  # chunked forward: all steps formed, then the slice
-    (2, 6, 20, 4, "g1", "fp32", True, True, dict(tile=1, tile_steps=4), False),  # tiled forward: likewise
+    (2, 6, 1, 4, "g2", "fp32", True, True, {}, True, True),
+    (2, 5, 7, 17, "g1", "fp32", True, True, {}, True, True),
+    (3, 8, 9, 16, "fixed", "fp32", False, True, {}, True, True),
+    (2, 6, 6, 4, "mixed", "fp32", True, False, {}, True, True),
+    (2, 8, 9, 16, "g2", "bf16", True, True, {}, True, True),
+    (2, 8, 9, 16, "3d", "fp16", True, True, {}, True, True),
+    (2, 6, 40, 4, "g1", "fp32", True, True, {}, False, True),  # chunked forward: all steps formed, then the slice
+    (2, 6, 20, 4, "g1", "fp32", True, True, dict(tile=1, tile_steps=4), False, True),  # tiled forward: likewise
+    # from a zero state, as the video model runs it: the first step is peeled (no decay); 1 step = the peeled step
+    # alone; peel=0 is the A/B switch back to the unpeeled loop
+    (2, 6, 1, 4, "g2", "fp32", True, True, {}, True, False),
+    (3, 8, 4, 16, "g1", "bf16", True, True, {}, True, False),
+    (2, 5, 2, 16, "fixed", "fp32", False, True, {}, True, False),
+    (2, 5, 4, 16, "g1", "fp32", True, True, dict(peel=0), True, False),
 ]
 
 
 @pytest.mark.parametrize("case", LAST_CASES, ids=lambda c: f"B{c[0]}-D{c[1]}-L{c[2]}-N{c[3]}-{c[4]}-{c[5]}"
-                         f"{'-z' if c[6] else ''}{'-D' if c[7] else ''}{'-' + str(c[8]) if c[8] else ''}")
+                         f"{'-z' if c[6] else ''}{'-D' if c[7] else ''}{'-' + str(c[8]) if c[8] else ''}"
+                         f"{'' if c[10] else '-zero_h0'}")
 def test_last_only(case, device, spies, monkeypatch):
     """last_only=True: out (batch, dim, 1) equals the float64 reference's last step, last_state as without it, and
     every gradient of (out * dout).sum() + (last * dlast).sum() equals the reference's with dout on the last step
     alone; the sequential kernel gets a (batch, dim, 1) output buffer poisoned with NaN and fills it."""
-    b, d, L, n, bc, dt, z, D, cfg, kern = case
+    b, d, L, n, bc, dt, z, D, cfg, kern, h0 = case
     monkeypatch.setattr(scan_config, "_CFG", dict(cfg))
-    ins = make_inputs(b, d, L, n, bc, dt, z=z, D=D, device=device)
+    ins = make_inputs(b, d, L, n, bc, dt, z=z, D=D, h0=h0, device=device)
     gen = torch.Generator().manual_seed(3)
     dout = torch.randn(b, d, 1, generator=gen).to(device)
     dlast = torch.randn(b, d, n, generator=gen).to(device)
@@ -265,6 +273,7 @@ def test_last_only(case, device, spies, monkeypatch):
     assert spies["_fwd_seq_kernel"].launches == int(kern or (L <= 32 and not cfg.get("tile")))
     if spies["_fwd_seq_kernel"].launches:
         assert spies["_fwd_seq_kernel"].arg("LAST_ONLY") == kern
+        assert spies["_fwd_seq_kernel"].arg("PEEL") == bool(cfg.get("peel", 1))
     names = [k for k in NAMES if xs[k] is not None]
     loss = (out.double() * dout.double()).sum() + (last.double() * dlast.double()).sum()
     grads = torch.autograd.grad(loss, [xs[k] for k in names])

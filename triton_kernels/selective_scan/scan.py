@@ -192,7 +192,8 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, initi
         def launch(rows, n_cp, LC, **kw):
             if not tile:
                 _fwd_seq_kernel[(rows, G * nblk)](*ptrs, hb, dsum, L, LC, nc, n_cp, dim, cpg, nblk, *strides, **kw,
-                                                  LAST_ONLY=kern_last, num_warps=warps)
+                                                  LAST_ONLY=kern_last, PEEL=bool(scan_config._CFG.get("peel", 1)),
+                                                  num_warps=warps)
                 return
             n_work = rows * G * nblk
             progs = max(1, min(n_work, _tile_programs(u.device)))

@@ -27,7 +27,8 @@ def _env_config():
     cseq_block_d, cseq_warps, cseq_bwd_block_d, cseq_bwd_warps, cseq_bwd_programs, cseq_combine_block_d; the
     time-tiled kernels (``use_tile_fwd`` / ``use_tile_bwd``): tile=0|1, tile_steps, tile_block_d, tile_warps,
     tile_progs_per_sm, tile_maxnreg (forward); tile_bwd=0|1, tile_bwd_min_len, tile_bwd_steps, tile_bwd_block_d,
-    tile_bwd_warps, tile_bwd_progs_per_sm, tile_bwd_maxnreg (backward)."""
+    tile_bwd_warps, tile_bwd_progs_per_sm, tile_bwd_maxnreg (backward); peel=0 runs the sequential forward's first
+    step from a zero state with its decay exponentials, as before the step was peeled (A/B only)."""
     return env_int_config("M2S2L_SCAN_CFG")
 
 

@@ -39,6 +39,51 @@ def _gated_output(b_h, b_Ct, b_u, b_D, b_z, HAS_D: tl.constexpr, HAS_Z: tl.const
     return b_y
 
 
+@triton.jit
+def _seq_fwd_step(t, n_t, b_h, b_dts, n_u, n_dt, n_z, n_B, n_C, b_B, b_C, b_A2, b_D, b_bias, p_u, p_dt, p_z, p_B, p_C,
+                  p_o, hc_ptr, i_b, L, dim, o_c, o_d, o_n, m_d, m_n, m_dn, su_t, sdt_t, sz_t, sB3, sC3,
+                  N: tl.constexpr, T_C: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_D: tl.constexpr,
+                  HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, SAVE_CHUNKS: tl.constexpr,
+                  STATE_ONLY: tl.constexpr, PER_STEP_Y: tl.constexpr, DECAY: tl.constexpr):
+    """Step t of ``_fwd_seq_kernel``: n_* hold step t's inputs (prefetched) and come back holding step t + 1's;
+    h_t = exp(delta_t A) h_{t-1} + delta_t u_t B_t (without DECAY: h_t = delta_t u_t B_t, step 0 from a zero
+    state); with PER_STEP_Y y_t is stored at ``p_o + t``. Returns (h, delta sum, the next step's n_*)."""
+    if SAVE_CHUNKS:
+        if (t > 0) & (t % T_C == 0):
+            hc_off = ((i_b * ((L + T_C - 1) // T_C - 1) + t // T_C - 1) * dim + o_d[:, None]) * N + o_n[None, :]
+            tl.store(hc_ptr + hc_off, b_h, mask=m_dn)
+    b_u, b_dt = n_u.to(tl.float32), n_dt.to(tl.float32)
+    m_dn1 = m_d & (o_c * 0 + t + 1 < n_t)
+    m_nn1 = m_n & (o_n * 0 + t + 1 < n_t)
+    n_u = tl.load(p_u + (t + 1) * su_t, mask=m_dn1, other=0.0)
+    n_dt = tl.load(p_dt + (t + 1) * sdt_t, mask=m_dn1, other=0.0)
+    if B_VAR:
+        b_Bt = n_B.to(tl.float32)[None, :]
+        n_B = tl.load(p_B + (t + 1) * sB3, mask=m_nn1, other=0.0)
+    else:
+        b_Bt = b_B
+    b_dtr, b_dt = _delta(b_dt, b_bias, HAS_BIAS, SOFTPLUS)
+    if DECAY:
+        b_h = tl.exp2(b_dt[:, None] * b_A2) * b_h + (b_dt * b_u)[:, None] * b_Bt
+    else:
+        b_h = (b_dt * b_u)[:, None] * b_Bt
+    if STATE_ONLY:
+        b_dts += b_dt
+    if PER_STEP_Y:
+        b_z = b_u  # (unused without z)
+        if HAS_Z:
+            b_z = n_z.to(tl.float32)
+            n_z = tl.load(p_z + (t + 1) * sz_t, mask=m_dn1, other=0.0)
+        if C_VAR:
+            b_Ct = n_C.to(tl.float32)[None, :]
+            n_C = tl.load(p_C + (t + 1) * sC3, mask=m_nn1, other=0.0)
+        else:
+            b_Ct = b_C
+        b_y = _gated_output(b_h, b_Ct, b_u, b_D, b_z, HAS_D, HAS_Z)
+        tl.store(p_o + t, b_y.to(p_o.dtype.element_ty), mask=m_d)
+    return b_h, b_dts, n_u, n_dt, n_z, n_B, n_C
+
+
 @triton.jit(do_not_specialize=["L", "NC", "n_cp"])
 def _fwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, hlast_ptr, hc_ptr,
                     hb_ptr, dsum_ptr,
@@ -49,7 +94,7 @@ def _fwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
                     STORE_LAST: tl.constexpr, SAVE_CHUNKS: tl.constexpr, STATE_ONLY: tl.constexpr,
-                    CSEQ: tl.constexpr, LAST_ONLY: tl.constexpr = False):
+                    CSEQ: tl.constexpr, LAST_ONLY: tl.constexpr = False, PEEL: tl.constexpr = True):
     """Sequential-in-time forward: the [BLOCK_D, BLOCK_N] state stays in registers and the program steps through
     time, loading [BLOCK_D] of u/delta/z and [BLOCK_N] of B/C per step (no scan, no cross-thread traffic except
     the sum over N). Same outputs as ``_fwd_kernel``, including the chunk states (SAVE_CHUNKS, NC == 1 only).
@@ -59,7 +104,8 @@ def _fwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
     chunk's end state into hb[b, c] (batch, NC - 1, dim, N) and its delta sum into dsum[b, c] (batch, NC - 1, dim).
     CSEQ (pass 2): chunk c > 0 starts from hb[b, c - 1] (the combined boundary state), chunk 0 from h0; last_state
     is stored by the last chunk. LAST_ONLY (NC == 1): out is (batch, dim, 1), the last step's output alone, formed
-    once from the final state (no per-step C / z loads, sums over N or stores)."""
+    once from the final state (no per-step C / z loads, sums over N or stores). PEEL: a zero start state's first
+    step runs without the decay (see below; False only for A/B runs)."""
     pid = tl.program_id(0)
     i_b, i_c = (pid // n_cp).to(tl.int64), pid % n_cp
     i_gd = tl.program_id(1)
@@ -74,6 +120,10 @@ def _fwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
     if CSEQ:
         o_hb = ((i_b * (NC - 1) + i_c - 1) * dim + o_d[:, None]) * N + o_n[None, :]
         b_h += tl.load(hb_ptr + o_hb, mask=m_dn & (f_c > 0), other=0.0)
+    p_B = B_ptr  # (placeholders: only the flags' pointer or tile is used)
+    p_C = C_ptr
+    b_B = b_A2
+    b_C = b_A2
     if B_VAR:
         p_B = _var_bc_ptrs(B_ptr, i_b, i_g, o_n, sB0, sB1, sB2) + t0 * sB3
     else:
@@ -90,43 +140,28 @@ def _fwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
     n_u = tl.load(p_u, mask=m_d, other=0.0)
     n_dt = tl.load(p_dt, mask=m_d, other=0.0)
     PER_STEP_Y: tl.constexpr = not STATE_ONLY and not LAST_ONLY  # outputs formed every step
+    n_z = n_u  # placeholders for the flags' absent inputs
+    n_B = n_u
+    n_C = n_u
     if HAS_Z and PER_STEP_Y:
         n_z = tl.load(p_z, mask=m_d, other=0.0)
     if B_VAR:
         n_B = tl.load(p_B, mask=m_n, other=0.0)
     if C_VAR and PER_STEP_Y:
         n_C = tl.load(p_C, mask=m_n, other=0.0)
-    for t in range(0, n_t):
-        if SAVE_CHUNKS:
-            if (t > 0) & (t % T_C == 0):
-                hc_off = ((i_b * ((L + T_C - 1) // T_C - 1) + t // T_C - 1) * dim + o_d[:, None]) * N + o_n[None, :]
-                tl.store(hc_ptr + hc_off, b_h, mask=m_dn)
-        b_u, b_dt = n_u.to(tl.float32), n_dt.to(tl.float32)
-        m_dn1 = m_d & (o_c * 0 + t + 1 < n_t)
-        m_nn1 = m_n & (o_n * 0 + t + 1 < n_t)
-        n_u = tl.load(p_u + (t + 1) * su_t, mask=m_dn1, other=0.0)
-        n_dt = tl.load(p_dt + (t + 1) * sdt_t, mask=m_dn1, other=0.0)
-        if B_VAR:
-            b_Bt = n_B.to(tl.float32)[None, :]
-            n_B = tl.load(p_B + (t + 1) * sB3, mask=m_nn1, other=0.0)
-        else:
-            b_Bt = b_B
-        b_dtr, b_dt = _delta(b_dt, b_bias, HAS_BIAS, SOFTPLUS)
-        b_h = tl.exp2(b_dt[:, None] * b_A2) * b_h + (b_dt * b_u)[:, None] * b_Bt
-        if STATE_ONLY:
-            b_dts += b_dt
-        if PER_STEP_Y:
-            b_z = b_u  # (unused without z)
-            if HAS_Z:
-                b_z = n_z.to(tl.float32)
-                n_z = tl.load(p_z + (t + 1) * sz_t, mask=m_dn1, other=0.0)
-            if C_VAR:
-                b_Ct = n_C.to(tl.float32)[None, :]
-                n_C = tl.load(p_C + (t + 1) * sC3, mask=m_nn1, other=0.0)
-            else:
-                b_Ct = b_C
-            b_y = _gated_output(b_h, b_Ct, b_u, b_D, b_z, HAS_D, HAS_Z)
-            tl.store(p_o + t, b_y.to(out_ptr.dtype.element_ty), mask=m_d)
+    # from a zero state (no h0, no chunk carry-in) step 0 is h_0 = delta_0 u_0 B_0: no decay exponentials (1 / L of
+    # them; a quarter at the video model's 4 steps, half at its 2-step scale)
+    ZERO_START: tl.constexpr = PEEL and not HAS_H0 and not CSEQ
+    if ZERO_START:
+        b_h, b_dts, n_u, n_dt, n_z, n_B, n_C = _seq_fwd_step(
+            0, n_t, b_h, b_dts, n_u, n_dt, n_z, n_B, n_C, b_B, b_C, b_A2, b_D, b_bias, p_u, p_dt, p_z, p_B, p_C, p_o,
+            hc_ptr, i_b, L, dim, o_c, o_d, o_n, m_d, m_n, m_dn, su_t, sdt_t, sz_t, sB3, sC3, N, T_C, B_VAR, C_VAR,
+            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SAVE_CHUNKS, STATE_ONLY, PER_STEP_Y, False)
+    for t in range(1 if ZERO_START else 0, n_t):
+        b_h, b_dts, n_u, n_dt, n_z, n_B, n_C = _seq_fwd_step(
+            t, n_t, b_h, b_dts, n_u, n_dt, n_z, n_B, n_C, b_B, b_C, b_A2, b_D, b_bias, p_u, p_dt, p_z, p_B, p_C, p_o,
+            hc_ptr, i_b, L, dim, o_c, o_d, o_n, m_d, m_n, m_dn, su_t, sdt_t, sz_t, sB3, sC3, N, T_C, B_VAR, C_VAR,
+            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SAVE_CHUNKS, STATE_ONLY, PER_STEP_Y, True)
     if LAST_ONLY:  # the last step's output from the final state
         b_u = tl.load(p_u + (n_t - 1) * su_t, mask=m_d, other=0.0).to(tl.float32)
         if C_VAR:
