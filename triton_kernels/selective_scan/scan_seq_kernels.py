@@ -40,6 +40,19 @@ def _gated_output(b_h, b_Ct, b_u, b_D, b_z, HAS_D: tl.constexpr, HAS_Z: tl.const
 
 
 @triton.jit
+def _bc_step(n_X, b_X, p_X, t_next, s3, m_next, VAR: tl.constexpr):
+    """B or C for the current step and the prefetch of the next: input-dependent (VAR), the prefetched row ``n_X``
+    as a float32 [1, BLOCK_N] and ``n_X`` reloaded from step ``t_next`` (masked by ``m_next``); fixed, the tile
+    ``b_X`` and ``n_X`` unchanged."""
+    if VAR:
+        b_Xt = n_X.to(tl.float32)[None, :]
+        n_X = tl.load(p_X + t_next * s3, mask=m_next, other=0.0)
+    else:
+        b_Xt = b_X
+    return b_Xt, n_X
+
+
+@triton.jit
 def _seq_fwd_step(t, n_t, b_h, b_dts, n_u, n_dt, n_z, n_B, n_C, b_B, b_C, b_A2, b_D, b_bias, p_u, p_dt, p_z, p_B, p_C,
                   p_o, hc_ptr, i_b, L, dim, o_c, o_d, o_n, m_d, m_n, m_dn, su_t, sdt_t, sz_t, sB3, sC3,
                   N: tl.constexpr, T_C: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_D: tl.constexpr,
@@ -57,11 +70,7 @@ def _seq_fwd_step(t, n_t, b_h, b_dts, n_u, n_dt, n_z, n_B, n_C, b_B, b_C, b_A2, 
     m_nn1 = m_n & (o_n * 0 + t + 1 < n_t)
     n_u = tl.load(p_u + (t + 1) * su_t, mask=m_dn1, other=0.0)
     n_dt = tl.load(p_dt + (t + 1) * sdt_t, mask=m_dn1, other=0.0)
-    if B_VAR:
-        b_Bt = n_B.to(tl.float32)[None, :]
-        n_B = tl.load(p_B + (t + 1) * sB3, mask=m_nn1, other=0.0)
-    else:
-        b_Bt = b_B
+    b_Bt, n_B = _bc_step(n_B, b_B, p_B, t + 1, sB3, m_nn1, B_VAR)
     b_dtr, b_dt = _delta(b_dt, b_bias, HAS_BIAS, SOFTPLUS)
     if DECAY:
         b_h = tl.exp2(b_dt[:, None] * b_A2) * b_h + (b_dt * b_u)[:, None] * b_Bt
@@ -74,11 +83,7 @@ def _seq_fwd_step(t, n_t, b_h, b_dts, n_u, n_dt, n_z, n_B, n_C, b_B, b_C, b_A2, 
         if HAS_Z:
             b_z = n_z.to(tl.float32)
             n_z = tl.load(p_z + (t + 1) * sz_t, mask=m_dn1, other=0.0)
-        if C_VAR:
-            b_Ct = n_C.to(tl.float32)[None, :]
-            n_C = tl.load(p_C + (t + 1) * sC3, mask=m_nn1, other=0.0)
-        else:
-            b_Ct = b_C
+        b_Ct, n_C = _bc_step(n_C, b_C, p_C, t + 1, sC3, m_nn1, C_VAR)
         b_y = _gated_output(b_h, b_Ct, b_u, b_D, b_z, HAS_D, HAS_Z)
         tl.store(p_o + t, b_y.to(p_o.dtype.element_ty), mask=m_d)
     return b_h, b_dts, n_u, n_dt, n_z, n_B, n_C
