@@ -126,7 +126,7 @@ def _capture(shape, bwd):
         for n in names:
             setattr(scan, n, caps[n])
         if bwd:
-            ns = scan.saved_state_count(L, N)
+            ns = scan.saved_state_count(L, N, batch * dim)
             hc = torch.empty(batch, ns, dim, N, **m) if ns > 0 else None
             scan.selective_scan_bwd(u, u, u, A, Bt, Bt, D, u, bias, None, hc, True)
         else:

@@ -98,7 +98,7 @@ def _fwd_fake(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
     hc = u.new_empty(0, dtype=torch.float32)
     if backend == "triton" and save_states:
         from m2s2l.triton_kernels.selective_scan.scan import saved_state_count
-        ns = saved_state_count(L, N)
+        ns = saved_state_count(L, N, batch * dim)
         if ns > 0:
             hc = u.new_empty(batch, ns, dim, N, dtype=torch.float32)
     if backend == "cuda" and save_states:  # the state at the start of every 64-step chunk (csrc/README.md)

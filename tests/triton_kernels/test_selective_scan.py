@@ -194,6 +194,9 @@ SEQ_CASES = [
     (2, 6, 20, 4, "g1", "fp32", True, True, dict(tile=1, tile_steps=4, seq_bwd=0)),
     (2, 8, 9, 16, "g2", "bf16", False, True, dict(tile=1, tile_bwd=1, tile_steps=4, tile_bwd_steps=2)),
     (2, 6, 6, 4, "mixed", "fp32", False, False, dict(tile=1, tile_bwd=1)),
+    # the first-step peel forced on a full-output scan from a zero state (by default it is for last-only scans)
+    (2, 6, 5, 4, "g2", "fp32", True, False, dict(peel=1)),
+    (2, 8, 9, 16, "fixed", "bf16", False, False, dict(peel=1)),
 ]
 
 
@@ -213,6 +216,8 @@ def test_short_sequences(case, device, spies, monkeypatch):
     tile_fwd = bool(seq_fwd) and bool(cfg.get("tile", 0))  # whole short sequences keep _fwd_seq_kernel
     tile_bwd = bool(seq_bwd) and bool(cfg.get("tile_bwd", L >= 16))  # scan_config.use_tile_bwd's default
     assert spies["_fwd_seq_kernel"].launches == int(bool(seq_fwd) and not tile_fwd)
+    if spies["_fwd_seq_kernel"].launches:
+        assert spies["_fwd_seq_kernel"].arg("PEEL") == bool(cfg.get("peel", 0))
     assert spies["_fwd_tile_kernel"].launches == int(tile_fwd)
     assert spies["_fwd_kernel"].launches == int(not seq_fwd)
     assert spies["_bwd_seq_kernel"].launches == int(bool(seq_bwd) and not tile_bwd)
@@ -273,7 +278,7 @@ def test_last_only(case, device, spies, monkeypatch):
     assert spies["_fwd_seq_kernel"].launches == int(kern or (L <= 32 and not cfg.get("tile")))
     if spies["_fwd_seq_kernel"].launches:
         assert spies["_fwd_seq_kernel"].arg("LAST_ONLY") == kern
-        assert spies["_fwd_seq_kernel"].arg("PEEL") == bool(cfg.get("peel", 1))
+        assert spies["_fwd_seq_kernel"].arg("PEEL") == bool(cfg.get("peel", kern))
     names = [k for k in NAMES if xs[k] is not None]
     loss = (out.double() * dout.double()).sum() + (last.double() * dlast.double()).sum()
     grads = torch.autograd.grad(loss, [xs[k] for k in names])

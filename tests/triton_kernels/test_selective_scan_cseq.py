@@ -126,6 +126,22 @@ def test_cseq_opcheck(device, monkeypatch):
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 
+@pytest.mark.parametrize("batch", [2, 1])
+def test_cseq_by_rows(batch, device, spies, monkeypatch):
+    """The rows rule (batch * dim sequences) reaches both launchers and the fake: with cseq_min_rows 12, batch 2 x
+    dim 6 runs cseq (3 chunks of 16: combine launched forward and backward), batch 1 the chunked kernels; outputs,
+    last_state and every gradient vs float64 either way, and opcheck's fake chunk_states shape agrees."""
+    monkeypatch.setattr(scan_config, "_CFG", dict(cseq_min_rows=12, cseq_rows_min_len=20, cseq_chunk=16))
+    ins = make_inputs(batch, 6, 40, 4, "g2", device=device)
+    check(ins, "fp32")
+    on = batch * 6 >= 12
+    assert spies["_chunk_combine_kernel"].launches == (2 if on else 0)
+    assert (spies["_fwd_kernel"].launches == 0) == on
+    args = tuple(v.detach().clone().requires_grad_() for v in ins.values()) + (True, True, True, False, "triton")
+    torch.library.opcheck(torch.ops.m2s2l.selective_scan_fwd.default, args,
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
 def test_cseq_config(monkeypatch):
     """On from seqlen 512 with chunks of 32 (the H200 measurements in cseq_chunk's docstring); cseq_min_len;
     cseq=0|1; the chunk grows to keep at most cseq_max_chunks chunks; the tiled kernels where cseq runs."""
@@ -135,6 +151,12 @@ def test_cseq_config(monkeypatch):
     assert scan_config.use_tile_fwd(True) and not scan_config.use_tile_fwd(False)
     assert scan_config.use_tile_bwd(4096, True) and scan_config.use_tile_bwd(16, False)
     assert not scan_config.use_tile_bwd(15, False)
+    # from 256 steps when there are >= 8192 sequences (batch * dim): the model's 32-stream spatial scans
+    assert scan_config.cseq_chunk(256, 8192) == 32 and scan_config.saved_state_count(256, 16, 32 * 1024) == 7
+    assert scan_config.cseq_chunk(256, 8191) == 0 and scan_config.cseq_chunk(255, 8192) == 0
+    assert scan_config.cseq_chunk(256) == 0 and scan_config.saved_state_count(256, 16, 1024) == -(-256 // 16) - 1
+    monkeypatch.setattr(scan_config, "_CFG", dict(cseq_min_rows=16, cseq_rows_min_len=20))
+    assert scan_config.cseq_chunk(20, 16) == 32 and scan_config.cseq_chunk(19, 16) == 0
     monkeypatch.setattr(scan_config, "_CFG", dict(cseq_min_len=2048, cseq_chunk=128))
     assert scan_config.cseq_chunk(2047) == 0 and scan_config.cseq_chunk(2048) == 128
     monkeypatch.setattr(scan_config, "_CFG", dict(cseq=1, cseq_chunk=128))

@@ -143,7 +143,7 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, initi
     chunks of ``chunk_len`` steps, or of ``cseq_chunk`` steps when the chunk-parallel sequential scan runs).
     """
     batch, dim, L, N, B4, b_var, sB, C4, c_var, sC, G, cpg, T_C = _layout(u, A, B, C)
-    Lc = cseq_chunk(L)
+    Lc = cseq_chunk(L, batch * dim)
     nc = triton.cdiv(L, Lc) if Lc else 1  # cseq chunks (1: one sequential pass)
     seq = bool(Lc) or use_seq_fwd(L)
     if Lc:
@@ -192,7 +192,7 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, initi
         def launch(rows, n_cp, LC, **kw):
             if not tile:
                 _fwd_seq_kernel[(rows, G * nblk)](*ptrs, hb, dsum, L, LC, nc, n_cp, dim, cpg, nblk, *strides, **kw,
-                                                  LAST_ONLY=kern_last, PEEL=bool(scan_config._CFG.get("peel", 1)),
+                                                  LAST_ONLY=kern_last, PEEL=scan_config.use_peel(kern_last),
                                                   num_warps=warps)
                 return
             n_work = rows * G * nblk
@@ -227,7 +227,7 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D=None, z=None, delta_bias=None,
     (None where the input was None).
     """
     batch, dim, L, N, B4, b_var, sB, C4, c_var, sC, G, cpg, T_C = _layout(u, A, B, C)
-    Lc = cseq_chunk(L)
+    Lc = cseq_chunk(L, batch * dim)
     nc = triton.cdiv(L, Lc) if Lc else 1  # cseq chunks (1: one sequential pass)
     seq = bool(Lc) or use_seq_bwd(L)
     BN = max(2, _pow2(N))

@@ -23,12 +23,13 @@ def _env_config():
     (overrides seq for the backward only),
     seq_bwd_block_d, seq_bwd_warps, seq_bwd_progs_per_sm, seq_bwd_programs (total program target), seq_bwd_maxnreg
     (register cap passed to the compiler; unset = none: sm_90 AOT shows 255 registers unconstrained); the
-    chunk-parallel sequential scan (``cseq_chunk``): cseq=0|1, cseq_min_len, cseq_chunk, cseq_max_chunks,
+    chunk-parallel sequential scan (``cseq_chunk``): cseq=0|1, cseq_min_len, cseq_min_rows, cseq_rows_min_len, cseq_chunk,
+    cseq_max_chunks,
     cseq_block_d, cseq_warps, cseq_bwd_block_d, cseq_bwd_warps, cseq_bwd_programs, cseq_combine_block_d; the
     time-tiled kernels (``use_tile_fwd`` / ``use_tile_bwd``): tile=0|1, tile_steps, tile_block_d, tile_warps,
     tile_progs_per_sm, tile_maxnreg (forward); tile_bwd=0|1, tile_bwd_min_len, tile_bwd_steps, tile_bwd_block_d,
-    tile_bwd_warps, tile_bwd_progs_per_sm, tile_bwd_maxnreg (backward); peel=0 runs the sequential forward's first
-    step from a zero state with its decay exponentials, as before the step was peeled (A/B only)."""
+    tile_bwd_warps, tile_bwd_progs_per_sm, tile_bwd_maxnreg (backward); peel=0|1 (the sequential forward's first step
+    from a zero state without its decay exponentials; default: last-only scans, ``use_peel``)."""
     return env_int_config("M2S2L_SCAN_CFG")
 
 
@@ -46,7 +47,7 @@ def chunk_len(seqlen, dstate):
     return max(2, min(tc, _pow2(seqlen)))
 
 
-def cseq_chunk(seqlen):
+def cseq_chunk(seqlen, rows=None):
     """Chunk length Lc of the chunk-parallel sequential scan ("cseq") for this seqlen, or 0 when it is not used.
 
     cseq splits time into chunks of Lc steps and runs the sequential kernels on every (batch row, chunk, channel
@@ -63,22 +64,29 @@ def cseq_chunk(seqlen):
     --cseq, bf16, N 16, same run: (16, 192, 4096) fwd 1.055 -> 0.641 ms, fwd+bwd 6.50 -> 2.92 ms; (8, 2048, 2048)
     fwd 3.155 -> 1.510, fwd+bwd 12.68 -> 7.45 ms (Lc 32 was the best fwd+bwd chunk on both; forward alone prefers
     256-512, but the backward needs the forward's chunking; with the tiled kernels, LM fwd+bwd at Lc 32 / 64 / 128:
-    5.02 / 5.08 / 5.04 ms). M2S2L_SCAN_CFG cseq=1 forces it on for every length, cseq=0 off, cseq_min_len=M sets
-    the threshold. Lc is grown so that there are at most cseq_max_chunks (default 1024) chunks (saved states and the
+    5.02 / 5.08 / 5.04 ms). Also on from seqlen 256 (cseq_rows_min_len) when there are ``rows`` = batch * dim >=
+    8192 (cseq_min_rows) sequences: NVIDIA H100, bf16, bench/scan_ab.py, same run (session 16): (32, 1024, 256) --
+    the M2S2L paper model's spatial BiMamba scan at 32 streams -- fwd 0.786 -> 0.236 ms, fwd+bwd 3.015 -> 1.017;
+    (16, 1024, 256) fwd+bwd 1.511 -> 0.539; but (1, 1024, 256) fwd 0.034 -> 0.168 (one stream: too few sequences to
+    fill the chunks' programs), so few rows keep the chunked kernels. M2S2L_SCAN_CFG cseq=1 forces it on for every
+    length, cseq=0 off, cseq_min_len=M sets the threshold (cseq_min_rows / cseq_rows_min_len the second one). Without
+    ``rows`` only the length rule applies. Lc is grown so that there are at most cseq_max_chunks (default 1024) chunks (saved states and the
     combine's serial steps stay bounded)."""
     on = _CFG.get("cseq")
     if on is None:
-        on = seqlen >= _CFG.get("cseq_min_len", 512)
+        on = seqlen >= _CFG.get("cseq_min_len", 512) or (
+            rows is not None and rows >= _CFG.get("cseq_min_rows", 8192) and seqlen >= _CFG.get("cseq_rows_min_len",
+                                                                                                 256))
     if not on:
         return 0
     lc = max(1, _CFG.get("cseq_chunk", 32))
     return max(lc, triton.cdiv(seqlen, max(1, _CFG.get("cseq_max_chunks", 1024))))
 
 
-def saved_state_count(seqlen, dstate):
+def saved_state_count(seqlen, dstate, rows=None):
     """The number of chunk states ``selective_scan_fwd(..., save_states=True)`` returns per (batch row, channel)
     (the chunk_states shape is (batch, count, dim, dstate); count 0 means None)."""
-    lc = cseq_chunk(seqlen)
+    lc = cseq_chunk(seqlen, rows)
     return triton.cdiv(seqlen, lc or chunk_len(seqlen, dstate)) - 1
 
 
@@ -173,6 +181,14 @@ def _seq_bwd_rows(batch, n_gd, slot_bytes, warps, device, prefix="seq_bwd"):
     else:
         target = min(max(1, 8 // warps) * sms, max(sms, (32 << 20) // max(slot_bytes, 1)))
     return max(1, min(batch, target // n_gd))
+
+
+def use_peel(last_only):
+    """Whether ``_fwd_seq_kernel`` peels its first step from a zero start state (no decay exponentials there): by
+    default for last-only scans alone. NVIDIA H100, bf16, ``bench/gpu_peel.sh`` (bench/scan_ab.py, same run): last-only
+    (524288, 64, 4) 1.335 -> 1.144 ms, (524288, 64, 2) 0.986 -> 0.802, (131072, 128, 4) 0.687 -> 0.619; every step
+    written it lost ((16384, 128, 8) 0.195 -> 0.204 ms, (4096, 256, 16) 0.222 -> 0.227). Override: peel=0|1."""
+    return bool(_CFG.get("peel", last_only))
 
 
 def use_tile_fwd(cseq):
