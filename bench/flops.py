@@ -11,6 +11,8 @@ custom ops, which fvcore cannot see into, are counted by the handles below:
                              the same depthwise conv through aten::_convolution)
   m2s2l::layer_norm_fwd      numel * (5 with weight, else 4): fvcore's own aten::layer_norm count (the LayerNorm
                              module itself records aten::layer_norm when traced; this serves direct op calls)
+  m2s2l::upsample_cat_fwd    4 per resized output value (fvcore's aten::upsample_bilinear2d count); the
+                             concatenation, a copy, is not counted (as aten::cat)
 Elementwise ops and reductions (activations, residual adds, softplus/exp inside modules, means) are not
 counted, as is usual for fvcore numbers; they are listed under "uncounted_elementwise_ops". Any other op
 fvcore does not know is an error and is listed under "unsupported_ops" (it must stay empty).
@@ -72,8 +74,16 @@ def layer_norm_flop_jit(inputs, outputs):
     return numel * (5 if _shape(inputs[1]) is not None else 4)
 
 
+def upsample_cat_flop_jit(inputs, outputs):
+    """m2s2l::upsample_cat_fwd(x, skip): as fvcore's handle for aten::upsample_bilinear2d (4 per resized output
+    value); the concatenation is a copy (not counted, as aten::cat)."""
+    B, Cx = _shape(inputs[0])[:2]
+    H, W = _shape(inputs[1])[2:]
+    return 4 * B * Cx * H * W
+
+
 HANDLES = {"m2s2l::selective_scan_fwd": scan_flop_jit, "m2s2l::causal_conv1d_fwd": conv1d_flop_jit,
-           "m2s2l::layer_norm_fwd": layer_norm_flop_jit}
+           "m2s2l::layer_norm_fwd": layer_norm_flop_jit, "m2s2l::upsample_cat_fwd": upsample_cat_flop_jit}
 
 
 def set_all_steps(model):

@@ -151,6 +151,8 @@ def main(argv=None):
     p.add_argument("--fused-block", default="auto", choices=("auto", "on", "off"), help="the temporal Mamba blocks "
                    "as one m2s2l.ops.mamba_block_last kernel each (on), unfused (off), or MambaBlock's default (auto: "
                    "m2s2l.models.temporal.fused_default)")
+    p.add_argument("--upsample-backend", default=None, help="backend of the decoders' upsample_cat only (torch: "
+                   "F.interpolate + torch.cat, to compare with the one-kernel Triton form in one run)")
     p.add_argument("--no-fuse-bn", action="store_true", help="keep the BatchNorm kernels (default: fold them into "
                    "the convolutions, as m2s2l score / StreamScorer do)")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="after timing, profile N calls of each mode "
@@ -175,6 +177,11 @@ def main(argv=None):
         for m in model.modules():
             if isinstance(m, LayerNorm):
                 m.backend = a.ln_backend
+    if a.upsample_backend:
+        from m2s2l.models.decoder import Decoder
+        for m in model.modules():
+            if isinstance(m, Decoder):
+                m.backend = a.upsample_backend
     set_fused(model, {"auto": None, "on": True, "off": False}[a.fused_block])
     if a.mamba_layout:
         from m2s2l.modules import Mamba
@@ -185,7 +192,8 @@ def main(argv=None):
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     res = {"preset": a.preset, "device": name, "amp": amp, "compile": a.compile, "cuda_graphs": a.cuda_graphs,
            "branches": a.branches,
-           "channels_last": a.channels_last, "ln_backend": a.ln_backend, "fuse_bn": not a.no_fuse_bn,
+           "channels_last": a.channels_last, "ln_backend": a.ln_backend,
+           "upsample_backend": a.upsample_backend, "fuse_bn": not a.no_fuse_bn,
            "mamba_layout": a.mamba_layout, "fused_block": a.fused_block, "backend": a.backend,
            "pure_torch": a.pure_torch,
            "image_size": model.config.image_size, "clip_len": model.config.clip_len,

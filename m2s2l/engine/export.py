@@ -27,13 +27,15 @@ import torch
 @contextlib.contextmanager
 def pure_torch_ops():
     """Within the block, ``m2s2l.ops.selective_scan_fn`` / ``causal_conv1d_fn`` / ``layer_norm`` /
-    ``mamba_block_last`` (looked up at call time by the Mamba, LayerNorm and MambaBlock modules) run plain PyTorch
-    (the naive references, F.layer_norm) instead of the custom ops; restored on exit."""
+    ``mamba_block_last`` / ``upsample_cat`` (looked up at call time by the Mamba, LayerNorm, MambaBlock and Decoder
+    modules) run plain PyTorch (the naive references, F.layer_norm, F.interpolate + torch.cat) instead of the custom
+    ops; restored on exit."""
     from m2s2l import ops
     from m2s2l.ops.layer_norm import _torch_layer_norm
     from m2s2l.triton_kernels.causal_conv1d.naive import causal_conv1d_ref
     from m2s2l.triton_kernels.mamba_block.naive import mamba_block_last_ref
     from m2s2l.triton_kernels.selective_scan.naive import selective_scan_ref
+    from m2s2l.triton_kernels.upsample.naive import upsample_cat_ref
 
     def scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
              *, initial_state=None, backend="auto", last_only=False):
@@ -54,13 +56,18 @@ def pure_torch_ops():
         res = mamba_block_last_ref(x, *params, eps=eps, pool=pool)
         return res if out is None else out.copy_(res)
 
-    saved = ops.selective_scan_fn, ops.causal_conv1d_fn, ops.layer_norm, ops.mamba_block_last
-    ops.selective_scan_fn, ops.causal_conv1d_fn, ops.layer_norm, ops.mamba_block_last = (scan, conv, layer_norm,
-                                                                                          block_last)
+    def upsample_cat(x, skip, *, backend="auto"):
+        return upsample_cat_ref(x, skip)
+
+    names = ("selective_scan_fn", "causal_conv1d_fn", "layer_norm", "mamba_block_last", "upsample_cat")
+    saved = [getattr(ops, n) for n in names]
+    for n, f in zip(names, (scan, conv, layer_norm, block_last, upsample_cat)):
+        setattr(ops, n, f)
     try:
         yield
     finally:
-        ops.selective_scan_fn, ops.causal_conv1d_fn, ops.layer_norm, ops.mamba_block_last = saved
+        for n, f in zip(names, saved):
+            setattr(ops, n, f)
 
 
 def example_step_inputs(model, batch=1, seed=0):

@@ -39,9 +39,9 @@ class M2S2L(nn.Module):
             MultiTemporalMamba(w, cfg.clip_len, cfg.temporal_scales, cfg.temporal_depth, **mk) for w in cfg.widths)
         self.spatial = SpatialMamba(cfg.widths[-1], cfg.spatial_depth, **mk)
         self.decompose = nn.ModuleList(Decomposition(w) for w in cfg.widths)
-        self.app_decoder = Decoder(cfg.widths, cfg.dec_depths, cfg.in_channels, tanh=True)
+        self.app_decoder = Decoder(cfg.widths, cfg.dec_depths, cfg.in_channels, tanh=True, backend=cfg.backend)
         self.motion_decoder = Decoder(cfg.widths, cfg.dec_depths, cfg.motion_channels,
-                                      tanh=cfg.motion_target == "diff")
+                                      tanh=cfg.motion_target == "diff", backend=cfg.backend)
 
     # ---- shapes ------------------------------------------------------------------------------------
     def feature_shapes(self):
@@ -71,12 +71,12 @@ class M2S2L(nn.Module):
         return (clip.to(next(self.parameters()).device),)
 
     def set_backend(self, name):
-        """Select the kernel backend ("auto" | "triton" | "cuda" | "torch") of every Mamba block (scan, conv) and
-        of their LayerNorms."""
+        """Select the kernel backend ("auto" | "triton" | "cuda" | "torch") of every Mamba block (scan, conv), of
+        their LayerNorms and of the decoders' upsampling (``m2s2l.ops.upsample_cat``)."""
         if name not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
         for m in self.modules():
-            if isinstance(m, (Mamba, BiMamba, LayerNorm)):
+            if isinstance(m, (Mamba, BiMamba, LayerNorm, Decoder)):
                 if hasattr(m, "set_backend"):
                     m.set_backend(name)
                 else:
