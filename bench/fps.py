@@ -153,6 +153,8 @@ def main(argv=None):
                    "m2s2l.models.temporal.fused_default)")
     p.add_argument("--upsample-backend", default=None, help="backend of the decoders' upsample_cat only (torch: "
                    "F.interpolate + torch.cat, to compare with the one-kernel Triton form in one run)")
+    p.add_argument("--no-conv-act", action="store_true", help="keep each folded convolution's bias / residual / ReLU "
+                   "as separate kernels (default: one cuDNN call each, m2s2l.models.fuse.ConvAct)")
     p.add_argument("--no-fuse-bn", action="store_true", help="keep the BatchNorm kernels (default: fold them into "
                    "the convolutions, as m2s2l score / StreamScorer do)")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="after timing, profile N calls of each mode "
@@ -168,7 +170,7 @@ def main(argv=None):
         kw[k] = int(v) if v.lstrip("-").isdigit() else v
     model = create_model(a.preset, **kw).to(device).eval()
     if not a.no_fuse_bn:
-        model = fused_for_inference(model)
+        model = fused_for_inference(model, conv_act=not a.no_conv_act)
     if a.channels_last:
         model = model.to(memory_format=torch.channels_last)
     apply_backend(model, a.backend, device)
@@ -194,6 +196,7 @@ def main(argv=None):
            "branches": a.branches,
            "channels_last": a.channels_last, "ln_backend": a.ln_backend,
            "upsample_backend": a.upsample_backend, "fuse_bn": not a.no_fuse_bn,
+           "conv_act": not (a.no_fuse_bn or a.no_conv_act),
            "mamba_layout": a.mamba_layout, "fused_block": a.fused_block, "backend": a.backend,
            "pure_torch": a.pure_torch,
            "image_size": model.config.image_size, "clip_len": model.config.clip_len,

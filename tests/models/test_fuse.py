@@ -62,3 +62,72 @@ def test_fuse_rejects_training_mode_and_bn_without_statistics():
         fold_conv_bn(nn.Linear(2, 4), nn.BatchNorm2d(4))
     with pytest.raises(ValueError, match="out_channels"):
         fold_conv_bn(nn.Conv2d(2, 4, 1), nn.BatchNorm2d(5))
+
+
+def test_conv_act_fusion_counts_and_structure():
+    """fused_for_inference also fuses each folded convolution with its ReLU (ConvAct) and each residual block
+    (ResidualConvAct): in m2s2l_paper 28 + 8 (= all 44 folded convolutions), no ReLU module left; conv_act=False
+    keeps the folded Sequentials."""
+    from m2s2l.models.fuse import ConvAct, ResidualConvAct, fuse_conv_act
+    model = create_model("m2s2l_paper", in_channels=1).eval()
+    fused = fused_for_inference(model)
+    assert sum(isinstance(m, ConvAct) for m in fused.modules()) == 44
+    assert sum(isinstance(m, ResidualConvAct) for m in fused.modules()) == 8
+    assert not any(isinstance(m, nn.ReLU) for m in fused.modules())
+    plain = fused_for_inference(model, conv_act=False)
+    assert not any(isinstance(m, ConvAct) for m in plain.modules())
+    assert fuse_conv_act(plain) == (28, 8) and fuse_conv_act(plain) == (0, 0)  # idempotent
+
+
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("residual", [False, True])
+def test_conv_act_plain_path_equals_the_ops(relu, residual):
+    """On CPU (and wherever the fused cuDNN call does not apply) ConvAct is relu(conv(x) + residual), bit for bit,
+    and it keeps gradients (the fused call is for inference only)."""
+    from m2s2l.models.fuse import ConvAct
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, stride=2, padding=1)
+    x = torch.randn(2, 4, 9, 7, requires_grad=True)
+    r = torch.randn(2, 6, 5, 4) if residual else None
+    y = ConvAct(conv, relu=relu)(x, r)
+    ref = conv(x) if r is None else r + conv(x)
+    ref = torch.relu(ref) if relu else ref
+    assert torch.equal(y, ref)
+    (g,) = torch.autograd.grad(y.sum(), [x])
+    assert torch.isfinite(g).all()
+    with pytest.raises(TypeError, match="with a bias"):
+        ConvAct(nn.Conv2d(4, 6, 3, bias=False))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("amp", [False, True])
+@pytest.mark.parametrize("fmt", ["channels_last", "contiguous", "mixed"])
+def test_conv_act_cudnn_path_gpu(amp, fmt, monkeypatch):
+    """On CUDA under no_grad the fused cuDNN calls run (counted) and equal the plain ops: conv + ReLU at stride 1
+    and 2, and a residual block, with channels_last / contiguous / mixed layouts, fp32 and bf16 autocast."""
+    from m2s2l.models.fuse import ConvAct, ResidualConvAct
+    calls = []
+    for name in ("cudnn_convolution_relu", "cudnn_convolution_add_relu"):
+        real = getattr(torch, name)
+        monkeypatch.setattr(torch, name, lambda *a, _r=real, _n=name, **k: calls.append(_n) or _r(*a, **k))
+    torch.manual_seed(0)
+    cl = torch.channels_last
+    dev = "cuda"
+    convs = [nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.Conv2d(32, 32, 3, padding=1), nn.Conv2d(32, 32, 3, padding=1)]
+    convs = [c.to(dev) for c in convs]
+    if fmt != "contiguous":
+        for c in convs[:2] if fmt == "mixed" else convs:
+            c.to(memory_format=cl)
+    x = torch.randn(4, 16, 34, 30, device=dev)
+    if fmt == "channels_last":
+        x = x.contiguous(memory_format=cl)
+    stem, block = ConvAct(convs[0]), ResidualConvAct(convs[1], convs[2])
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        got = block(stem(x))
+        h = torch.relu(convs[0](x))
+        ref = torch.relu(h + convs[2](torch.relu(convs[1](h))))
+    assert calls == ["cudnn_convolution_relu", "cudnn_convolution_relu", "cudnn_convolution_add_relu"]
+    assert got.dtype == ref.dtype and got.shape == ref.shape
+    tol = 3e-2 if amp else 1e-2  # bf16: an ulp or two of values up to ~4; fp32: TF32 convolutions on both paths
+    err = ((got.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
+    assert err < tol, err
