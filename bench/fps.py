@@ -70,7 +70,8 @@ def stream_mode(model, device, batch, amp, compile_=False, graphs=False, pure=Fa
     prev = (torch.randn(batch, 2, c.image_size, c.image_size, generator=g).to(device)
             if getattr(c, "motion_target", "diff") == "flow" else frame.clone())
     dtype = torch.bfloat16 if amp else torch.float32
-    state = [torch.randn(batch, c.clip_len, *s, generator=g).to(device, dtype) for s in model.feature_shapes()]
+    state = [StreamStep.state_layout(torch.randn(batch, c.clip_len, *s, generator=g).to(device, dtype))
+             for s in model.feature_shapes()]  # in the memory order the step's roll returns (as StreamScorer's)
 
     def run(frame, prev, *state):
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp), \
@@ -153,6 +154,9 @@ def main(argv=None):
                    "m2s2l.models.temporal.fused_default)")
     p.add_argument("--upsample-backend", default=None, help="backend of the decoders' upsample_cat only (torch: "
                    "F.interpolate + torch.cat, to compare with the one-kernel Triton form in one run)")
+    p.add_argument("--contiguous-state", action="store_true", help="keep the streaming state (B, T, C, H, W) "
+                   "contiguous (default: (B, H, W, T, C) memory order, StreamStep.STATE_ORDER, so the temporal "
+                   "encoders read it without a layout copy)")
     p.add_argument("--no-conv-act", action="store_true", help="keep each folded convolution's bias / residual / ReLU "
                    "as separate kernels (default: one cuDNN call each, m2s2l.models.fuse.ConvAct)")
     p.add_argument("--no-fuse-bn", action="store_true", help="keep the BatchNorm kernels (default: fold them into "
@@ -179,6 +183,8 @@ def main(argv=None):
         for m in model.modules():
             if isinstance(m, LayerNorm):
                 m.backend = a.ln_backend
+    if a.contiguous_state:
+        StreamStep.permuted_state = False
     if a.upsample_backend:
         from m2s2l.models.decoder import Decoder
         for m in model.modules():
@@ -196,7 +202,7 @@ def main(argv=None):
            "branches": a.branches,
            "channels_last": a.channels_last, "ln_backend": a.ln_backend,
            "upsample_backend": a.upsample_backend, "fuse_bn": not a.no_fuse_bn,
-           "conv_act": not (a.no_fuse_bn or a.no_conv_act),
+           "conv_act": not (a.no_fuse_bn or a.no_conv_act), "permuted_state": not a.contiguous_state,
            "mamba_layout": a.mamba_layout, "fused_block": a.fused_block, "backend": a.backend,
            "pure_torch": a.pure_torch,
            "image_size": model.config.image_size, "clip_len": model.config.clip_len,

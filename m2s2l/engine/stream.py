@@ -112,9 +112,35 @@ class StreamStep(nn.Module):
     def encode(self, frame):
         return self.model.encode_frames(frame)
 
+    # Memory order of the state tensors roll() returns: (B, H, W, T, C) under the logical (B, T, C, H, W) shape, so
+    # the temporal encoders' (B*H*W, T, C) rows are a view of the state (MultiTemporalMamba reads them so) instead
+    # of a layout copy of every level each step; values and shapes are unchanged. H100, m2s2l_paper, 32 streams:
+    # those copies were ~0.77 ms of device time a step (docs/BENCHMARKS.md, session 16).
+    STATE_ORDER = (0, 3, 4, 1, 2)
+    permuted_state = True  # False: roll() concatenates into contiguous (B, T, C, H, W) tensors (bench/fps.py A/B)
+
+    @classmethod
+    def state_layout(cls, t):
+        """``t`` (B, T, C, H, W) in the state's memory order (a copy unless it already is; unchanged when
+        ``permuted_state`` is off)."""
+        if t.dim() != 5 or not cls.permuted_state or t.permute(*cls.STATE_ORDER).is_contiguous():
+            return t
+        out = torch.empty_permuted(t.shape, cls.STATE_ORDER, dtype=t.dtype, device=t.device)
+        return out.copy_(t)
+
     def roll(self, state, feats):
-        """Append one frame's pyramid (list of (B, C_l, H_l, W_l)) to the state, dropping the oldest frame."""
-        return [torch.cat([s[:, 1:], f[:, None].to(s.dtype)], dim=1) for s, f in zip(state, feats)]
+        """Append one frame's pyramid (list of (B, C_l, H_l, W_l)) to the state, dropping the oldest frame; the new
+        state tensors are in ``STATE_ORDER`` (a plain concatenation while tracing or exporting to ONNX, where
+        memory order does not exist)."""
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or not self.permuted_state:
+            return [torch.cat([s[:, 1:], f[:, None].to(s.dtype)], dim=1) for s, f in zip(state, feats)]
+        out = []
+        for s, f in zip(state, feats):
+            n = torch.empty_permuted(s.shape, self.STATE_ORDER, dtype=s.dtype, device=s.device)
+            n[:, :-1].copy_(s[:, 1:])
+            n[:, -1].copy_(f)
+            out.append(n)
+        return out
 
     def forward(self, frame, motion_in, *state):
         def score():

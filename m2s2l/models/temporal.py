@@ -102,7 +102,8 @@ class MultiTemporalMamba(nn.Module):
     Only the last step of each branch is used, so the branch's last block runs with ``last_only`` (its output
     projection and residual on that step alone; attribute ``last_only = False`` runs every step, e.g. to count
     the architecture's FLOPs). The one layout copy left is ``seq`` ((B, T, C, H, W) ->
-    (B*H*W, T, C): the blocks need rows of C contiguous values); pooling, the last-step slices and the
+    (B*H*W, T, C): the blocks need rows of C contiguous values), and none when ``feats`` is stored in (B, H, W, T, C)
+    memory order (the streaming state, ``StreamStep.STATE_ORDER``); pooling, the last-step slices and the
     output (a (B, H, W, C) tensor seen as (B, C, H, W)) are computed or viewed without further copies."""
 
     def __init__(self, dim, clip_len, scales, depth, d_state, d_conv, expand, backend):

@@ -128,6 +128,41 @@ def test_stream_step_runner_runs_encoder_beside_prediction():
         assert torch.equal(a, b)
 
 
+def test_roll_state_layout_and_values(monkeypatch):
+    """roll() returns the concatenation's values exactly, in (B, H, W, T, C) memory order (STATE_ORDER), from a
+    contiguous or an already permuted state; the temporal encoders' (B*H*W, T, C) rows are then a view of it; the
+    whole step gives the same outputs from either layout; while tracing it is the plain concatenation."""
+    model = tiny(3)
+    c = model.config
+    g = torch.Generator().manual_seed(0)
+    state = [torch.randn(2, c.clip_len, *s, generator=g) for s in model.feature_shapes()]
+    feats = [torch.randn(2, *s, generator=g).contiguous(memory_format=torch.channels_last)
+             for s in model.feature_shapes()]
+    step = StreamStep(model)
+    ref = [torch.cat([s[:, 1:], f[:, None]], 1) for s, f in zip(state, feats)]
+    for src in (state, [StreamStep.state_layout(s) for s in state]):
+        new = step.roll(src, feats)
+        for n, r in zip(new, ref):
+            assert torch.equal(n, r)
+            assert n.permute(*StreamStep.STATE_ORDER).is_contiguous() and not n.is_contiguous()
+            B, T, C, H, W = n.shape
+            rows = n.permute(0, 3, 4, 1, 2).reshape(B * H * W, T, C)
+            assert rows.data_ptr() == n.data_ptr() and rows._base is not None  # a view, no copy
+    perm = [StreamStep.state_layout(s) for s in state]
+    assert all(torch.equal(p, s) for p, s in zip(perm, state))
+    assert StreamStep.state_layout(perm[0]) is perm[0]
+    frame, prev = (torch.rand(2, 3, 32, 32, generator=g) * 2 - 1 for _ in range(2))
+    with torch.no_grad():
+        a, b = step(frame, prev, *state), step(frame, prev, *perm)
+    for x, y in zip(a, b):
+        assert torch.allclose(x, y, rtol=1e-5, atol=1e-6)
+    traced = torch.jit.trace(lambda *s: tuple(step.roll(list(s), feats)), tuple(state), check_trace=False)
+    assert "aten::cat" in str(traced.graph)
+    monkeypatch.setattr(StreamStep, "permuted_state", False)  # the A/B switch: contiguous concatenation
+    assert all(n.is_contiguous() and torch.equal(n, r) for n, r in zip(step.roll(state, feats), ref))
+    assert StreamStep.state_layout(state[0]) is state[0]
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("amp,branches", [(False, False), (True, False), (False, True), (True, True)])
 def test_cuda_graph_stream_equals_eager_stream_gpu(amp, branches):
