@@ -3,10 +3,17 @@
 # once per flag set, in the order given, each in its own process; a summary table last.
 #   bash bench/gpu_fps_flags.sh OUT_DIR "FLAGS_1" "FLAGS_2" ...     (e.g. "" "--branches")
 # Env: FPS_ARGS (default: --preset m2s2l_paper --amp --cuda-graphs --channels-last --modes stream,batched
-# --seconds 2), FPS_TIMEOUT (seconds a flag set, default 240).
+# --seconds 2), FPS_TIMEOUT (seconds a flag set, default 240), GPU_TESTS (pytest arguments: run these with
+# M2S2L_TEST_GPU=1 first, e.g. "tests/models/test_fuse.py -k gpu"; its summary is printed).
 set -u
 OUT=${1:?OUT_DIR}; shift
 mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if [ -n "${GPU_TESTS:-}" ]; then
+  nvidia-smi --query-gpu=name --format=csv,noheader
+  eval "M2S2L_TEST_GPU=1 timeout 200 python3 -m pytest -q $GPU_TESTS" > "$OUT/tests.txt" 2>&1  # (quotes kept)
+  echo "== GPU tests rc=$?"; grep -E "^FAILED|passed|failed" "$OUT/tests.txt" | tail -8
+fi
 ARGS=${FPS_ARGS:---preset m2s2l_paper --amp --cuda-graphs --channels-last --modes stream,batched --seconds 2}
 i=0
 for flags in "$@"; do

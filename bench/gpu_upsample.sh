@@ -18,14 +18,8 @@ echo "== upsample_speed rc=$?"; cat "$OUT/ups.txt"
 timeout 90 python3 bench/scan_ab.py --shapes "" --dims "2,1024,256;4,1024,256;8,1024,256" --modes fwd,fwdbwd \
   --cfgs cseq=0 cseq=1 > "$OUT/ab_rows.txt" 2>&1
 echo "== scan_ab rows rc=$?"; grep -A14 "^shape" "$OUT/ab_rows.txt"
-A="--preset m2s2l_paper --amp --cuda-graphs --channels-last --modes stream,batched --seconds 2 --branches"
-for ub in torch auto torch auto; do
-  # shellcheck disable=SC2086
-  timeout 80 python3 bench/fps.py $A --upsample-backend $ub > "$OUT/fps_$ub.txt" 2>&1
-  echo "== fps upsample=$ub rc=$?"; grep -E "frames/s" "$OUT/fps_$ub.txt" | tail -2
-done
-# shellcheck disable=SC2086
-timeout 200 python3 bench/fps.py $A --compile > "$OUT/fps_compile.txt" 2>&1
-echo "== fps compile rc=$?"; grep -E "frames/s" "$OUT/fps_compile.txt" | tail -2
+FPS_TIMEOUT=80 bash bench/gpu_fps_flags.sh "$OUT/fps" "--branches --upsample-backend torch" "--branches" \
+  "--branches --upsample-backend torch" "--branches"
+FPS_TIMEOUT=200 bash bench/gpu_fps_flags.sh "$OUT/fps_compile" "--branches --compile"
 M2S2L_TEST_GPU=1 timeout 120 python3 -m pytest -q tests/engine/test_stream.py -k gpu > "$OUT/stream_tests.txt" 2>&1
 echo "== stream GPU tests rc=$?"; tail -3 "$OUT/stream_tests.txt"

@@ -46,11 +46,6 @@ _fwd.register_autograd(_backward, setup_context=_setup_context)
 _Eager = eager_function(_fwd_impl, _setup_context, _backward)
 
 
-def upsample_cat_torch(x, skip):
-    from m2s2l.triton_kernels.upsample.naive import upsample_cat_ref
-    return upsample_cat_ref(x, skip)
-
-
 def upsample_cat(x, skip, *, backend="auto"):
     """Bilinear resize of x to skip's size, concatenated with skip along channels:
     ``torch.cat([F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False), skip], dim=1)``.
@@ -85,5 +80,6 @@ def upsample_cat(x, skip, *, backend="auto"):
     if backend == "cuda" or (backend == "auto" and f64):
         backend = "torch" if f64 else "auto"
     if resolve_backend(backend, x.device) != "triton":
-        return upsample_cat_torch(x, skip)
+        from m2s2l.triton_kernels.upsample.naive import upsample_cat_ref
+        return upsample_cat_ref(x, skip)
     return call_op(_fwd, _fwd_impl, _Eager, (x, skip), needs_grad(x, skip))

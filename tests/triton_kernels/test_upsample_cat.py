@@ -12,7 +12,6 @@ tests/conftest.py, so an element the kernel did not write fails.
 """
 import pytest
 import torch
-import torch.nn.functional as F
 
 from m2s2l.ops import upsample_cat
 from m2s2l.triton_kernels.upsample.naive import upsample_cat_ref

@@ -1,0 +1,134 @@
+"""The streaming step: one frame's scoring from the T cached pyramids before it (state in, state out), and the
+runner that executes its independent parts on parallel CUDA streams. ``StreamScorer`` (``m2s2l.engine.stream``)
+drives it frame by frame; ``m2s2l export`` exports it."""
+import torch
+import torch.nn as nn
+
+from m2s2l.models import scoring
+
+
+class CudaBranches:
+    """A runner for ``M2S2L.forward_features(..., run=)``: executes a list of independent zero-argument callables
+    concurrently on CUDA streams and returns their results in order.
+
+    The first callable runs on the current stream, each other one on a side stream (taken round-robin from a pool
+    of ``n_streams``) that first waits for the current stream; the current stream then waits for every side stream
+    before the call returns, so results are ordered before whatever follows, and every result tensor is recorded
+    on the current stream for the caching allocator. Inside a CUDA graph capture this turns the step into a graph
+    with parallel branches: a batch-1 step is bound by the latency of hundreds of small kernels in a row, and the
+    pyramid levels, temporal scales, decoders and the new frame's encoder pass need not wait for one another.
+    Nested calls (a branch forking again) are allowed. Results equal serial execution (the same kernels on the
+    same inputs)."""
+
+    def __init__(self, device, n_streams=8):
+        self.device = torch.device(device)
+        if self.device.type != "cuda":
+            raise ValueError(f"CudaBranches needs a CUDA device, got {self.device}")
+        if n_streams < 1:
+            raise ValueError(f"n_streams must be >= 1, got {n_streams}")
+        self.streams = [torch.cuda.Stream(self.device) for _ in range(n_streams)]
+        self._next = 0
+
+    def __call__(self, thunks):
+        cur = torch.cuda.current_stream(self.device)
+        out, used = [None] * len(thunks), []
+        for k in range(1, len(thunks)):
+            s = self.streams[self._next % len(self.streams)]
+            self._next += 1
+            s.wait_stream(cur)
+            with torch.cuda.stream(s):
+                out[k] = thunks[k]()
+            used.append(s)
+        if thunks:
+            out[0] = thunks[0]()
+        for s in used:
+            cur.wait_stream(s)
+        if not torch.compiler.is_compiling():  # (under torch.compile the compiled graph plans its own buffers)
+            _record_stream(out, cur)
+        return out
+
+
+def _record_stream(x, stream):
+    if isinstance(x, torch.Tensor):
+        if x.is_cuda:
+            x.record_stream(stream)
+    elif isinstance(x, (list, tuple)):
+        for v in x:
+            _record_stream(v, stream)
+    elif isinstance(x, dict):
+        for v in x.values():
+            _record_stream(v, stream)
+
+
+class StreamStep(nn.Module):
+    """One streaming step as a pure function (state in, state out) -- also what ``m2s2l export`` exports.
+
+    forward(frame (B, C, H, W), motion_in, *state) -> (score (B,), appearance (B,), motion (B,),
+    error_map (B, 1, H, W), *new_state); frames in [-1, 1]; ``state[l]`` (B, T, C_l, H_l, W_l) holds the encoder
+    pyramids of the T frames before ``frame`` (oldest first) and ``new_state[l]`` those of the T frames ending
+    with ``frame``. ``motion_in`` is what the model's motion target is made of: for ``motion_target="diff"``
+    models the frame just before ``frame`` (B, C, H, W); for ``"flow"`` models the optical flow from that frame to
+    ``frame`` (B, 2, H, W), computed outside the graph with :func:`m2s2l.data.store.flow_fn` (OpenCV), exactly as
+    training and evaluation compute it.
+
+    ``run`` (e.g. :class:`CudaBranches`): a runner for independent work -- the new frame's encoder pass beside the
+    prediction from the state, and the model's own branches (``forward_features(feats, run=)``); None runs
+    everything in order (what ONNX export traces)."""
+
+    def __init__(self, model, run=None):
+        super().__init__()
+        self.model = model
+        self.flow = getattr(model.config, "motion_target", "diff") == "flow"
+        self.run = run
+
+    def encode(self, frame):
+        return self.model.encode_frames(frame)
+
+    # Memory order of the state tensors roll() returns: (B, H, W, T, C) under the logical (B, T, C, H, W) shape, so
+    # the temporal encoders' (B*H*W, T, C) rows are a view of the state (MultiTemporalMamba reads them so) instead
+    # of a layout copy of every level each step; values and shapes are unchanged. H100, m2s2l_paper, 32 streams:
+    # those copies were ~0.77 ms of device time a step (docs/BENCHMARKS.md, session 16).
+    STATE_ORDER = (0, 3, 4, 1, 2)
+    permuted_state = True  # False: roll() concatenates into contiguous (B, T, C, H, W) tensors (bench/fps.py A/B)
+
+    @classmethod
+    def state_layout(cls, t):
+        """``t`` (B, T, C, H, W) in the state's memory order (a copy unless it already is; unchanged when
+        ``permuted_state`` is off)."""
+        if t.dim() != 5 or not cls.permuted_state or t.permute(*cls.STATE_ORDER).is_contiguous():
+            return t
+        return cls._empty_state(t).copy_(t)
+
+    @classmethod
+    def _empty_state(cls, like):
+        return torch.empty_permuted(like.shape, cls.STATE_ORDER, dtype=like.dtype, device=like.device)
+
+    def roll(self, state, feats):
+        """Append one frame's pyramid (list of (B, C_l, H_l, W_l)) to the state, dropping the oldest frame; the new
+        state tensors are in ``STATE_ORDER`` (a plain concatenation while tracing or exporting to ONNX, where
+        memory order does not exist)."""
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or not self.permuted_state:
+            return [torch.cat([s[:, 1:], f[:, None].to(s.dtype)], dim=1) for s, f in zip(state, feats)]
+        out = []
+        for s, f in zip(state, feats):
+            n = self._empty_state(s)
+            n[:, :-1].copy_(s[:, 1:])
+            n[:, -1].copy_(f)
+            out.append(n)
+        return out
+
+    def forward(self, frame, motion_in, *state):
+        def score():
+            kw = {} if self.run is None else {"run": self.run}
+            pred = self.model.forward_features(list(state), **kw)
+            mt = motion_in if self.flow else (frame - motion_in) * 0.5
+            s = scoring.score(self.model.config, pred, frame, mt)
+            return s["score"], s["appearance"], s["motion"], s["error_map"]
+
+        def advance():
+            return self.roll(list(state), self.encode(frame))
+        if self.run is None:
+            s, new_state = score(), advance()
+        else:
+            s, new_state = self.run([score, advance])
+        return (*s, *new_state)
