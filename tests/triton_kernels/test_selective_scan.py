@@ -160,8 +160,8 @@ class _Spy:
 
 @pytest.fixture
 def spies(monkeypatch):
-    s = {n: _Spy(getattr(scan, n)) for n in ("_fwd_kernel", "_fwd_seq_kernel", "_bwd_kernel",
-                                             "_bwd_seq_kernel", "_fwd_tile_kernel", "_bwd_tile_kernel")}
+    s = {n: _Spy(getattr(scan, n)) for n in ("_fwd_kernel", "_fwd_seq_kernel", "_bwd_kernel", "_bwd_seq_kernel",
+                                             "_fwd_tile_kernel", "_bwd_tile_kernel", "_fwd_last_kernel")}
     for n, spy in s.items():
         monkeypatch.setattr(scan, n, spy)
     return s
@@ -225,8 +225,8 @@ def test_short_sequences(case, device, spies, monkeypatch):
     assert spies["_bwd_kernel"].launches == int(not seq_bwd)
 
 
-# (batch, dim, L, N, bc, dtype, z, D, M2S2L_SCAN_CFG overrides, whether _fwd_seq_kernel forms the last step alone,
-#  initial_state given)
+# (batch, dim, L, N, bc, dtype, z, D, M2S2L_SCAN_CFG overrides, whether a kernel forms the last step alone
+#  (``_fwd_last_kernel`` up to 4 steps, else ``_fwd_seq_kernel``), initial_state given)
 LAST_CASES = [
     (2, 6, 1, 4, "g2", "fp32", True, True, {}, True, True),
     (2, 5, 7, 17, "g1", "fp32", True, True, {}, True, True),
@@ -242,6 +242,12 @@ LAST_CASES = [
     (3, 8, 4, 16, "g1", "bf16", True, True, {}, True, False),
     (2, 5, 2, 16, "fixed", "fp32", False, True, {}, True, False),
     (2, 5, 4, 16, "g1", "fp32", True, True, dict(peel=0), True, False),
+    # _fwd_last_kernel: a length padded to a power of two, fixed B / C in half precision; and short rows through
+    # _fwd_seq_kernel's LAST_ONLY path (short_last=0, its A/B switch)
+    (2, 5, 3, 4, "fixed", "fp16", True, True, {}, True, True),
+    (3, 7, 5, 16, "3d", "bf16", True, False, {}, True, False),
+    (3, 8, 4, 16, "g1", "bf16", True, True, dict(short_last=0), True, False),
+    (2, 6, 2, 4, "g2", "fp32", True, True, dict(short_last=0), True, True),
 ]
 
 
@@ -275,10 +281,14 @@ def test_last_only(case, device, spies, monkeypatch):
     monkeypatch.setattr(scan.torch, "empty", real_empty)
     assert out.shape == (b, d, 1) and out.dtype == ins["u"].dtype and last.shape == (b, d, n)
     assert ((b, d, 1) in poisoned) == kern
-    assert spies["_fwd_seq_kernel"].launches == int(kern or (L <= 32 and not cfg.get("tile")))
-    if spies["_fwd_seq_kernel"].launches:
-        assert spies["_fwd_seq_kernel"].arg("LAST_ONLY") == kern
-        assert spies["_fwd_seq_kernel"].arg("PEEL") == bool(cfg.get("peel", kern))
+    short = kern and L <= 4 and bool(cfg.get("short_last", 1))
+    assert spies["_fwd_last_kernel"].launches == int(short)
+    assert spies["_fwd_seq_kernel"].launches == int((kern and not short) or (L <= 32 and not kern
+                                                                            and not cfg.get("tile")))
+    for k in ("_fwd_seq_kernel", "_fwd_last_kernel"):
+        if spies[k].launches:
+            assert k == "_fwd_last_kernel" or spies[k].arg("LAST_ONLY") == kern
+            assert spies[k].arg("PEEL") == bool(cfg.get("peel", kern))
     names = [k for k in NAMES if xs[k] is not None]
     loss = (out.double() * dout.double()).sum() + (last.double() * dlast.double()).sum()
     grads = torch.autograd.grad(loss, [xs[k] for k in names])

@@ -32,7 +32,7 @@ from .scan_config import (_INTERPRET, _block_d, _pow2, _seq_block_d, _seq_bwd_bl
                           chunk_len, cseq_chunk, use_seq_bwd, use_tile_bwd, use_tile_fwd)
 from .scan_config import saved_state_count, use_seq_fwd  # noqa: F401  (public: m2s2l.ops, tests, bench)
 from .scan_kernels import _bwd_kernel, _combine, _fwd_kernel
-from .scan_seq_kernels import _bwd_seq_kernel, _chunk_combine_kernel, _fwd_seq_kernel
+from .scan_seq_kernels import _bwd_seq_kernel, _chunk_combine_kernel, _fwd_last_kernel, _fwd_seq_kernel
 from .scan_tile_bwd_kernels import _bwd_tile_kernel
 from .scan_tile_kernels import _fwd_tile_kernel
 
@@ -189,11 +189,18 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, initi
         else:
             warps = scan_config._CFG.get("cseq_warps" if Lc else "seq_warps", _seq_warps(BLOCK_D, N))
 
+        fast = scan_config.use_fast_softplus(delta)
+        if kern_last and not tile and scan_config.use_short_last(L):  # whole short rows, every input loaded at once
+            m = {k: v for k, v in meta.items() if k not in ("T_C", "SAVE_CHUNKS")}
+            _fwd_last_kernel[(batch, G * nblk)](*ptrs[:11], dim, cpg, nblk, *strides, L=L, **m,
+                                                PEEL=scan_config.use_peel(True), FAST=fast, num_warps=warps)
+            return out, hlast, hc
+
         def launch(rows, n_cp, LC, **kw):
             if not tile:
                 _fwd_seq_kernel[(rows, G * nblk)](*ptrs, hb, dsum, L, LC, nc, n_cp, dim, cpg, nblk, *strides, **kw,
                                                   LAST_ONLY=kern_last, PEEL=scan_config.use_peel(kern_last),
-                                                  num_warps=warps)
+                                                  FAST=fast, num_warps=warps)
                 return
             n_work = rows * G * nblk
             progs = max(1, min(n_work, _tile_programs(u.device)))
@@ -290,7 +297,8 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D=None, z=None, delta_bias=None,
                                            num_warps=warps, **_maxnreg("tile_bwd_maxnreg"))
             else:
                 _bwd_seq_kernel[(progs,)](*ptrs, dout, dl_, *grads, scratch, hb_, gb, dsum, L, LC, nc, n_cp, c0, nr,
-                                          dim, cpg, nblk, n_gd, rows, *strides, **kw, num_warps=warps)
+                                          dim, cpg, nblk, n_gd, rows, *strides, **kw,
+                                          FAST=scan_config.use_fast_softplus(delta), num_warps=warps)
         nr = batch * nc
 
         def tile_rows(n):  # the persistent tiled backward's row stride for n rows

@@ -27,7 +27,9 @@ def _env_config():
     cseq_max_chunks,
     cseq_block_d, cseq_warps, cseq_bwd_block_d, cseq_bwd_warps, cseq_bwd_programs, cseq_combine_block_d; the
     time-tiled kernels (``use_tile_fwd`` / ``use_tile_bwd``): tile=0|1, tile_steps, tile_block_d, tile_warps,
-    tile_progs_per_sm, tile_maxnreg (forward); tile_bwd=0|1, tile_bwd_min_len, tile_bwd_steps, tile_bwd_block_d,
+    tile_progs_per_sm, tile_maxnreg (forward); fast_sp=0|1
+    (``use_fast_softplus``); short_last=0|1, short_last_max_len (``use_short_last``); tile_bwd=0|1,
+    tile_bwd_min_len, tile_bwd_steps, tile_bwd_block_d,
     tile_bwd_warps, tile_bwd_progs_per_sm, tile_bwd_maxnreg (backward); peel=0|1 (the sequential forward's first step
     from a zero state without its decay exponentials; default: last-only scans, ``use_peel``)."""
     return env_int_config("M2S2L_SCAN_CFG")
@@ -185,10 +187,33 @@ def _seq_bwd_rows(batch, n_gd, slot_bytes, warps, device, prefix="seq_bwd"):
 
 def use_peel(last_only):
     """Whether ``_fwd_seq_kernel`` peels its first step from a zero start state (no decay exponentials there): by
-    default for last-only scans alone. NVIDIA H100, bf16, ``bench/gpu_peel.sh`` (bench/scan_ab.py, same run): last-only
+    default for last-only scans alone (``_fwd_last_kernel`` too). NVIDIA H100, bf16, ``bench/gpu_scan_cfg.sh $OUT
+    peel=0 default`` (then bench/gpu_peel.sh; bench/scan_ab.py, same run, in ``_fwd_seq_kernel``): last-only
     (524288, 64, 4) 1.335 -> 1.144 ms, (524288, 64, 2) 0.986 -> 0.802, (131072, 128, 4) 0.687 -> 0.619; every step
     written it lost ((16384, 128, 8) 0.195 -> 0.204 ms, (4096, 256, 16) 0.222 -> 0.227). Override: peel=0|1."""
     return bool(_CFG.get("peel", last_only))
+
+
+def use_short_last(seqlen):
+    """Whether a last-only forward of whole sequences of ``seqlen`` steps runs ``_fwd_last_kernel`` (every input of
+    a row loaded at once, the steps unrolled; compiled per length) instead of ``_fwd_seq_kernel`` with LAST_ONLY: up
+    to 4 steps (the kernel's limit; ``short_last_max_len`` lowers it). NVIDIA H100, bf16, the video model's scans,
+    ``bash bench/gpu_scan_cfg.sh $OUT short_last=0,fast_sp=0 short_last=0 default`` (bench/scan_ab.py, same run,
+    both with the fast softplus): (524288, 64, 4) 1.041 -> 0.664 ms, (524288, 64, 2) 0.753 -> 0.436, (131072, 128, 4)
+    0.557 -> 0.368, (131072, 128, 2) 0.403 -> 0.247, (32768, 256, 4) 0.284 -> 0.189; m2s2l_paper 32 streams 2940 ->
+    3379 frames/s with both. Override: M2S2L_SCAN_CFG short_last=0|1, short_last_max_len=..."""
+    return bool(_CFG.get("short_last", 1)) and seqlen <= min(4, _CFG.get("short_last_max_len", 4))
+
+
+def use_fast_softplus(delta):
+    """Whether the sequential forward computes delta's softplus with the hardware's approximate exp2 / log2
+    (``scan_common._softplus``, FAST): for half-precision delta on an NVIDIA GPU (not under Triton's interpreter,
+    which cannot run PTX). The sequential kernels take it (forward and backward, with the sigmoids of z and of the
+    softplus derivative: ``scan_common._sigmoid``). NVIDIA H100, bf16, same run (bench/gpu_scan_cfg.sh): the video
+    model's last-only scans 1.06-1.11x ((524288, 64, 4) 1.144 -> 1.041 ms), (16384, 128, 8) fwd 0.193 -> 0.175,
+    fwd+bwd 1.313 -> 1.192; (4096, 256, 16) 1.00-1.03x. Override: M2S2L_SCAN_CFG fast_sp=0."""
+    return bool(_CFG.get("fast_sp", 1) and not _INTERPRET and delta.is_cuda and torch.version.hip is None
+                and delta.dtype in (torch.float16, torch.bfloat16))
 
 
 def use_tile_fwd(cseq):

@@ -4,7 +4,8 @@
 Forward (``_fwd_seq_kernel``): one program per (batch row, group, channel block); the [BLOCK_D, BLOCK_N] state
 stays in registers and the program steps through time (fla's fused_recurrent layout). (The same forward with the
 state as [BLOCK_N, BLOCK_D] -- no barrier or shuffle per step in the sm_90 compile -- measured 0.25-1.01x of this
-one on the H200 and was removed: docs/BENCHMARKS.md, session 9.)
+one on the H200 and was removed: docs/BENCHMARKS.md, session 9.) ``_fwd_last_kernel``: the last step alone of whole
+rows of at most 4 steps with all of a row's inputs loaded at once (the video model's temporal scans).
 
 Backward (``_bwd_seq_kernel``): the adjoint runs backwards in time and needs h_{t-1} and h_t at every step, but
 Triton cannot index a register tile by a loop variable, so the states of one sequence cannot be kept in registers.
@@ -24,18 +25,19 @@ import triton
 import triton.language as tl
 
 from .scan_common import (_adjoint_step, _bwd_prologue, _channel_offsets, _channel_params, _delta, _flush_grads,
-                          _load_fixed_bc, _load_state, _row_chunk, _row_ptrs, _store_or_add, _var_bc_ptrs,
+                          _load_fixed_bc, _load_state, _row_chunk, _row_ptrs, _sigmoid, _store_or_add, _var_bc_ptrs,
                           _zero_grads)
 
 
 @triton.jit
-def _gated_output(b_h, b_Ct, b_u, b_D, b_z, HAS_D: tl.constexpr, HAS_Z: tl.constexpr):
-    """y = C . h + D u, times silu(z): one step's [BLOCK_D] output from its [BLOCK_D, BLOCK_N] state."""
+def _gated_output(b_h, b_Ct, b_u, b_D, b_z, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, FAST: tl.constexpr = False):
+    """y = C . h + D u, times silu(z): one step's [BLOCK_D] output from its [BLOCK_D, BLOCK_N] state (FAST: the
+    approximate sigmoid, ``_sigmoid``)."""
     b_y = tl.sum(b_h * b_Ct, 1)
     if HAS_D:
         b_y += b_D * b_u
     if HAS_Z:
-        b_y = b_y * b_z * tl.sigmoid(b_z)
+        b_y = b_y * b_z * _sigmoid(b_z, FAST)
     return b_y
 
 
@@ -57,7 +59,7 @@ def _seq_fwd_step(t, n_t, b_h, b_dts, n_u, n_dt, n_z, n_B, n_C, b_B, b_C, b_A2, 
                   p_o, hc_ptr, i_b, L, dim, o_c, o_d, o_n, m_d, m_n, m_dn, su_t, sdt_t, sz_t, sB3, sC3,
                   N: tl.constexpr, T_C: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_D: tl.constexpr,
                   HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, SAVE_CHUNKS: tl.constexpr,
-                  STATE_ONLY: tl.constexpr, PER_STEP_Y: tl.constexpr, DECAY: tl.constexpr):
+                  STATE_ONLY: tl.constexpr, PER_STEP_Y: tl.constexpr, DECAY: tl.constexpr, FAST: tl.constexpr):
     """Step t of ``_fwd_seq_kernel``: n_* hold step t's inputs (prefetched) and come back holding step t + 1's;
     h_t = exp(delta_t A) h_{t-1} + delta_t u_t B_t (without DECAY: h_t = delta_t u_t B_t, step 0 from a zero
     state); with PER_STEP_Y y_t is stored at ``p_o + t``. Returns (h, delta sum, the next step's n_*)."""
@@ -71,7 +73,7 @@ def _seq_fwd_step(t, n_t, b_h, b_dts, n_u, n_dt, n_z, n_B, n_C, b_B, b_C, b_A2, 
     n_u = tl.load(p_u + (t + 1) * su_t, mask=m_dn1, other=0.0)
     n_dt = tl.load(p_dt + (t + 1) * sdt_t, mask=m_dn1, other=0.0)
     b_Bt, n_B = _bc_step(n_B, b_B, p_B, t + 1, sB3, m_nn1, B_VAR)
-    b_dtr, b_dt = _delta(b_dt, b_bias, HAS_BIAS, SOFTPLUS)
+    b_dtr, b_dt = _delta(b_dt, b_bias, HAS_BIAS, SOFTPLUS, FAST)
     if DECAY:
         b_h = tl.exp2(b_dt[:, None] * b_A2) * b_h + (b_dt * b_u)[:, None] * b_Bt
     else:
@@ -84,7 +86,7 @@ def _seq_fwd_step(t, n_t, b_h, b_dts, n_u, n_dt, n_z, n_B, n_C, b_B, b_C, b_A2, 
             b_z = n_z.to(tl.float32)
             n_z = tl.load(p_z + (t + 1) * sz_t, mask=m_dn1, other=0.0)
         b_Ct, n_C = _bc_step(n_C, b_C, p_C, t + 1, sC3, m_nn1, C_VAR)
-        b_y = _gated_output(b_h, b_Ct, b_u, b_D, b_z, HAS_D, HAS_Z)
+        b_y = _gated_output(b_h, b_Ct, b_u, b_D, b_z, HAS_D, HAS_Z, FAST)
         tl.store(p_o + t, b_y.to(p_o.dtype.element_ty), mask=m_d)
     return b_h, b_dts, n_u, n_dt, n_z, n_B, n_C
 
@@ -99,7 +101,8 @@ def _fwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
                     STORE_LAST: tl.constexpr, SAVE_CHUNKS: tl.constexpr, STATE_ONLY: tl.constexpr,
-                    CSEQ: tl.constexpr, LAST_ONLY: tl.constexpr = False, PEEL: tl.constexpr = True):
+                    CSEQ: tl.constexpr, LAST_ONLY: tl.constexpr = False, PEEL: tl.constexpr = True,
+                    FAST: tl.constexpr = False):
     """Sequential-in-time forward: the [BLOCK_D, BLOCK_N] state stays in registers and the program steps through
     time, loading [BLOCK_D] of u/delta/z and [BLOCK_N] of B/C per step (no scan, no cross-thread traffic except
     the sum over N). Same outputs as ``_fwd_kernel``, including the chunk states (SAVE_CHUNKS, NC == 1 only).
@@ -110,7 +113,8 @@ def _fwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
     CSEQ (pass 2): chunk c > 0 starts from hb[b, c - 1] (the combined boundary state), chunk 0 from h0; last_state
     is stored by the last chunk. LAST_ONLY (NC == 1): out is (batch, dim, 1), the last step's output alone, formed
     once from the final state (no per-step C / z loads, sums over N or stores). PEEL: a zero start state's first
-    step runs without the decay (see below; False only for A/B runs)."""
+    step runs without the decay (see below; False only for A/B runs). FAST: the approximate softplus (``_softplus``;
+    CUDA, half-precision delta)."""
     pid = tl.program_id(0)
     i_b, i_c = (pid // n_cp).to(tl.int64), pid % n_cp
     i_gd = tl.program_id(1)
@@ -161,12 +165,12 @@ def _fwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
         b_h, b_dts, n_u, n_dt, n_z, n_B, n_C = _seq_fwd_step(
             0, n_t, b_h, b_dts, n_u, n_dt, n_z, n_B, n_C, b_B, b_C, b_A2, b_D, b_bias, p_u, p_dt, p_z, p_B, p_C, p_o,
             hc_ptr, i_b, L, dim, o_c, o_d, o_n, m_d, m_n, m_dn, su_t, sdt_t, sz_t, sB3, sC3, N, T_C, B_VAR, C_VAR,
-            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SAVE_CHUNKS, STATE_ONLY, PER_STEP_Y, False)
+            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SAVE_CHUNKS, STATE_ONLY, PER_STEP_Y, False, FAST)
     for t in range(1 if ZERO_START else 0, n_t):
         b_h, b_dts, n_u, n_dt, n_z, n_B, n_C = _seq_fwd_step(
             t, n_t, b_h, b_dts, n_u, n_dt, n_z, n_B, n_C, b_B, b_C, b_A2, b_D, b_bias, p_u, p_dt, p_z, p_B, p_C, p_o,
             hc_ptr, i_b, L, dim, o_c, o_d, o_n, m_d, m_n, m_dn, su_t, sdt_t, sz_t, sB3, sC3, N, T_C, B_VAR, C_VAR,
-            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SAVE_CHUNKS, STATE_ONLY, PER_STEP_Y, True)
+            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SAVE_CHUNKS, STATE_ONLY, PER_STEP_Y, True, FAST)
     if LAST_ONLY:  # the last step's output from the final state
         b_u = tl.load(p_u + (n_t - 1) * su_t, mask=m_d, other=0.0).to(tl.float32)
         if C_VAR:
@@ -176,13 +180,90 @@ def _fwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
         b_z = b_u  # (unused without z)
         if HAS_Z:
             b_z = tl.load(p_z + (n_t - 1) * sz_t, mask=m_d, other=0.0).to(tl.float32)
-        b_y = _gated_output(b_h, b_Ct, b_u, b_D, b_z, HAS_D, HAS_Z)
+        b_y = _gated_output(b_h, b_Ct, b_u, b_D, b_z, HAS_D, HAS_Z, FAST)
         tl.store(out_ptr + i_b * dim + o_d, b_y.to(out_ptr.dtype.element_ty), mask=m_d)
     if STATE_ONLY:  # n_cp = NC - 1 programs a row: pid0 = b * (NC - 1) + c
         tl.store(hb_ptr + (pid.to(tl.int64) * dim + o_d[:, None]) * N + o_n[None, :], b_h, mask=m_dn)
         tl.store(dsum_ptr + pid.to(tl.int64) * dim + o_d, b_dts, mask=m_d)
     if STORE_LAST:
         tl.store(hlast_ptr + o_dn, b_h, mask=m_dn & (f_c == NC - 1))
+
+
+@triton.jit
+def _ld_step(p, t, stride, mask, L: tl.constexpr):
+    """Step ``t`` of a row (float32; zeros past L: never used)."""
+    if t < L:
+        return tl.load(p + t * stride, mask=mask, other=0.0).to(tl.float32)
+    return tl.zeros(p.shape, dtype=tl.float32)
+
+
+@triton.jit
+def _pick(t, x0, x1, x2, x3):
+    """x_t for a compile-time t in 0..3."""
+    if t == 0:
+        return x0
+    elif t == 1:
+        return x1
+    elif t == 2:
+        return x2
+    return x3
+
+
+@triton.jit
+def _fwd_last_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, hlast_ptr,
+                     dim, cpg, nblk, su_b, su_d, su_t, sdt_b, sdt_d, sdt_t, sz_b, sz_d, sz_t,
+                     sB0, sB1, sB2, sB3, sC0, sC1, sC2, sC3,
+                     L: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                     B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+                     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
+                     STORE_LAST: tl.constexpr, PEEL: tl.constexpr = True, FAST: tl.constexpr = False):
+    """The last step's output (and last state) of whole rows of L <= 4 steps (a compile-time constant):
+    ``_fwd_seq_kernel``'s LAST_ONLY result with every input of the row -- each step's u, delta and
+    input-dependent B, the last step's z and C -- loaded at the start, so a program waits for memory once instead of
+    once a step (the video model's 2- and 4-step temporal scans: hundreds of thousands of rows of a few steps, bound
+    by that latency). Then the state steps through time in registers (unrolled) as in ``_fwd_seq_kernel``; PEEL: a
+    zero start state's first step without the decay. Program (batch row, group x channel block)."""
+    i_b = tl.program_id(0).to(tl.int64)
+    i_gd = tl.program_id(1)
+    i_g, o_c, m_d, o_d, o_n, m_n = _channel_offsets(i_gd, nblk, cpg, N, BLOCK_D, BLOCK_N)
+    m_dn = m_d[:, None] & m_n[None, :]
+    p_u, p_dt, p_z = _row_ptrs(u_ptr, dt_ptr, z_ptr, i_b, o_d, su_b, su_d, sdt_b, sdt_d, sz_b, sz_d)
+    u0, u1 = _ld_step(p_u, 0, su_t, m_d, L), _ld_step(p_u, 1, su_t, m_d, L)
+    u2, u3 = _ld_step(p_u, 2, su_t, m_d, L), _ld_step(p_u, 3, su_t, m_d, L)
+    d0, d1 = _ld_step(p_dt, 0, sdt_t, m_d, L), _ld_step(p_dt, 1, sdt_t, m_d, L)
+    d2, d3 = _ld_step(p_dt, 2, sdt_t, m_d, L), _ld_step(p_dt, 3, sdt_t, m_d, L)
+    if B_VAR:
+        p_B = _var_bc_ptrs(B_ptr, i_b, i_g, o_n, sB0, sB1, sB2)
+        B0, B1 = _ld_step(p_B, 0, sB3, m_n, L), _ld_step(p_B, 1, sB3, m_n, L)
+        B2, B3 = _ld_step(p_B, 2, sB3, m_n, L), _ld_step(p_B, 3, sB3, m_n, L)
+    else:
+        B0 = _load_fixed_bc(B_ptr, o_d, o_n, m_dn, sB0, sB1)
+        B1, B2, B3 = B0, B0, B0
+    if C_VAR:
+        b_Ct = _ld_step(_var_bc_ptrs(C_ptr, i_b, i_g, o_n, sC0, sC1, sC2), L - 1, sC3, m_n, L)[None, :]
+    else:
+        b_Ct = _load_fixed_bc(C_ptr, o_d, o_n, m_dn, sC0, sC1)
+    b_z = u0
+    if HAS_Z:
+        b_z = _ld_step(p_z, L - 1, sz_t, m_d, L)
+    b_A, b_A2, b_D, b_bias = _channel_params(A_ptr, D_ptr, bias_ptr, o_d, o_n, m_d, m_dn, N, BLOCK_D, HAS_D, HAS_BIAS)
+    o_dn = (i_b * dim + o_d[:, None]) * N + o_n[None, :]
+    b_h = _load_state(h0_ptr, o_dn, m_dn, HAS_H0, BLOCK_D, BLOCK_N)
+    ZERO_START: tl.constexpr = PEEL and not HAS_H0
+    for t in tl.static_range(L):
+        _, b_dt = _delta(_pick(t, d0, d1, d2, d3), b_bias, HAS_BIAS, SOFTPLUS, FAST)
+        b_Bt = _pick(t, B0, B1, B2, B3)
+        if B_VAR:
+            b_Bt = b_Bt[None, :]
+        b_in = (b_dt * _pick(t, u0, u1, u2, u3))[:, None] * b_Bt
+        if ZERO_START and t == 0:
+            b_h = b_in
+        else:
+            b_h = tl.exp2(b_dt[:, None] * b_A2) * b_h + b_in
+    b_y = _gated_output(b_h, b_Ct, _pick(L - 1, u0, u1, u2, u3), b_D, b_z, HAS_D, HAS_Z, FAST)
+    tl.store(out_ptr + i_b * dim + o_d, b_y.to(out_ptr.dtype.element_ty), mask=m_d)
+    if STORE_LAST:
+        tl.store(hlast_ptr + o_dn, b_h, mask=m_dn)
 
 
 @triton.jit(do_not_specialize=["L", "NC", "n_cp", "c0", "n_rowtot", "n_rows"])
@@ -195,9 +276,11 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
                     B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
-                    HAS_DLAST: tl.constexpr, VAR_ATOMIC: tl.constexpr, CSEQ: tl.constexpr, ADJ_ONLY: tl.constexpr):
+                    HAS_DLAST: tl.constexpr, VAR_ATOMIC: tl.constexpr, CSEQ: tl.constexpr, ADJ_ONLY: tl.constexpr,
+                    FAST: tl.constexpr = False):
     """Sequential-in-time backward, persistent over rows (design in the module docstring). Same outputs and
-    buffer conventions as ``_bwd_kernel``; program p owns (group, channel block) p % n_gd.
+    buffer conventions as ``_bwd_kernel``; program p owns (group, channel block) p % n_gd. FAST: the approximate
+    softplus and sigmoids (``_softplus``, ``_sigmoid``; CUDA, half-precision delta), as the forward.
 
     A row is one time chunk of one batch row: row r < n_rowtot is chunk c = r % n_cp + c0 of batch row r // n_cp,
     steps c * LC .. min((c + 1) * LC, L) - 1 of NC chunks (NC = 1, LC = L, n_cp = 1, c0 = 0: whole sequences).
@@ -231,7 +314,7 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
         if ADJ_ONLY:
             _adjoint_only(p_dt, p_z, p_do, p_C, gb_ptr + rb_dn + o_dn0, dsum_ptr + rb_d + o_d, b_A2, b_bias,
                           b_C, m_d, m_n, m_dn, n_t, sdt_t, sz_t, so_t, sC3, BLOCK_D, BLOCK_N, C_VAR, HAS_Z, HAS_BIAS,
-                          SOFTPLUS)
+                          SOFTPLUS, FAST)
         else:
             o_o = (i_b * dim + o_d) * L + t0
             p_dB = dB_ptr + i_b * sdB0 + i_g * sdB1 + o_n * sdB2 + t0 * sdB3
@@ -255,7 +338,7 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     n_B = tl.load(p_B + (t + 1) * sB3, mask=m_n & (o_n * 0 + t + 1 < n_t), other=0.0)
                 else:
                     b_Bt = b_B
-                b_dtr, b_dt = _delta(b_dt, b_bias, HAS_BIAS, SOFTPLUS)
+                b_dtr, b_dt = _delta(b_dt, b_bias, HAS_BIAS, SOFTPLUS, FAST)
                 b_h = tl.exp2(b_dt[:, None] * b_A2) * b_h + (b_dt * b_u)[:, None] * b_Bt
                 if t < n_t - 1:
                     tl.store(s_base + t * TILE + o_s, b_h, eviction_policy="evict_last")
@@ -298,11 +381,11 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     b_Ct = b_C
                 n_hp = _load_state_before(s_base, o_s, h0_ptr + r_dn, hb_ptr + rb_dn, o_dn0, m_dn, o_n, f_c, t - 2,
                                           TILE, HAS_H0, CSEQ)
-                b_dtr, b_dt = _delta(b_dtr, b_bias, HAS_BIAS, SOFTPLUS)
+                b_dtr, b_dt = _delta(b_dtr, b_bias, HAS_BIAS, SOFTPLUS, FAST)
                 b_a = tl.exp2(b_dt[:, None] * b_A2)
                 b_ah = b_a * b_hp  # a_t h_{t-1}
                 if HAS_Z:
-                    b_sig = tl.sigmoid(b_z)
+                    b_sig = _sigmoid(b_z, FAST)
                     b_y = tl.sum(b_h * b_Ct, 1)
                     if HAS_D:
                         b_y += b_D * b_u
@@ -316,7 +399,7 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     acc_dD += b_dy * b_u
                 acc_dA += b_gah * b_dt[:, None]
                 if SOFTPLUS:
-                    b_ddt = b_ddt * tl.sigmoid(b_dtr)
+                    b_ddt = b_ddt * _sigmoid(b_dtr, FAST)
                 if HAS_BIAS:
                     acc_db += b_ddt
                 tl.store(du_ptr + o_o + t, b_du.to(du_ptr.dtype.element_ty), mask=m_d)
@@ -357,7 +440,7 @@ def _load_state_before(s_base, o_s, p_h0, p_hb, o_dn0, m_dn, o_n, f_c, tp, TILE:
 @triton.jit
 def _adjoint_only(p_dt, p_z, p_do, p_C, p_g, p_s, b_A2, b_bias, b_C, m_d, m_n, m_dn, n_t, sdt_t, sz_t, so_t, sC3,
                   BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, C_VAR: tl.constexpr, HAS_Z: tl.constexpr,
-                  HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+                  HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FAST: tl.constexpr):
     """Pass 1 of the chunk-parallel backward for one chunk: the adjoint g_t = a_{t+1} g_{t+1} + dy_t C_t from a
     zero end adjoint (no h needed); stores a_0 g_0 (the chunk's outputs' gradient of its start state) at ``p_g`` and
     the chunk's delta sum at ``p_s``."""
@@ -366,11 +449,11 @@ def _adjoint_only(p_dt, p_z, p_do, p_C, p_g, p_s, b_A2, b_bias, b_C, m_d, m_n, m
     for ti in range(0, n_t):
         t = n_t - 1 - ti
         b_dtr, b_dt = _delta(tl.load(p_dt + t * sdt_t, mask=m_d, other=0.0).to(tl.float32), b_bias, HAS_BIAS,
-                             SOFTPLUS)
+                             SOFTPLUS, FAST)
         b_dy = tl.load(p_do + t * so_t, mask=m_d, other=0.0).to(tl.float32)
         if HAS_Z:
             b_z = tl.load(p_z + t * sz_t, mask=m_d, other=0.0).to(tl.float32)
-            b_dy = b_dy * b_z * tl.sigmoid(b_z)
+            b_dy = b_dy * b_z * _sigmoid(b_z, FAST)
         if C_VAR:
             b_Ct = tl.load(p_C + t * sC3, mask=m_n, other=0.0).to(tl.float32)[None, :]
         else:
