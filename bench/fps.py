@@ -157,6 +157,8 @@ def main(argv=None):
     p.add_argument("--contiguous-state", action="store_true", help="keep the streaming state (B, T, C, H, W) "
                    "contiguous (default: (B, H, W, T, C) memory order, StreamStep.STATE_ORDER, so the temporal "
                    "encoders read it without a layout copy)")
+    p.add_argument("--no-dt-fold", action="store_true", help="keep each Mamba mixer's dt_proj as its own GEMM "
+                   "(A/B of Mamba.fold_dt_proj)")
     p.add_argument("--no-conv-act", action="store_true", help="keep each folded convolution's bias / residual / ReLU "
                    "as separate kernels (default: one cuDNN call each, m2s2l.models.fuse.ConvAct)")
     p.add_argument("--no-fuse-bn", action="store_true", help="keep the BatchNorm kernels (default: fold them into "
@@ -174,7 +176,7 @@ def main(argv=None):
         kw[k] = int(v) if v.lstrip("-").isdigit() else v
     model = create_model(a.preset, **kw).to(device).eval()
     if not a.no_fuse_bn:
-        model = fused_for_inference(model, conv_act=not a.no_conv_act)
+        model = fused_for_inference(model, conv_act=not a.no_conv_act, dt_fold=not a.no_dt_fold)
     if a.channels_last:
         model = model.to(memory_format=torch.channels_last)
     apply_backend(model, a.backend, device)
@@ -202,7 +204,8 @@ def main(argv=None):
            "branches": a.branches,
            "channels_last": a.channels_last, "ln_backend": a.ln_backend,
            "upsample_backend": a.upsample_backend, "fuse_bn": not a.no_fuse_bn,
-           "conv_act": not (a.no_fuse_bn or a.no_conv_act), "permuted_state": not a.contiguous_state,
+           "conv_act": not (a.no_fuse_bn or a.no_conv_act),
+           "dt_fold": not (a.no_fuse_bn or a.no_dt_fold), "permuted_state": not a.contiguous_state,
            "mamba_layout": a.mamba_layout, "fused_block": a.fused_block, "backend": a.backend,
            "pure_torch": a.pure_torch,
            "image_size": model.config.image_size, "clip_len": model.config.clip_len,

@@ -171,11 +171,26 @@ def fuse_conv_act(model):
     return n, n_blocks
 
 
-def fused_for_inference(model, conv_act=True):
-    """An eval-mode copy of ``model`` with its Conv2d -> BatchNorm2d pairs folded and (``conv_act``) the folded
-    convolutions' ReLUs and residual blocks fused (``fuse_conv_act``); ``model`` is left untouched."""
+def fold_dt_projs(model, enable=True):
+    """``Mamba.fold_dt_proj(enable)`` on every Mamba mixer of ``model`` (dt_proj folded into x_proj: one GEMM for
+    delta, B and C at inference). Returns the number of mixers."""
+    from m2s2l.modules import Mamba
+    n = 0
+    for mod in model.modules():
+        if isinstance(mod, Mamba):
+            mod.fold_dt_proj(enable)
+            n += 1
+    return n
+
+
+def fused_for_inference(model, conv_act=True, dt_fold=True):
+    """An eval-mode copy of ``model`` with its Conv2d -> BatchNorm2d pairs folded, (``conv_act``) the folded
+    convolutions' ReLUs and residual blocks fused (``fuse_conv_act``) and (``dt_fold``) each Mamba mixer's dt_proj
+    folded into its x_proj (``fold_dt_projs``); ``model`` is left untouched."""
     m = copy.deepcopy(model).eval()
     fuse_conv_bn(m)
     if conv_act:
         fuse_conv_act(m)
+    if dt_fold:
+        fold_dt_projs(m)
     return m

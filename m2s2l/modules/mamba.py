@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from m2s2l import ops
-from m2s2l.ops._backend import BACKENDS, resolve_backend
+from m2s2l.ops._backend import BACKENDS, needs_grad, resolve_backend
 
 
 def check_hidden(name, x, d_model, seqlen=None):
@@ -118,6 +118,8 @@ class Mamba(nn.Module):
         self.D = nn.Parameter(torch.ones(self.d_inner, device=device))
         self.D._no_weight_decay = True
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **fk)
+        self.register_buffer("xdt_weight", None, persistent=False)  # fold_dt_proj
+        self._xdt_src = None
 
     # ---- full sequence ------------------------------------------------------------------------------
     def forward(self, hidden_states, inference_cache=None, last_only=False):
@@ -172,10 +174,52 @@ class Mamba(nn.Module):
             conv_state.copy_(final)
         return x
 
+    # ---- inference: dt_proj folded into x_proj --------------------------------------------------------
+    def fold_dt_proj(self, enable=True):
+        """Inference: fold dt_proj's weight into x_proj's, so one GEMM gives delta (before its bias), B and C:
+        ``W = [dt_proj.weight @ x_proj.weight[:dt_rank]; x_proj.weight[dt_rank:]]`` (d_inner + 2 d_state, d_inner),
+        formed in float64 (a non-persistent buffer ``xdt_weight``). It replaces the (rows, d_inner) x
+        (d_inner, dt_rank + 2 d_state) and (rows, dt_rank) x (dt_rank, d_inner) GEMMs -- the first with an output
+        width like 34 that runs a slow tile shape, the second a pass over its rows for a rank-2..16 product -- with
+        one GEMM of a wide output; delta is then one rounding away from x instead of two. Used only where nothing
+        needs gradients, in the "channel" layout, on the fold's device, and while both source weights are unchanged
+        in place (their version counters are checked at each call, e.g. after ``load_state_dict``; a changed weight
+        falls back to the two GEMMs: fold again). ``enable=False`` removes the fold. Returns self."""
+        if not enable:
+            self.xdt_weight, self._xdt_src = None, None
+            return self
+        with torch.no_grad():
+            wx = self.x_proj.weight.detach().to(torch.float64)
+            wdt = self.dt_proj.weight.detach().to(torch.float64) @ wx[:self.dt_rank]
+            w = torch.cat([wdt, wx[self.dt_rank:]]).to(self.x_proj.weight.dtype)
+        self.register_buffer("xdt_weight", w, persistent=False)
+        self._xdt_src = self._xdt_versions()
+        return self
+
+    def _xdt_versions(self):
+        return self.x_proj.weight._version, self.dt_proj.weight._version
+
+    def _folded(self, x, channel):
+        """The folded weight if this call may use it (``fold_dt_proj``), else None."""
+        w = getattr(self, "xdt_weight", None)
+        if w is None or not channel or w.device != x.device or needs_grad(x, self.x_proj.weight,
+                                                                         self.dt_proj.weight):
+            return None
+        if torch.compiler.is_compiling():  # (version counters are not traced; the graph is built from the fold)
+            return w
+        return w if self._xdt_src == self._xdt_versions() else None
+
     def _x_dt_proj(self, x, x_proj_w, dt_proj_w, channel=False):
         """x (batch, d, seqlen) -> delta (batch, d, seqlen) (before bias), B and C (batch, 1, d_state, seqlen);
         seqlen-contiguous, or with ``channel`` views of the projections' (batch*seqlen, .) outputs."""
         batch, _, seqlen = x.shape
+        w = self._folded(x, channel)
+        if w is not None:  # one GEMM: (batch*seqlen, d_inner + 2N) = [delta | B | C]
+            xdt = F.linear(x.transpose(1, 2).reshape(batch * seqlen, -1), w)
+            delta, B, C = torch.split(xdt, [self.d_inner, self.d_state, self.d_state], dim=-1)
+            B = B.view(batch, seqlen, 1, self.d_state).permute(0, 2, 3, 1)
+            C = C.view(batch, seqlen, 1, self.d_state).permute(0, 2, 3, 1)
+            return delta.view(batch, seqlen, -1).transpose(1, 2), B, C
         x_dbl = F.linear(x.transpose(1, 2).reshape(batch * seqlen, -1), x_proj_w)  # (batch*seqlen, R + 2N)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         B = B.view(batch, seqlen, 1, self.d_state).permute(0, 2, 3, 1)

@@ -5,6 +5,7 @@ import torch.nn as nn
 
 from m2s2l.models import create_model
 from m2s2l.models.fuse import fold_conv_bn, fuse_conv_bn, fused_for_inference
+from m2s2l.ops import triton_available
 
 
 def randomise_bn(model, seed=0):
@@ -131,3 +132,25 @@ def test_conv_act_cudnn_path_gpu(amp, fmt, monkeypatch):
     tol = 3e-2 if amp else 1e-2  # bf16: an ulp or two of values up to ~4; fp32: TF32 convolutions on both paths
     err = ((got.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
     assert err < tol, err
+
+
+@pytest.mark.skipif(not triton_available(), reason="needs triton")
+def test_dt_fold_in_fused_model(device):
+    """fused_for_inference folds every Mamba mixer's dt_proj into its x_proj (Mamba.fold_dt_proj); dt_fold=False
+    keeps none; with the Triton backend (channel layout, the unfused blocks) the folded model scores as the
+    unfolded one."""
+    from m2s2l.models.temporal import set_fused
+    from m2s2l.modules import Mamba
+    torch.manual_seed(0)
+    model = randomise_bn(create_model("m2s2l_lite", image_size=32, in_channels=3, backend="triton")).eval()
+    model = model.to(device)
+    set_fused(model, False)
+    n = sum(isinstance(m, Mamba) for m in model.modules())
+    folded, plain = fused_for_inference(model), fused_for_inference(model, dt_fold=False)
+    assert sum(getattr(m, "xdt_weight", None) is not None for m in folded.modules()) == n > 0
+    assert not any(getattr(m, "xdt_weight", None) is not None for m in plain.modules())
+    clip = (torch.rand(2, model.config.clip_len, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1)
+    with torch.no_grad():
+        ref, got = plain(clip.to(device)), folded(clip.to(device))
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-4, msg=lambda m: f"{k}: {m}")

@@ -92,6 +92,52 @@ def test_channel_layout_matches_time_layout(backend, layout, seqlen, device, mon
         Mamba(8, layout="nhwc")
 
 
+@needs_triton
+@pytest.mark.parametrize("last_only", [False, True])
+def test_fold_dt_proj(last_only, device, monkeypatch):
+    """fold_dt_proj: without gradients, in the channel layout, one GEMM of width d_inner + 2 d_state gives delta, B
+    and C (counted) and the block's output equals the unfolded block's; with gradients, in the time layout, after an
+    in-place change of x_proj's weight (it falls back and equals the unfolded block with the new weight) and after
+    fold_dt_proj(False) the two GEMMs run; state_dict is unchanged."""
+    import torch.nn.functional as F
+
+    import m2s2l.modules.mamba as mamba_mod
+    block = _block(Mamba, 24, d_state=8, dt_rank=3).to(device).eval()
+    block.backend, block.layout = "triton", "channel"
+    keys = set(block.state_dict())
+    x = torch.randn(5, 4, 24, generator=torch.Generator().manual_seed(4)).to(device)
+    with torch.no_grad():
+        ref = block(x, last_only=last_only)
+    widths = []
+    real = F.linear
+    monkeypatch.setattr(mamba_mod.F, "linear", lambda a, w, b=None: widths.append(w.shape[0]) or real(a, w, b))
+    assert block.fold_dt_proj() is block and set(block.state_dict()) == keys
+    assert block.xdt_weight.shape == (48 + 16, 48)
+    with torch.no_grad():
+        got = block(x, last_only=last_only)
+    assert 64 in widths and 3 + 16 not in widths, widths
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+    widths.clear()
+    _loss_grads(block, x)                                # gradients: the two GEMMs
+    assert 3 + 16 in widths and 64 not in widths, widths
+    widths.clear()
+    block.layout = "time"
+    with torch.no_grad():
+        torch.testing.assert_close(block(x, last_only=last_only), ref, rtol=1e-4, atol=1e-5)
+    assert 64 not in widths
+    block.layout = "channel"
+    with torch.no_grad():
+        block.x_proj.weight.mul_(0.5)                    # stale fold: falls back
+        widths.clear()
+        got = block(x, last_only=last_only)
+        assert 64 not in widths
+        block.fold_dt_proj(False)
+        assert block.xdt_weight is None
+        torch.testing.assert_close(got, block(x, last_only=last_only))
+        block.fold_dt_proj()
+        torch.testing.assert_close(block(x, last_only=last_only), got, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
 @pytest.mark.parametrize("layout", ["time", "channel"])
 def test_last_only_output_and_gradients(backend, layout, device):
