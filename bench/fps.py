@@ -157,6 +157,8 @@ def main(argv=None):
     p.add_argument("--contiguous-state", action="store_true", help="keep the streaming state (B, T, C, H, W) "
                    "contiguous (default: (B, H, W, T, C) memory order, StreamStep.STATE_ORDER, so the temporal "
                    "encoders read it without a layout copy)")
+    p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True (cuDNN "
+                   "times its algorithms for each convolution shape during the warm-up, before any graph capture)")
     p.add_argument("--no-dt-fold", action="store_true", help="keep each Mamba mixer's dt_proj as its own GEMM "
                    "(A/B of Mamba.fold_dt_proj)")
     p.add_argument("--no-conv-act", action="store_true", help="keep each folded convolution's bias / residual / ReLU "
@@ -169,6 +171,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
     device = torch.device(a.device)
     kw = {}
     for s in a.set:
@@ -205,7 +209,7 @@ def main(argv=None):
            "channels_last": a.channels_last, "ln_backend": a.ln_backend,
            "upsample_backend": a.upsample_backend, "fuse_bn": not a.no_fuse_bn,
            "conv_act": not (a.no_fuse_bn or a.no_conv_act),
-           "dt_fold": not (a.no_fuse_bn or a.no_dt_fold), "permuted_state": not a.contiguous_state,
+           "dt_fold": not (a.no_fuse_bn or a.no_dt_fold), "cudnn_benchmark": a.cudnn_benchmark, "permuted_state": not a.contiguous_state,
            "mamba_layout": a.mamba_layout, "fused_block": a.fused_block, "backend": a.backend,
            "pure_torch": a.pure_torch,
            "image_size": model.config.image_size, "clip_len": model.config.clip_len,

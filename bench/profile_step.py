@@ -28,7 +28,9 @@ def main(argv=None):
     p.add_argument("--streams", type=int, default=32)
     p.add_argument("--calls", type=int, default=3)
     p.add_argument("--top", type=int, default=40)
+    p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
     a = p.parse_args(argv)
+    torch.backends.cudnn.benchmark = a.cudnn_benchmark
     device = torch.device(a.device)
     model = fused_for_inference(create_model(a.preset).to(device).eval()).to(memory_format=torch.channels_last)
     if device.type == "cpu":
