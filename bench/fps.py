@@ -159,6 +159,8 @@ def main(argv=None):
                    "encoders read it without a layout copy)")
     p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True (cuDNN "
                    "times its algorithms for each convolution shape during the warm-up, before any graph capture)")
+    p.add_argument("--full-gate", action="store_true", help="last-only Mamba calls compute the gate z for every step "
+                   "(A/B of Mamba.gate_last_only, default: the last step alone)")
     p.add_argument("--no-dt-fold", action="store_true", help="keep each Mamba mixer's dt_proj as its own GEMM "
                    "(A/B of Mamba.fold_dt_proj)")
     p.add_argument("--no-conv-act", action="store_true", help="keep each folded convolution's bias / residual / ReLU "
@@ -191,6 +193,9 @@ def main(argv=None):
                 m.backend = a.ln_backend
     if a.contiguous_state:
         StreamStep.permuted_state = False
+    if a.full_gate:
+        from m2s2l.modules import Mamba
+        Mamba.gate_last_only = False
     if a.upsample_backend:
         from m2s2l.models.decoder import Decoder
         for m in model.modules():
@@ -209,7 +214,8 @@ def main(argv=None):
            "channels_last": a.channels_last, "ln_backend": a.ln_backend,
            "upsample_backend": a.upsample_backend, "fuse_bn": not a.no_fuse_bn,
            "conv_act": not (a.no_fuse_bn or a.no_conv_act),
-           "dt_fold": not (a.no_fuse_bn or a.no_dt_fold), "cudnn_benchmark": a.cudnn_benchmark, "permuted_state": not a.contiguous_state,
+           "dt_fold": not (a.no_fuse_bn or a.no_dt_fold), "cudnn_benchmark": a.cudnn_benchmark,
+           "gate_last_only": not a.full_gate, "permuted_state": not a.contiguous_state,
            "mamba_layout": a.mamba_layout, "fused_block": a.fused_block, "backend": a.backend,
            "pure_torch": a.pure_torch,
            "image_size": model.config.image_size, "clip_len": model.config.clip_len,

@@ -89,6 +89,8 @@ class Mamba(nn.Module):
     consumes a chunk starting from the cache and leaves the cache at the chunk's end (chunked streaming).
     """
 
+    gate_last_only = True  # last_only calls: z for the last step alone (``_in_proj_last``); False: all steps (A/B)
+
     def __init__(self, d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto", bias=False, conv_bias=True,
                  dt_min=1e-3, dt_max=0.1, dt_init_floor=1e-4, dt_scale=1.0, backend="auto", layer_idx=None,
                  device=None, dtype=None, layout="auto"):
@@ -134,8 +136,11 @@ class Mamba(nn.Module):
         check_hidden("hidden_states", hidden_states, self.d_model)
         batch, seqlen, _ = hidden_states.shape
         chan = self._channel_layout(seqlen, hidden_states.device)
-        xz = self._in_proj(hidden_states, chan)                                  # (batch, 2*d_inner, seqlen)
-        x, z = xz.chunk(2, dim=1)
+        if last_only and chan and self.gate_last_only:
+            x, z = self._in_proj_last(hidden_states)
+        else:
+            xz = self._in_proj(hidden_states, chan)                              # (batch, 2*d_inner, seqlen)
+            x, z = xz.chunk(2, dim=1)
         conv_state = ssm_state = None
         if inference_cache is not None:
             conv_state, ssm_state = self._check_cache(inference_cache, batch)
@@ -164,6 +169,17 @@ class Mamba(nn.Module):
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias.to(xz.dtype)[:, None]
         return xz
+
+    def _in_proj_last(self, h):
+        """in_proj for a last-only call in the "channel" layout: x (batch, d_inner, seqlen) for every step, but the
+        gate z only for the last step -- the only step whose output is formed, so the only z the scan reads -- seen
+        as (batch, d_inner, seqlen) with a zero time stride (the earlier steps' z would be discarded: their outputs
+        are not formed, and their gradients are zero). Saves writing and reading (seqlen - 1) / seqlen of z."""
+        w, b = self.in_proj.weight, self.in_proj.bias
+        d = self.d_inner
+        x = F.linear(h, w[:d], None if b is None else b[:d]).transpose(1, 2)
+        z = F.linear(h[:, -1:], w[d:], None if b is None else b[d:])                 # (batch, 1, d_inner)
+        return x, z.expand(-1, h.shape[1], -1).transpose(1, 2)
 
     def _conv(self, x, weight, bias, conv_state):
         if conv_state is None:

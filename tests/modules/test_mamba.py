@@ -92,6 +92,31 @@ def test_channel_layout_matches_time_layout(backend, layout, seqlen, device, mon
         Mamba(8, layout="nhwc")
 
 
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
+def test_last_only_gate_on_last_step_alone(backend, device, monkeypatch):
+    """last_only in the channel layout: in_proj's z half runs on the last step's rows alone (x on every step), and
+    output and every gradient equal the full forward's last step (with bias, so its slices are checked too); so do
+    they with ``Mamba.gate_last_only = False``."""
+    import torch.nn.functional as F
+
+    import m2s2l.modules.mamba as mamba_mod
+    block = _block(Mamba, 24, d_state=8, bias=True).to(device)
+    block.backend, block.layout = backend, "channel"
+    x = torch.randn(3, 5, 24, generator=torch.Generator().manual_seed(6)).to(device)
+    ref = _loss_grads(lambda xx: block(xx)[:, -1:], x, block=block)
+    calls = []
+    real = F.linear
+    monkeypatch.setattr(mamba_mod.F, "linear", lambda a, w, b=None: calls.append((a.shape[:-1], w.shape[0])) or
+                        real(a, w, b))
+    got = _loss_grads(lambda xx: block(xx, last_only=True), x, block=block)
+    assert ((3, 5), 48) in calls and ((3, 1), 48) in calls and ((3, 5), 96) not in calls, calls
+    _assert_close_all(got, ref)
+    monkeypatch.setattr(Mamba, "gate_last_only", False)       # the A/B switch: one GEMM for x and z on every step
+    calls.clear()
+    _assert_close_all(_loss_grads(lambda xx: block(xx, last_only=True), x, block=block), ref)
+    assert ((3, 5), 96) in calls and ((3, 1), 48) not in calls, calls
+
+
 @needs_triton
 @pytest.mark.parametrize("last_only", [False, True])
 def test_fold_dt_proj(last_only, device, monkeypatch):
