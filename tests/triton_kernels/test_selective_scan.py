@@ -248,6 +248,8 @@ LAST_CASES = [
     (3, 7, 5, 16, "3d", "bf16", True, False, {}, True, False),
     (3, 8, 4, 16, "g1", "bf16", True, True, dict(short_last=0), True, False),
     (2, 6, 2, 4, "g2", "fp32", True, True, dict(short_last=0), True, True),
+    # chunk states wanted (chunk=2 < 4 steps, gradients on): _fwd_seq_kernel, which saves them
+    (2, 6, 4, 4, "g1", "fp32", True, True, dict(chunk=2, seq_bwd=0), True, True),
 ]
 
 
@@ -281,7 +283,7 @@ def test_last_only(case, device, spies, monkeypatch):
     monkeypatch.setattr(scan.torch, "empty", real_empty)
     assert out.shape == (b, d, 1) and out.dtype == ins["u"].dtype and last.shape == (b, d, n)
     assert ((b, d, 1) in poisoned) == kern
-    short = kern and L <= 4 and bool(cfg.get("short_last", 1))
+    short = kern and L <= 4 and bool(cfg.get("short_last", 1)) and cfg.get("chunk", 4) >= L
     assert spies["_fwd_last_kernel"].launches == int(short)
     assert spies["_fwd_seq_kernel"].launches == int((kern and not short) or (L <= 32 and not kern
                                                                             and not cfg.get("tile")))

@@ -190,7 +190,8 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, initi
             warps = scan_config._CFG.get("cseq_warps" if Lc else "seq_warps", _seq_warps(BLOCK_D, N))
 
         fast = scan_config.use_fast_softplus(delta)
-        if kern_last and not tile and scan_config.use_short_last(L):  # whole short rows, every input loaded at once
+        # whole short rows, every input loaded at once (it saves no chunk states: only where none are wanted)
+        if kern_last and not tile and hc is None and scan_config.use_short_last(L):
             m = {k: v for k, v in meta.items() if k not in ("T_C", "SAVE_CHUNKS")}
             _fwd_last_kernel[(batch, G * nblk)](*ptrs[:11], dim, cpg, nblk, *strides, L=L, **m,
                                                 PEEL=scan_config.use_peel(True), FAST=fast, num_warps=warps)
