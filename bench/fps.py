@@ -29,7 +29,7 @@ from m2s2l.engine.export import pure_torch_ops  # noqa: E402
 from m2s2l.engine.stream import CudaBranches, StreamStep  # noqa: E402
 from m2s2l.models import create_model  # noqa: E402
 from m2s2l.models.fuse import fused_for_inference  # noqa: E402
-from m2s2l.models.temporal import set_fused  # noqa: E402
+from m2s2l.models.temporal import set_fused, set_prep  # noqa: E402
 
 
 def timed(fn, frames_per_call, device, seconds, warmup=3):
@@ -159,6 +159,9 @@ def main(argv=None):
                    "encoders read it without a layout copy)")
     p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True (cuDNN "
                    "times its algorithms for each convolution shape during the warm-up, before any graph capture)")
+    p.add_argument("--prep-block", action="store_true", help="temporal blocks with d_inner <= 128 as "
+                   "ops.mamba_block_prep (pooling, LayerNorm, in_proj, conv, x_proj in one kernel) + the scan + "
+                   "out_proj (m2s2l.models.temporal.set_prep)")
     p.add_argument("--full-gate", action="store_true", help="last-only Mamba calls compute the gate z for every step "
                    "(A/B of Mamba.gate_last_only, default: the last step alone)")
     p.add_argument("--no-dt-fold", action="store_true", help="keep each Mamba mixer's dt_proj as its own GEMM "
@@ -202,6 +205,7 @@ def main(argv=None):
             if isinstance(m, Decoder):
                 m.backend = a.upsample_backend
     set_fused(model, {"auto": None, "on": True, "off": False}[a.fused_block])
+    set_prep(model, a.prep_block)
     if a.mamba_layout:
         from m2s2l.modules import Mamba
         for m in model.modules():
@@ -215,7 +219,7 @@ def main(argv=None):
            "upsample_backend": a.upsample_backend, "fuse_bn": not a.no_fuse_bn,
            "conv_act": not (a.no_fuse_bn or a.no_conv_act),
            "dt_fold": not (a.no_fuse_bn or a.no_dt_fold), "cudnn_benchmark": a.cudnn_benchmark,
-           "gate_last_only": not a.full_gate, "permuted_state": not a.contiguous_state,
+           "gate_last_only": not a.full_gate, "prep_block": a.prep_block, "permuted_state": not a.contiguous_state,
            "mamba_layout": a.mamba_layout, "fused_block": a.fused_block, "backend": a.backend,
            "pure_torch": a.pure_torch,
            "image_size": model.config.image_size, "clip_len": model.config.clip_len,

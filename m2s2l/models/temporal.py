@@ -28,6 +28,16 @@ def fused_default(device):
     return device.type != "cuda"
 
 
+def set_prep(model, prep):
+    """Set ``prep`` (True / False) on every ``MambaBlock`` in ``model``: last-only inference of each temporal block
+    as ``m2s2l.ops.mamba_block_prep`` + the selective scan + out_proj (``MambaBlock.prep_last``) where it applies.
+    Returns ``model``."""
+    for m in model.modules():
+        if isinstance(m, MambaBlock):
+            m.prep = bool(prep)
+    return model
+
+
 def set_fused(model, fused):
     """Set ``fused`` (True / False / None = ``fused_default``) on every ``MambaBlock`` in ``model``; returns it."""
     for m in model.modules():
@@ -53,6 +63,8 @@ class MambaBlock(nn.Module):
     ``fused_last(x, pool, out)`` is that path with the input's steps averaged in groups of ``pool`` first
     (``MultiTemporalMamba`` reads its feature maps so, without a layout copy)."""
 
+    prep = False  # True: last-only inference through ``prep_last`` where ``can_prep`` (``set_prep``)
+
     def __init__(self, dim, mixer):
         super().__init__()
         self.norm = LayerNorm(dim, backend=mixer.backend)
@@ -70,6 +82,38 @@ class MambaBlock(nn.Module):
                 and m.in_proj.bias is None and m.out_proj.bias is None and self.norm.elementwise_affine
                 and eligible(m.d_model, m.d_inner, m.d_state, m.dt_rank, m.d_conv, steps)
                 and resolve_backend(m.backend, x.device) == "triton" and not needs_grad(x, *self.parameters()))
+
+    def can_prep(self, x, steps=None):
+        """Whether ``prep_last`` may run (``prep`` on; a ``Mamba`` mixer without in/out_proj biases on the Triton
+        backend; d_inner <= 128, d_conv <= 4; no gradients; not tracing)."""
+        from m2s2l.ops.mamba_block import prep_eligible
+        m = self.mixer
+        return (getattr(self, "prep", False) and isinstance(m, Mamba) and not torch.jit.is_tracing()
+                and m.in_proj.bias is None and m.out_proj.bias is None and prep_eligible(m.d_inner, m.d_conv)
+                and resolve_backend(m.backend, x.device) == "triton" and not needs_grad(x, *self.parameters()))
+
+    def prep_last(self, x, pool=1, out=None):
+        """As ``fused_last`` (same arguments and result), computed as ``m2s2l.ops.mamba_block_prep`` (pooling,
+        LayerNorm, in_proj, conv, x_proj with dt_proj folded in: one kernel), the selective scan of the last step
+        (``_fwd_last_kernel``) and out_proj + the residual on the last step. Only where ``can_prep(x)``."""
+        m = self.mixer
+        w = m._folded(x, True)
+        if w is None:  # (not folded by fused_for_inference, or stale: fold for this call)
+            w = torch.cat([m.dt_proj.weight @ m.x_proj.weight[:m.dt_rank], m.x_proj.weight[m.dt_rank:]])
+        lead = x.shape[:-2]
+        u, delta, bc, z, x_last = ops.mamba_block_prep(x, self.norm.weight, self.norm.bias, m.in_proj.weight,
+                                                       m.conv1d.weight[:, 0], m.conv1d.bias, w, eps=self.norm.eps,
+                                                       pool=pool, backend=m.backend)
+        rows, steps, N = u.shape[0], u.shape[1], m.d_state
+        bct = bc.transpose(1, 2)                                                         # (rows, 2N, T')
+        y = m._scan(u.transpose(1, 2), delta.transpose(1, 2), m.A_log, bct[:, None, :N], bct[:, None, N:], m.D,
+                    z[:, :, None].expand(rows, m.d_inner, steps), m.dt_proj.bias, None, last_only=True)
+        res = x_last + m.out_proj(y[:, :, 0]).to(x_last.dtype)                           # (rows, d_model)
+        res = res.view(*lead, -1)
+        if out is None:
+            return res
+        out.copy_(res)
+        return out
 
     def fused_last(self, x, pool=1, out=None):
         """x (batch, seqlen, dim) or (n_outer, n_inner, seqlen, dim) -> the last step of the block applied to x
@@ -119,8 +163,9 @@ class MultiTemporalMamba(nn.Module):
     def forward(self, feats, run=None):
         """``run``: how the independent per-scale branches are executed (``serial`` when None)."""
         B, T, C, H, W = feats.shape
-        if self._fusable(feats):
-            return self._forward_fused(feats, run)
+        mode = self._fusable(feats)
+        if mode:
+            return self._forward_fused(feats, run, mode)
         seq = feats.permute(0, 3, 4, 1, 2).reshape(B * H * W, T, C)      # (B*H*W, T, C)
         last_only = getattr(self, "last_only", True)  # (modules pickled before the attribute existed)
 
@@ -134,19 +179,27 @@ class MultiTemporalMamba(nn.Module):
         return fused.reshape(B, H, W, C).permute(0, 3, 1, 2)
 
     def _fusable(self, feats):
-        return (getattr(self, "last_only", True) and all(len(b) == 1 for b in self.branches)
-                and all(b[0].can_fuse(feats, self.clip_len // s) for s, b in zip(self.scales, self.branches)))
+        """The fast path: "fused" (every branch one block that ``can_fuse``), "prep" (one block each that
+        ``can_prep``) or None."""
+        if not getattr(self, "last_only", True) or not all(len(b) == 1 for b in self.branches):
+            return None
+        if all(b[0].can_fuse(feats, self.clip_len // s) for s, b in zip(self.scales, self.branches)):
+            return "fused"
+        if all(b[0].can_prep(feats) for b in self.branches):
+            return "prep"
+        return None
 
-    def _forward_fused(self, feats, run):
-        """Every branch one block, run as ``MambaBlock.fused_last`` straight from the (B, T, C, H, W) maps (the
-        pooling done on load) into its column slice of the fuse layer's input: no layout copy, no pooled copies,
-        no concatenation."""
+    def _forward_fused(self, feats, run, mode="fused"):
+        """Every branch one block, run as ``MambaBlock.fused_last`` (``mode`` "fused") or ``prep_last`` ("prep")
+        straight from the (B, T, C, H, W) maps (the pooling done on load) into its column slice of the fuse layer's
+        input: no layout copy, no pooled copies, no concatenation."""
         B, T, C, H, W = feats.shape
         x = feats.flatten(3).permute(0, 3, 1, 2)                                  # (B, H*W, T, C), a view
         cat = torch.empty(B * H * W, C * len(self.scales), device=feats.device, dtype=feats.dtype)
 
         def scale(i, s, branch):
-            return branch[0].fused_last(x, pool=s, out=cat[:, i * C:(i + 1) * C].view(B, H * W, C))
+            last = branch[0].fused_last if mode == "fused" else branch[0].prep_last
+            return last(x, pool=s, out=cat[:, i * C:(i + 1) * C].view(B, H * W, C))
         (run or serial)([functools.partial(scale, i, s, b) for i, (s, b) in enumerate(zip(self.scales,
                                                                                            self.branches))])
         y = self.fuse(cat).view(B, H, W, C)

@@ -6,6 +6,7 @@ why. The Triton backend runs as the custom op ``m2s2l::mamba_block_last`` for th
 trace / fvcore, fake tensors; see ``_backend.use_custom_op``) and directly in eager mode; the torch backend is the
 reference (``naive.mamba_block_last_ref``: the unfused block of reference ops).
 """
+import math
 import numbers
 from typing import Optional
 
@@ -139,3 +140,108 @@ def mamba_block_last(x, norm_weight, norm_bias, in_proj_weight, conv_weight, con
     else:
         _fwd_impl(*args)
     return out
+
+
+def _prep_impl(x: torch.Tensor, norm_weight: Optional[torch.Tensor], norm_bias: Optional[torch.Tensor], eps: float,
+               in_proj_weight: torch.Tensor, conv_weight: torch.Tensor, conv_bias: Optional[torch.Tensor],
+               xdt_weight: torch.Tensor, pool: int, dot_dtype: torch.dtype, u: torch.Tensor, delta: torch.Tensor,
+               bc: torch.Tensor, z: torch.Tensor, x_last: torch.Tensor) -> None:
+    from m2s2l.triton_kernels.mamba_block.mamba_prep import mamba_prep_fwd
+    mamba_prep_fwd(x, norm_weight, norm_bias, eps, in_proj_weight, conv_weight, conv_bias, xdt_weight, pool,
+                   dot_dtype, u, delta, bc, z, x_last)
+
+
+_prep = torch.library.custom_op("m2s2l::mamba_block_prep", mutates_args=("u", "delta", "bc", "z", "x_last"))(
+    _prep_impl)
+
+
+@_prep.register_fake
+def _prep_fake(x, norm_weight, norm_bias, eps, in_proj_weight, conv_weight, conv_bias, xdt_weight, pool, dot_dtype,
+               u, delta, bc, z, x_last):
+    return None
+
+
+def prep_eligible(d_inner, d_conv):
+    """Whether ``mamba_block_prep``'s Triton kernel takes a block of these sizes: d_inner <= 128 (one register tile
+    of channels), d_conv <= 4."""
+    from m2s2l.triton_kernels import mamba_block as mb
+    return 1 <= d_inner <= mb.MAX_ONE_CHUNK and 1 <= d_conv <= mb.MAX_D_CONV
+
+
+def mamba_block_prep(x, norm_weight, norm_bias, in_proj_weight, conv_weight, conv_bias, xdt_weight, *, eps=1e-5,
+                     pool=1, backend="auto"):
+    """Everything a pre-norm Mamba block's last-step inference computes before its selective scan, on every
+    sequence, after averaging groups of ``pool`` steps: one kernel instead of the pooling mean, LayerNorm, in_proj,
+    the causal conv and the x_proj GEMM (``m2s2l.triton_kernels.mamba_block.mamba_prep``). Inference only.
+
+    With xp = x averaged over groups of ``pool`` steps (T' = seqlen / pool steps), h = LayerNorm(xp), xi = h @
+    in_proj_weight[:d_inner]^T and u = SiLU(causal_conv(xi) + conv_bias), returns
+      u (rows, T', d_inner); delta (rows, T', d_inner) = the first d_inner columns of u @ xdt_weight^T (delta before
+      dt_proj's bias and the softplus); bc (rows, T', 2 * d_state) = its other columns, [B | C];
+      z (rows, d_inner) = h_T @ in_proj_weight[d_inner:]^T (the last step's gate); x_last (rows, d_model) = xp_T;
+    rows = prod(x.shape[:-2]). u, delta, bc and z are in the GEMM dtype (the autocast dtype under autocast, else x's),
+    x_last in x's dtype: the values the unfused block stores, up to accumulation order.
+
+    Args: x (batch, seqlen, d_model) or (n_outer, n_inner, seqlen, d_model), float32/float16/bfloat16, any strides;
+    norm_weight, norm_bias (d_model,) or None; in_proj_weight (2 * d_inner, d_model); conv_weight (d_inner, d_conv);
+    conv_bias (d_inner,) or None; xdt_weight (d_inner + 2 * d_state, d_inner) -- ``Mamba.fold_dt_proj``'s
+    [dt_proj.weight @ x_proj.weight[:dt_rank]; x_proj.weight[dt_rank:]]; eps; pool (int >= 1 dividing seqlen);
+    backend "auto" (the Triton kernel for CUDA tensors and under TRITON_INTERPRET=1 where ``prep_eligible``, else
+    the reference) | "triton" | "cuda" (= "auto") | "torch" (``naive.mamba_block_prep_ref``).
+    """
+    check_tensor("x", x, ndim=(3, 4), dtypes=FLOAT_DTYPES, expected="(batch, seqlen, d_model)")
+    *lead, T, C = x.shape
+    dev = x.device
+    if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1 or T % pool or T == 0:
+        raise ValueError(f"pool must be an int >= 1 dividing seqlen = {T} (seqlen >= 1), got {pool!r}")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps >= 0 or eps == float("inf"):
+        raise ValueError(f"eps must be a finite float >= 0, got {eps!r}")
+    check_tensor("in_proj_weight", in_proj_weight, ndim=2, dtypes=FLOAT_DTYPES, device=dev,
+                 expected="(2 * d_inner, d_model)")
+    if in_proj_weight.shape[1] != C or in_proj_weight.shape[0] % 2:
+        raise ValueError(f"in_proj_weight must have shape (2 * d_inner, d_model={C}), "
+                         f"got {tuple(in_proj_weight.shape)}")
+    DI = in_proj_weight.shape[0] // 2
+    check_tensor("conv_weight", conv_weight, shape=(DI, None), dtypes=FLOAT_DTYPES, device=dev,
+                 expected="(d_inner, d_conv)")
+    check_tensor("xdt_weight", xdt_weight, shape=(None, DI), dtypes=FLOAT_DTYPES, device=dev,
+                 expected="(d_inner + 2 * d_state, d_inner)")
+    N2 = xdt_weight.shape[0] - DI
+    if N2 < 2 or N2 % 2:
+        raise ValueError(f"xdt_weight must have shape (d_inner + 2 * d_state, d_inner) = ({DI} + 2 * d_state, {DI}) "
+                         f"with d_state >= 1, got {tuple(xdt_weight.shape)}")
+    for name, t in (("conv_bias", conv_bias), ("norm_weight", norm_weight), ("norm_bias", norm_bias)):
+        if t is not None:
+            n = DI if name == "conv_bias" else C
+            check_tensor(name, t, shape=(n,), dtypes=FLOAT_DTYPES, device=dev, expected=f"({n},)")
+    params = (norm_weight, norm_bias, in_proj_weight, conv_weight, conv_bias, xdt_weight)
+    if needs_grad(x, *params):
+        raise RuntimeError("mamba_block_prep is inference only (no backward): call it under torch.no_grad() or "
+                           "with tensors that do not require grad")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    ok = prep_eligible(DI, conv_weight.shape[1])
+    if backend == "triton" and not ok:
+        raise ValueError(f"backend='triton' takes d_inner <= 128 and d_conv <= 4; got d_inner={DI}, "
+                         f"d_conv={conv_weight.shape[1]}: use backend='auto' or 'torch'")
+    if backend == "cuda" or (backend == "auto" and not ok):
+        backend = "auto" if ok else "torch"
+    if resolve_backend(backend, dev) != "triton":
+        from m2s2l.triton_kernels.mamba_block.naive import mamba_block_prep_ref
+        return mamba_block_prep_ref(x, *params, eps=float(eps), pool=pool)
+    amp = torch.is_autocast_enabled(dev.type)
+    dt = torch.get_autocast_dtype(dev.type) if amp else x.dtype
+    rows, T2 = math.prod(lead), T // pool
+    u = torch.empty(rows, T2, DI, device=dev, dtype=dt)
+    delta = torch.empty(rows, T2, DI, device=dev, dtype=dt)
+    bc = torch.empty(rows, T2, N2, device=dev, dtype=dt)
+    z = torch.empty(rows, DI, device=dev, dtype=dt)
+    x_last = torch.empty(rows, C, device=dev, dtype=x.dtype)
+    x4 = x if x.dim() == 4 else x.unsqueeze(0)
+    params = tuple(None if t is None else t.contiguous() for t in params)
+    args = (x4, params[0], params[1], float(eps)) + params[2:] + (pool, dt, u, delta, bc, z, x_last)
+    if use_custom_op(x):
+        _prep(*args)
+    else:
+        _prep_impl(*args)
+    return u, delta, bc, z, x_last

@@ -30,3 +30,22 @@ def mamba_block_last_ref(x, norm_weight, norm_bias, in_proj_weight, conv_weight,
                            dt_proj_bias, True)
     out = xs[:, -1] + F.linear(y[:, :, -1], out_proj_weight)
     return out.reshape(*lead, C)
+
+
+def mamba_block_prep_ref(x, norm_weight, norm_bias, in_proj_weight, conv_weight, conv_bias, xdt_weight, eps=1e-5,
+                         pool=1):
+    """What ``m2s2l.ops.mamba_block_prep`` computes, with PyTorch ops: x (*lead, seqlen, d_model) ->
+    (u, delta_raw (rows, T', d_inner), bc (rows, T', 2 d_state), z (rows, d_inner), x_last (rows, d_model)), rows =
+    prod(lead), T' = seqlen / pool: the pooled and normed input through in_proj's x half, the causal conv + SiLU (u),
+    u @ xdt_weight^T split into delta before its bias and [B | C], the last step's gate z and pooled input."""
+    *lead, T, C = x.shape
+    xs = x.reshape(-1, T, C)
+    if pool > 1:
+        xs = xs.reshape(xs.shape[0], T // pool, pool, C).mean(2)
+    h = F.layer_norm(xs, (C,), norm_weight, norm_bias, eps)
+    di = conv_weight.shape[0]
+    xi = F.linear(h, in_proj_weight[:di])                                       # (rows, T', d_inner)
+    u = causal_conv1d_ref(xi.transpose(1, 2), conv_weight, conv_bias, "silu").transpose(1, 2)
+    xdt = F.linear(u, xdt_weight)
+    z = F.linear(h[:, -1], in_proj_weight[di:])
+    return u, xdt[..., :di], xdt[..., di:], z, xs[:, -1]
