@@ -149,3 +149,47 @@ def test_custom_op_schema_and_fake(device):
             torch.zeros(5, 2, 16, device=device), torch.zeros(5, 32, device=device), torch.zeros(5, 16, device=device)]
     args = (x, P[0], P[1], 1e-5, *P[2:], 2, torch.float32, *outs)
     torch.library.opcheck(_prep, args, test_utils=("test_schema", "test_faketensor"))
+
+
+def test_torch_compile_fullgraph_equals_eager(device):
+    """The "prep" path (custom op writing five outputs, the scan, out_proj) inside torch.compile(fullgraph=True)."""
+    torch.manual_seed(0)
+    mtm = MultiTemporalMamba(16, 4, (1, 2), 1, 8, 4, 2, "auto").to(device).eval()
+    set_prep(mtm, True)
+    for b in mtm.branches:
+        b[0].fused = False
+    feats = torch.randn(2, 4, 16, 3, 5, device=device)
+    with torch.no_grad():
+        if mtm._fusable(feats) != "prep":
+            pytest.skip("needs the Triton backend (CUDA or TRITON_INTERPRET=1)")
+        want = mtm(feats)
+        got = torch.compile(mtm, fullgraph=True, backend="aot_eager" if device.type == "cpu" else "inductor")(feats)
+    assert rel_err(got, want) < 1e-6
+
+
+@pytest.mark.gpu
+def test_gpu_paper_levels_bf16_and_fp32():
+    """The paper model's levels 0 and 1 (d_model 32 / 64, d_inner 64 / 128) on CUDA: the op vs float64 (fp32 and bf16
+    autocast), and the temporal encoder's "prep" path vs the unfused one under bf16 autocast."""
+    dev = torch.device("cuda")
+    for C in (32, 64):
+        blk = make_block(C, device=dev)
+        P = prep_params(blk)
+        x = torch.randn(2, 4, C, 9, 11, device=dev).flatten(3).permute(0, 3, 1, 2)
+        for pool in (1, 2):
+            ref = mamba_block_prep_ref(x.double(), *[p.double() for p in P], pool=pool)
+            with torch.no_grad():
+                got = mamba_block_prep(x, *P, pool=pool)
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    gb = mamba_block_prep(x.to(torch.bfloat16), *P, pool=pool)
+            refb = mamba_block_prep_ref(x.to(torch.bfloat16).double(), *[p.double() for p in P], pool=pool)
+            for g, r, h, rb in zip(got, ref, gb, refb):
+                assert rel_err(g, r) < 2e-5 and rel_err(h, rb) < 3e-2
+        mtm = MultiTemporalMamba(C, 4, (1, 2), 1, 16, 4, 2, "auto").to(dev).eval()
+        feats = torch.randn(4, 4, C, 16, 16, device=dev)
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            want = mtm(feats.to(torch.bfloat16))
+            set_prep(mtm, True)
+            assert mtm._fusable(feats) == "prep"
+            got = mtm(feats.to(torch.bfloat16))
+        assert rel_err(got, want) < 3e-2
