@@ -34,6 +34,24 @@ def _fwd_fake(x, out, norm_weight, norm_bias, eps, in_proj_weight, conv_weight, 
     return None
 
 
+def _check_block_input(x, pool, eps, in_proj_weight):
+    """Validate a block op's x, pool, eps and in_proj_weight; returns (lead dims, seqlen, d_model, d_inner,
+    device)."""
+    check_tensor("x", x, ndim=(3, 4), dtypes=FLOAT_DTYPES, expected="(batch, seqlen, d_model)")
+    *lead, T, C = x.shape
+    dev = x.device
+    if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1 or T % pool or T == 0:
+        raise ValueError(f"pool must be an int >= 1 dividing seqlen = {T} (seqlen >= 1), got {pool!r}")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps >= 0 or eps == float("inf"):
+        raise ValueError(f"eps must be a finite float >= 0, got {eps!r}")
+    check_tensor("in_proj_weight", in_proj_weight, ndim=2, dtypes=FLOAT_DTYPES, device=dev,
+                 expected="(2 * d_inner, d_model)")
+    if in_proj_weight.shape[1] != C or in_proj_weight.shape[0] % 2:
+        raise ValueError(f"in_proj_weight must have shape (2 * d_inner, d_model={C}), "
+                         f"got {tuple(in_proj_weight.shape)}")
+    return lead, T, C, in_proj_weight.shape[0] // 2, dev
+
+
 def eligible(d_model, d_inner, d_state, dt_rank, d_conv, steps=1):
     """Whether the Triton kernel takes a block of these sizes on ``steps`` (pooled) steps: d_state <= 16,
     dt_rank <= 16, d_conv <= 4, and d_inner <= 128 (one chunk), or <= 1024 with at most 8 steps (in chunks): its
@@ -73,19 +91,7 @@ def mamba_block_last(x, norm_weight, norm_bias, in_proj_weight, conv_weight, con
     GEMM precision: under autocast its dtype (as the unfused block's GEMMs), otherwise x's dtype (float32: exact
     products). Returns out (x.shape[:-2] + (d_model,)). Raises if a gradient would be needed (no backward).
     """
-    check_tensor("x", x, ndim=(3, 4), dtypes=FLOAT_DTYPES, expected="(batch, seqlen, d_model)")
-    *lead, T, C = x.shape
-    dev = x.device
-    if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1 or T % pool or T == 0:
-        raise ValueError(f"pool must be an int >= 1 dividing seqlen = {T} (seqlen >= 1), got {pool!r}")
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps >= 0 or eps == float("inf"):
-        raise ValueError(f"eps must be a finite float >= 0, got {eps!r}")
-    check_tensor("in_proj_weight", in_proj_weight, ndim=2, dtypes=FLOAT_DTYPES, device=dev,
-                 expected="(2 * d_inner, d_model)")
-    if in_proj_weight.shape[1] != C or in_proj_weight.shape[0] % 2:
-        raise ValueError(f"in_proj_weight must have shape (2 * d_inner, d_model={C}), "
-                         f"got {tuple(in_proj_weight.shape)}")
-    DI = in_proj_weight.shape[0] // 2
+    lead, T, C, DI, dev = _check_block_input(x, pool, eps, in_proj_weight)
     check_tensor("A_log", A_log, shape=(DI, None), dtypes=FLOAT_DTYPES, device=dev, expected="(d_inner, d_state)")
     check_tensor("dt_proj_weight", dt_proj_weight, shape=(DI, None), dtypes=FLOAT_DTYPES, device=dev,
                  expected="(d_inner, dt_rank)")
@@ -189,19 +195,7 @@ def mamba_block_prep(x, norm_weight, norm_bias, in_proj_weight, conv_weight, con
     backend "auto" (the Triton kernel for CUDA tensors and under TRITON_INTERPRET=1 where ``prep_eligible``, else
     the reference) | "triton" | "cuda" (= "auto") | "torch" (``naive.mamba_block_prep_ref``).
     """
-    check_tensor("x", x, ndim=(3, 4), dtypes=FLOAT_DTYPES, expected="(batch, seqlen, d_model)")
-    *lead, T, C = x.shape
-    dev = x.device
-    if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1 or T % pool or T == 0:
-        raise ValueError(f"pool must be an int >= 1 dividing seqlen = {T} (seqlen >= 1), got {pool!r}")
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps >= 0 or eps == float("inf"):
-        raise ValueError(f"eps must be a finite float >= 0, got {eps!r}")
-    check_tensor("in_proj_weight", in_proj_weight, ndim=2, dtypes=FLOAT_DTYPES, device=dev,
-                 expected="(2 * d_inner, d_model)")
-    if in_proj_weight.shape[1] != C or in_proj_weight.shape[0] % 2:
-        raise ValueError(f"in_proj_weight must have shape (2 * d_inner, d_model={C}), "
-                         f"got {tuple(in_proj_weight.shape)}")
-    DI = in_proj_weight.shape[0] // 2
+    lead, T, C, DI, dev = _check_block_input(x, pool, eps, in_proj_weight)
     check_tensor("conv_weight", conv_weight, shape=(DI, None), dtypes=FLOAT_DTYPES, device=dev,
                  expected="(d_inner, d_conv)")
     check_tensor("xdt_weight", xdt_weight, shape=(None, DI), dtypes=FLOAT_DTYPES, device=dev,

@@ -36,6 +36,19 @@ def make_block(d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto", seed=0, 
     return blk.to(device).eval()
 
 
+def make_encoder(device, fused):
+    """A MultiTemporalMamba (d 24, T 4, scales 1 and 2) with randomised D and norm bias, blocks ``fused`` as given,
+    and a (2, 4, 24, 3, 5) feature map."""
+    torch.manual_seed(1)
+    mtm = MultiTemporalMamba(24, 4, (1, 2), 1, 16, 4, 2, "auto").to(device).eval()
+    for b in mtm.branches:
+        b[0].fused = fused
+        with torch.no_grad():
+            b[0].mixer.D.normal_()
+            b[0].norm.bias.normal_(0, 0.3)
+    return mtm, torch.randn(2, 4, 24, 3, 5, device=device)
+
+
 def params(blk):
     m = blk.mixer
     return (blk.norm.weight, blk.norm.bias, m.in_proj.weight, m.conv1d.weight[:, 0], m.conv1d.bias, m.x_proj.weight,
@@ -149,14 +162,7 @@ def test_bad_inputs_name_the_argument(device):
 def test_multi_temporal_mamba_fused_equals_unfused(device):
     """The model's temporal encoder: fused (maps read in place, pooled on load, written into the fuse layer's
     input) vs every block unfused; both scales; and the block's own last_only fast path."""
-    torch.manual_seed(1)
-    mtm = MultiTemporalMamba(24, 4, (1, 2), 1, 16, 4, 2, "auto").to(device).eval()
-    for b in mtm.branches:
-        b[0].fused = True
-        with torch.no_grad():
-            b[0].mixer.D.normal_()
-            b[0].norm.bias.normal_(0, 0.3)
-    feats = torch.randn(2, 4, 24, 3, 5, device=device)
+    mtm, feats = make_encoder(device, fused=True)
     with torch.no_grad():
         assert mtm._fusable(feats)
         got = mtm(feats)

@@ -15,7 +15,7 @@ from m2s2l.models.temporal import MultiTemporalMamba, set_prep
 from m2s2l.ops import mamba_block_prep
 from m2s2l.triton_kernels.mamba_block.naive import mamba_block_prep_ref
 
-from test_mamba_block import make_block, rel_err
+from test_mamba_block import make_block, make_encoder, rel_err
 
 INTERP = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -74,14 +74,7 @@ def test_bf16_autocast_strided_maps(pool, device):
 def test_prep_last_and_multi_temporal_mamba_equal_unfused(device):
     """MambaBlock.prep_last == the unfused block's last step (both scales' pooling), and MultiTemporalMamba with
     set_prep(True) takes the "prep" path and equals the unfused encoder."""
-    torch.manual_seed(1)
-    mtm = MultiTemporalMamba(24, 4, (1, 2), 1, 16, 4, 2, "auto").to(device).eval()
-    for b in mtm.branches:
-        b[0].fused = False
-        with torch.no_grad():
-            b[0].mixer.D.normal_()
-            b[0].norm.bias.normal_(0, 0.3)
-    feats = torch.randn(2, 4, 24, 3, 5, device=device)
+    mtm, feats = make_encoder(device, fused=False)
     with torch.no_grad():
         assert mtm._fusable(feats) is None
         want = mtm(feats)

@@ -61,6 +61,27 @@ def _silu(v):
 
 
 @triton.jit
+def _rows(x_ptr, n_rows, n_inner, sx_o, sx_i, BLOCK_M: tl.constexpr):
+    """This program's BLOCK_M rows of x (n_outer, n_inner, seqlen, d_model): (row index, mask, start pointers)."""
+    o_m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    return o_m, o_m < n_rows, x_ptr + (o_m // n_inner) * sx_o + (o_m % n_inner) * sx_i
+
+
+@triton.jit
+def _norm_params(nw_ptr, nb_ptr, o_c, m_c, HAS_NW: tl.constexpr, HAS_NB: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The LayerNorm's weight and bias (ones / zeros where absent), (BLOCK_C,) float32."""
+    if HAS_NW:
+        b_nw = tl.load(nw_ptr + o_c, mask=m_c, other=0.).to(tl.float32)
+    else:
+        b_nw = tl.where(m_c, 1.0, 0.0)
+    if HAS_NB:
+        b_nb = tl.load(nb_ptr + o_c, mask=m_c, other=0.).to(tl.float32)
+    else:
+        b_nb = tl.zeros([BLOCK_C], dtype=tl.float32)
+    return b_nw, b_nb
+
+
+@triton.jit
 def _step_input(p_x, t, sx_t, sx_c, o_c, m_c, m_xc, b_nw, b_nb, eps, X_DT: tl.constexpr, C: tl.constexpr,
                 POOL: tl.constexpr, DT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     """Step t of the rows: (the pooled input in float32, its LayerNorm in the GEMM dtype), (BLOCK_M, BLOCK_C)."""
@@ -134,23 +155,13 @@ def _mamba_last_kernel(x_ptr, out_ptr, nw_ptr, nb_ptr, win_ptr, cw_ptr, cb_ptr, 
                        CHUNKS: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
                        BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr):
-    pid = tl.program_id(0)
-    o_m = pid.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_m = o_m < n_rows
-    p_x = x_ptr + (o_m // n_inner) * sx_o + (o_m % n_inner) * sx_i                     # (BLOCK_M,) row starts
+    o_m, m_m, p_x = _rows(x_ptr, n_rows, n_inner, sx_o, sx_i, BLOCK_M)
     o_c = tl.arange(0, BLOCK_C)
     o_n = tl.arange(0, BLOCK_N)
     o_r = tl.arange(0, BLOCK_R)
     m_c, m_n, m_r = o_c < C, o_n < N, o_r < RANK
     m_xc = m_m[:, None] & m_c[None, :]
-    if HAS_NW:
-        b_nw = tl.load(nw_ptr + o_c, mask=m_c, other=0.).to(tl.float32)
-    else:
-        b_nw = tl.where(m_c, 1.0, 0.0)
-    if HAS_NB:
-        b_nb = tl.load(nb_ptr + o_c, mask=m_c, other=0.).to(tl.float32)
-    else:
-        b_nb = tl.zeros([BLOCK_C], dtype=tl.float32)
+    b_nw, b_nb = _norm_params(nw_ptr, nb_ptr, o_c, m_c, HAS_NW, HAS_NB, BLOCK_C)
     o_t = tl.arange(0, BLOCK_T)
 
     # ---- phase 1, only when d_inner spans several chunks: x_proj's outputs (dt, B, C) of every step, summed over

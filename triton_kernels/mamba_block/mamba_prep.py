@@ -23,7 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .mamba_last import _CFG, _INTERPRET, _TL, _conv_step, _conv_taps, _mm, _pow2, _step_input
+from .mamba_last import (_CFG, _INTERPRET, _TL, _conv_step, _conv_taps, _mm, _norm_params, _pow2, _rows,
+                         _step_input)
 
 
 @triton.jit(do_not_specialize=["n_rows", "n_inner"])
@@ -33,10 +34,7 @@ def _mamba_prep_kernel(x_ptr, nw_ptr, nb_ptr, win_ptr, cw_ptr, cb_ptr, wxdt_ptr,
                        N2: tl.constexpr, K: tl.constexpr, HAS_NW: tl.constexpr, HAS_NB: tl.constexpr,
                        HAS_CB: tl.constexpr, X_DT: tl.constexpr, DT: tl.constexpr, IEEE: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_J: tl.constexpr):
-    pid = tl.program_id(0)
-    o_m = pid.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_m = o_m < n_rows
-    p_x = x_ptr + (o_m // n_inner) * sx_o + (o_m % n_inner) * sx_i                     # (BLOCK_M,) row starts
+    o_m, m_m, p_x = _rows(x_ptr, n_rows, n_inner, sx_o, sx_i, BLOCK_M)
     o_c = tl.arange(0, BLOCK_C)
     o_d = tl.arange(0, BLOCK_D)
     o_j = tl.arange(0, BLOCK_J)
@@ -44,14 +42,7 @@ def _mamba_prep_kernel(x_ptr, nw_ptr, nb_ptr, win_ptr, cw_ptr, cb_ptr, wxdt_ptr,
     m_xc = m_m[:, None] & m_c[None, :]
     m_md = m_m[:, None] & m_d[None, :]
     m_cd = m_c[:, None] & m_d[None, :]
-    if HAS_NW:
-        b_nw = tl.load(nw_ptr + o_c, mask=m_c, other=0.).to(tl.float32)
-    else:
-        b_nw = tl.where(m_c, 1.0, 0.0)
-    if HAS_NB:
-        b_nb = tl.load(nb_ptr + o_c, mask=m_c, other=0.).to(tl.float32)
-    else:
-        b_nb = tl.zeros([BLOCK_C], dtype=tl.float32)
+    b_nw, b_nb = _norm_params(nw_ptr, nb_ptr, o_c, m_c, HAS_NW, HAS_NB, BLOCK_C)
     cw0, cw1, cw2, cw3, b_cb = _conv_taps(cw_ptr, cb_ptr, o_d, m_d, K, HAS_CB, BLOCK_D)
     b_x1 = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)   # conv inputs of steps t-1, t-2, t-3
     b_x2 = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
