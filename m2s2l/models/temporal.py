@@ -83,7 +83,7 @@ class MambaBlock(nn.Module):
                 and eligible(m.d_model, m.d_inner, m.d_state, m.dt_rank, m.d_conv, steps)
                 and resolve_backend(m.backend, x.device) == "triton" and not needs_grad(x, *self.parameters()))
 
-    def can_prep(self, x, steps=None):
+    def can_prep(self, x):
         """Whether ``prep_last`` may run (``prep`` on; a ``Mamba`` mixer without in/out_proj biases on the Triton
         backend; d_inner <= 128, d_conv <= 4; no gradients; not tracing)."""
         from m2s2l.ops.mamba_block import prep_eligible
@@ -99,7 +99,7 @@ class MambaBlock(nn.Module):
         m = self.mixer
         w = m._folded(x, True)
         if w is None:  # (not folded by fused_for_inference, or stale: fold for this call)
-            w = torch.cat([m.dt_proj.weight @ m.x_proj.weight[:m.dt_rank], m.x_proj.weight[m.dt_rank:]])
+            w = m.folded_xdt_weight()
         lead = x.shape[:-2]
         u, delta, bc, z, x_last = ops.mamba_block_prep(x, self.norm.weight, self.norm.bias, m.in_proj.weight,
                                                        m.conv1d.weight[:, 0], m.conv1d.bias, w, eps=self.norm.eps,

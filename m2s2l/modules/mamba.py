@@ -204,13 +204,17 @@ class Mamba(nn.Module):
         if not enable:
             self.xdt_weight, self._xdt_src = None, None
             return self
+        self.register_buffer("xdt_weight", self.folded_xdt_weight(), persistent=False)
+        self._xdt_src = self._xdt_versions()
+        return self
+
+    def folded_xdt_weight(self):
+        """``[dt_proj.weight @ x_proj.weight[:dt_rank]; x_proj.weight[dt_rank:]]`` (d_inner + 2 d_state, d_inner),
+        formed in float64 and returned in x_proj's dtype (no gradient): ``fold_dt_proj``'s weight, now."""
         with torch.no_grad():
             wx = self.x_proj.weight.detach().to(torch.float64)
             wdt = self.dt_proj.weight.detach().to(torch.float64) @ wx[:self.dt_rank]
-            w = torch.cat([wdt, wx[self.dt_rank:]]).to(self.x_proj.weight.dtype)
-        self.register_buffer("xdt_weight", w, persistent=False)
-        self._xdt_src = self._xdt_versions()
-        return self
+            return torch.cat([wdt, wx[self.dt_rank:]]).to(self.x_proj.weight.dtype)
 
     def _xdt_versions(self):
         return self.x_proj.weight._version, self.dt_proj.weight._version
@@ -230,16 +234,13 @@ class Mamba(nn.Module):
         seqlen-contiguous, or with ``channel`` views of the projections' (batch*seqlen, .) outputs."""
         batch, _, seqlen = x.shape
         w = self._folded(x, channel)
-        if w is not None:  # one GEMM: (batch*seqlen, d_inner + 2N) = [delta | B | C]
-            xdt = F.linear(x.transpose(1, 2).reshape(batch * seqlen, -1), w)
-            delta, B, C = torch.split(xdt, [self.d_inner, self.d_state, self.d_state], dim=-1)
-            B = B.view(batch, seqlen, 1, self.d_state).permute(0, 2, 3, 1)
-            C = C.view(batch, seqlen, 1, self.d_state).permute(0, 2, 3, 1)
-            return delta.view(batch, seqlen, -1).transpose(1, 2), B, C
-        x_dbl = F.linear(x.transpose(1, 2).reshape(batch * seqlen, -1), x_proj_w)  # (batch*seqlen, R + 2N)
-        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        head = self.d_inner if w is not None else self.dt_rank  # the first columns: delta itself, or dt (rank R)
+        x_dbl = F.linear(x.transpose(1, 2).reshape(batch * seqlen, -1), x_proj_w if w is None else w)
+        dt, B, C = torch.split(x_dbl, [head, self.d_state, self.d_state], dim=-1)  # (batch*seqlen, head + 2N)
         B = B.view(batch, seqlen, 1, self.d_state).permute(0, 2, 3, 1)
         C = C.view(batch, seqlen, 1, self.d_state).permute(0, 2, 3, 1)
+        if w is not None:  # folded: one GEMM gave [delta | B | C]
+            return dt.view(batch, seqlen, -1).transpose(1, 2), B, C
         if channel:
             return F.linear(dt, dt_proj_w).view(batch, seqlen, -1).transpose(1, 2), B, C
         delta = (dt_proj_w @ dt.t()).view(-1, batch, seqlen).transpose(0, 1)

@@ -218,8 +218,10 @@ def mamba_block_prep(x, norm_weight, norm_bias, in_proj_weight, conv_weight, con
     if backend == "triton" and not ok:
         raise ValueError(f"backend='triton' takes d_inner <= 128 and d_conv <= 4; got d_inner={DI}, "
                          f"d_conv={conv_weight.shape[1]}: use backend='auto' or 'torch'")
-    if backend == "cuda" or (backend == "auto" and not ok):
-        backend = "auto" if ok else "torch"
+    if backend == "cuda":
+        backend = "auto"
+    if backend == "auto" and not ok:
+        backend = "torch"
     if resolve_backend(backend, dev) != "triton":
         from m2s2l.triton_kernels.mamba_block.naive import mamba_block_prep_ref
         return mamba_block_prep_ref(x, *params, eps=float(eps), pool=pool)

@@ -22,9 +22,8 @@ INTERP = os.environ.get("TRITON_INTERPRET") == "1"
 
 def prep_params(blk):
     m = blk.mixer
-    w = torch.cat([m.dt_proj.weight @ m.x_proj.weight[:m.dt_rank], m.x_proj.weight[m.dt_rank:]]).detach()
     return (blk.norm.weight.detach(), blk.norm.bias.detach(), m.in_proj.weight.detach(),
-            m.conv1d.weight[:, 0].detach().contiguous(), m.conv1d.bias.detach(), w)
+            m.conv1d.weight[:, 0].detach().contiguous(), m.conv1d.bias.detach(), m.folded_xdt_weight())
 
 
 CASES = [  # rows, seqlen, pool, d_model, d_state, d_conv, expand, dt_rank

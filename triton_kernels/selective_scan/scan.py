@@ -1,8 +1,9 @@
 """Chunked selective scan (S6) in Triton: the launchers of the kernels in ``scan_kernels.py`` and, for short
 sequences (``use_seq_fwd`` / ``use_seq_bwd``, seqlen <= 32 by default), of the sequential-in-time kernels in
-``scan_seq_kernels.py`` (state in registers; the backward is persistent with a per-program scratch of the states)
-and their time-tiled versions in ``scan_tile_kernels.py`` / ``scan_tile_bwd_kernels.py`` (``use_tile_fwd`` /
-``use_tile_bwd``: under the chunk-parallel scan, and the backward of whole sequences of 16+ steps).
+``scan_seq_kernels.py`` / ``scan_seq_bwd_kernels.py`` (state in registers; the backward is persistent with a
+per-program scratch of the states) and their time-tiled versions in ``scan_tile_kernels.py`` /
+``scan_tile_bwd_kernels.py`` (``use_tile_fwd`` / ``use_tile_bwd``: under the chunk-parallel scan, and the backward
+of whole sequences of 16+ steps).
 
 Layout of the work: one program owns BLOCK_D channels of one group (a block never straddles two groups, so
 input-dependent B/C load once as a [T_C, BLOCK_N] tile shared by all its channels) and one batch row, and walks
@@ -32,7 +33,8 @@ from .scan_config import (_INTERPRET, _block_d, _pow2, _seq_block_d, _seq_bwd_bl
                           chunk_len, cseq_chunk, use_seq_bwd, use_tile_bwd, use_tile_fwd)
 from .scan_config import saved_state_count, use_seq_fwd  # noqa: F401  (public: m2s2l.ops, tests, bench)
 from .scan_kernels import _bwd_kernel, _combine, _fwd_kernel
-from .scan_seq_kernels import _bwd_seq_kernel, _chunk_combine_kernel, _fwd_last_kernel, _fwd_seq_kernel
+from .scan_seq_bwd_kernels import _bwd_seq_kernel
+from .scan_seq_kernels import _chunk_combine_kernel, _fwd_last_kernel, _fwd_seq_kernel
 from .scan_tile_bwd_kernels import _bwd_tile_kernel
 from .scan_tile_kernels import _fwd_tile_kernel
 

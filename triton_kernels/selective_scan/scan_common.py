@@ -1,6 +1,7 @@
 """Triton helpers shared by the chunked kernels (``scan_kernels.py``) and the sequential-in-time kernels
-(``scan_seq_kernels.py``) of the selective scan: the channel-block prologue (offsets, masks, A, D, delta_bias),
-per-row pointers, state tiles, fixed/input-dependent B and C, and the backward's gradient accumulators.
+(``scan_seq_kernels.py``, ``scan_seq_bwd_kernels.py``) of the selective scan: the channel-block prologue (offsets,
+masks, A, D, delta_bias), per-row pointers, state tiles, fixed/input-dependent B and C, the backward's gradient
+accumulators, and the exact / hardware-approximate softplus and sigmoid.
 
 ``@triton.jit`` helpers are inlined into the kernels that call them, so they cost nothing at run time. A helper
 returns every value it may produce; where a ``tl.constexpr`` flag turns a value off it returns zeros, which the
@@ -11,9 +12,10 @@ import triton.language as tl
 
 
 @triton.jit
-def _ex2(x):
-    """2 ** x by the hardware approximation (PTX ``ex2.approx.ftz``: subnormal results flushed to zero)."""
-    return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
+def _approx(x, OP: tl.constexpr):
+    """The hardware approximation ``OP`` (PTX ``ex2`` / ``lg2`` / ``rcp`` ``.approx.ftz.f32``: subnormals flushed to
+    zero) of float32 x. CUDA only (inline PTX; Triton's interpreter cannot run it)."""
+    return tl.inline_asm_elementwise(OP + ".approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
                                      pack=1)
 
 
@@ -24,8 +26,7 @@ def _softplus(x, FAST: tl.constexpr = False):
     subnormal guards and a ~20-instruction log polynomial); absolute error ~2e-7 (relative ~1e-4 at delta 1e-3),
     far below a half-precision input's own rounding, so the launchers take it only for half-precision delta."""
     if FAST:
-        lg = tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=f,f", [1.0 + _ex2(x * 1.4426950408889634)],
-                                       dtype=tl.float32, is_pure=True, pack=1)
+        lg = _approx(1.0 + _approx(x * 1.4426950408889634, "ex2"), "lg2")
         return tl.where(x <= 20.0, lg * 0.6931471805599453, x)
     return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(x)), x)
 
@@ -35,8 +36,7 @@ def _sigmoid(x, FAST: tl.constexpr = False):
     """1 / (1 + exp(-x)); FAST (CUDA only): ``ex2.approx.ftz`` and ``rcp.approx.ftz`` (relative error ~1e-7)
     instead of ``tl.sigmoid``'s exponential and IEEE division."""
     if FAST:
-        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [1.0 + _ex2(x * -1.4426950408889634)],
-                                         dtype=tl.float32, is_pure=True, pack=1)
+        return _approx(1.0 + _approx(x * -1.4426950408889634, "ex2"), "rcp")
     return tl.sigmoid(x)
 
 
