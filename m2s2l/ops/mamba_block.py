@@ -52,6 +52,18 @@ def _check_block_input(x, pool, eps, in_proj_weight):
     return lead, T, C, in_proj_weight.shape[0] // 2, dev
 
 
+def _block_backend(backend, ok, device, limits):
+    """The backend a block op runs ("triton" or "torch"): "cuda" means "auto", which takes the Triton kernel where
+    its sizes are ``ok``; "triton" with sizes it does not take is a ValueError quoting ``limits``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "triton" and not ok:
+        raise ValueError(f"backend='triton' takes {limits}: use backend='auto' or 'torch'")
+    if backend in ("cuda", "auto") and not ok:
+        return "torch"
+    return resolve_backend("auto" if backend == "cuda" else backend, device)
+
+
 def eligible(d_model, d_inner, d_state, dt_rank, d_conv, steps=1):
     """Whether the Triton kernel takes a block of these sizes on ``steps`` (pooled) steps: d_state <= 16,
     dt_rank <= 16, d_conv <= 4, and d_inner <= 128 (one chunk), or <= 1024 with at most 8 steps (in chunks): its
@@ -115,18 +127,10 @@ def mamba_block_last(x, norm_weight, norm_bias, in_proj_weight, conv_weight, con
     if needs_grad(x, *params) or (out is not None and needs_grad(out)):
         raise RuntimeError("mamba_block_last is inference only (no backward): call it under torch.no_grad() or "
                            "with tensors that do not require grad")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    ok = eligible(C, DI, N, R, K, T // pool)
-    if backend == "triton" and not ok:
-        raise ValueError(f"backend='triton' takes d_state <= 16, dt_rank <= 16, d_conv <= 4 and d_inner <= 128 (or "
-                         f"<= 1024 on <= 8 pooled steps); got d_inner={DI}, d_state={N}, dt_rank={R}, d_conv={K}, "
-                         f"{T // pool} steps: use backend='auto' or 'torch'")
-    if backend == "cuda":
-        backend = "auto"
-    if backend == "auto" and not ok:
-        backend = "torch"
-    if resolve_backend(backend, dev) != "triton":
+    backend = _block_backend(backend, eligible(C, DI, N, R, K, T // pool), dev,
+                             "d_state <= 16, dt_rank <= 16, d_conv <= 4 and d_inner <= 128 (or <= 1024 on <= 8 "
+                             f"pooled steps); got d_inner={DI}, d_state={N}, dt_rank={R}, d_conv={K}, {T // pool} steps")
+    if backend != "triton":
         from m2s2l.triton_kernels.mamba_block.naive import mamba_block_last_ref
         res = mamba_block_last_ref(x, *params, eps=float(eps), pool=pool)
         if out is None:
@@ -212,17 +216,9 @@ def mamba_block_prep(x, norm_weight, norm_bias, in_proj_weight, conv_weight, con
     if needs_grad(x, *params):
         raise RuntimeError("mamba_block_prep is inference only (no backward): call it under torch.no_grad() or "
                            "with tensors that do not require grad")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    ok = prep_eligible(DI, conv_weight.shape[1])
-    if backend == "triton" and not ok:
-        raise ValueError(f"backend='triton' takes d_inner <= 128 and d_conv <= 4; got d_inner={DI}, "
-                         f"d_conv={conv_weight.shape[1]}: use backend='auto' or 'torch'")
-    if backend == "cuda":
-        backend = "auto"
-    if backend == "auto" and not ok:
-        backend = "torch"
-    if resolve_backend(backend, dev) != "triton":
+    backend = _block_backend(backend, prep_eligible(DI, conv_weight.shape[1]), dev,
+                             f"d_inner <= 128 and d_conv <= 4; got d_inner={DI}, d_conv={conv_weight.shape[1]}")
+    if backend != "triton":
         from m2s2l.triton_kernels.mamba_block.naive import mamba_block_prep_ref
         return mamba_block_prep_ref(x, *params, eps=float(eps), pool=pool)
     amp = torch.is_autocast_enabled(dev.type)
