@@ -178,8 +178,10 @@ class Mamba(nn.Module):
         w, b = self.in_proj.weight, self.in_proj.bias
         d = self.d_inner
         x = F.linear(h, w[:d], None if b is None else b[:d]).transpose(1, 2)
-        z = F.linear(h[:, -1:], w[d:], None if b is None else b[d:])                 # (batch, 1, d_inner)
-        return x, z.expand(-1, h.shape[1], -1).transpose(1, 2)
+        # h[:, -1] is 2-D (a GEMM with a row stride); h[:, -1:] would be a 3-D strided input that F.linear sends
+        # to a batched GEMM of one row a batch (32 streams, H100: 380 us a call; fps 3548 -> 2161)
+        z = F.linear(h[:, -1], w[d:], None if b is None else b[d:])                  # (batch, d_inner)
+        return x, z[:, :, None].expand(-1, -1, h.shape[1])
 
     def _conv(self, x, weight, bias, conv_state):
         if conv_state is None:

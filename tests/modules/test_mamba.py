@@ -94,9 +94,10 @@ def test_channel_layout_matches_time_layout(backend, layout, seqlen, device, mon
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
 def test_last_only_gate_on_last_step_alone(backend, device, monkeypatch):
-    """last_only in the channel layout: in_proj's z half runs on the last step's rows alone (x on every step), and
-    output and every gradient equal the full forward's last step (with bias, so its slices are checked too); so do
-    they with ``Mamba.gate_last_only = False``."""
+    """last_only in the channel layout: in_proj's z half runs on the last step's rows alone, as a 2-D GEMM (a 3-D
+    strided input went to a batched GEMM of one row a batch: 32 streams on an H100 fell 3548 -> 2161 frames/s), x on
+    every step; and output and every gradient equal the full forward's last step (with bias, so its slices are
+    checked too); so do they with ``Mamba.gate_last_only = False``."""
     import torch.nn.functional as F
 
     import m2s2l.modules.mamba as mamba_mod
@@ -109,12 +110,12 @@ def test_last_only_gate_on_last_step_alone(backend, device, monkeypatch):
     monkeypatch.setattr(mamba_mod.F, "linear", lambda a, w, b=None: calls.append((a.shape[:-1], w.shape[0])) or
                         real(a, w, b))
     got = _loss_grads(lambda xx: block(xx, last_only=True), x, block=block)
-    assert ((3, 5), 48) in calls and ((3, 1), 48) in calls and ((3, 5), 96) not in calls, calls
+    assert ((3, 5), 48) in calls and ((3,), 48) in calls and ((3, 5), 96) not in calls, calls
     _assert_close_all(got, ref)
     monkeypatch.setattr(Mamba, "gate_last_only", False)       # the A/B switch: one GEMM for x and z on every step
     calls.clear()
     _assert_close_all(_loss_grads(lambda xx: block(xx, last_only=True), x, block=block), ref)
-    assert ((3, 5), 96) in calls and ((3, 1), 48) not in calls, calls
+    assert ((3, 5), 96) in calls and ((3,), 48) not in calls, calls
 
 
 @needs_triton
