@@ -91,10 +91,12 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5, *, backend="auto", out_dtype
     ``F.layer_norm(x, (C,), weight, bias, eps)``).
 
     Args:
-      x: (..., C), float32/float16/bfloat16, C >= 1 (any number of rows, including 0). Strides: a tensor whose
-        leading axes merge into one row stride with unit stride along C (contiguous, a slice of rows, a
-        slice along C of a wider tensor: ``x[..., :C]``) is read in place; any other layout is copied to a
-        contiguous tensor first (as F.layer_norm does).
+      x: (..., C), float32/float16/bfloat16, C >= 1 (any number of rows, including 0). Strides (Triton
+        backend): a tensor whose leading axes merge into one row stride with unit stride along C (contiguous, a
+        slice of rows, a slice along C of a wider tensor: ``x[..., :C]``) is read in place, and so is one whose
+        axes before the last two merge into one stride (``buf[:, s:s + T]`` of an (R, S, C) buffer: the streaming
+        state's rows) in the forward; any other layout is copied to a contiguous tensor first (as F.layer_norm
+        does).
       weight, bias: (C,) or None; any float dtype (e.g. float32 parameters with bf16 x).
       eps: float >= 0, added to the variance.
       backend: "auto" | "triton" | "cuda" | "torch". "auto" = the Triton kernel for CUDA tensors (and for CPU

@@ -24,19 +24,21 @@ def rel_err(a, ref):
 
 
 def make_x(rows, C, layout, dtype, device):
-    """(rows, C) or a 3-D (2, rows, C) view, in the named layout; values with a non-zero mean per row."""
+    """(rows, C) or a 3-D (2, rows, C) view, in the named layout; values with a non-zero mean per row. (The slice
+    is taken last: an elementwise op on a sliced tensor would return a contiguous one.)"""
     g = torch.Generator().manual_seed(rows * 1000 + C)
-    if layout == "rowslice":  # every other row of a bigger tensor: row stride 2C, read in place
-        base = torch.randn(2 * rows, C, generator=g)[::2]
-    elif layout == "colslice":  # the first C columns of a wider tensor: row stride C + 3, read in place
-        base = torch.randn(rows, C + 3, generator=g)[:, :C]
-    elif layout == "chanfirst":  # (2, C, rows) transposed: unit stride along rows, copied by the op
-        base = torch.randn(2, C, rows, generator=g).transpose(1, 2)
-    elif layout == "3d":
-        base = torch.randn(2, rows, C, generator=g)
-    else:
-        base = torch.randn(rows, C, generator=g)
-    return (3 * base + 0.5).to(device=device, dtype=dtype)
+    shape, view = {
+        "rowslice": ((2 * rows, C), lambda t: t[::2]),           # every other row: row stride 2C, read in place
+        "colslice": ((rows, C + 3), lambda t: t[:, :C]),         # the first C columns: row stride C + 3, in place
+        "chanfirst": ((2, C, rows), lambda t: t.transpose(1, 2)),  # unit stride along rows: copied by the op
+        "3d": ((2, rows, C), lambda t: t),
+        # (2, rows, C) out of (2, rows + 3, C): two row strides (the streaming state's ring), read in place by
+        # the forward, copied by the backward
+        "window": ((2, rows + 3, C), lambda t: t[:, 2:rows + 2]),
+        "window1": ((1, rows + 3, C), lambda t: t[:, 1:rows + 1]),  # one outer row: the single inner stride
+    }.get(layout, ((rows, C), lambda t: t))
+    base = (3 * torch.randn(*shape, generator=g) + 0.5).to(device=device, dtype=dtype)
+    return view(base)
 
 
 def run(x, weight, bias, eps, backend, dy, out_dtype=None):
@@ -64,6 +66,8 @@ CASES = [  # rows, C, weight, bias, layout, dtype, parameter dtype ("x" = x's dt
     (300, 130, True, False, "rowslice", "fp32", "x"),
     (7, 256, False, True, "colslice", "fp32", "x"),
     (300, 256, True, True, "3d", "fp32", "x"),
+    (300, 48, True, True, "window", "fp32", "x"),
+    (7, 5, False, True, "window1", "fp32", "x"),
     (7, 32, True, True, "chanfirst", "fp32", "x"),
     (300, 1, True, True, "contig", "fp16", "x"),
     (7, 48, True, True, "colslice", "fp16", "x"),
@@ -72,6 +76,8 @@ CASES = [  # rows, C, weight, bias, layout, dtype, parameter dtype ("x" = x's dt
     (300, 5, True, True, "rowslice", "bf16", "fp32"),
     (300, 32, True, True, "chanfirst", "bf16", "fp32"),
     (7, 130, False, True, "3d", "bf16", "x"),
+    (300, 64, True, True, "window", "bf16", "fp32"),
+    (7, 3, True, False, "window", "fp16", "x"),
     (300, 256, True, False, "contig", "bf16", "fp32"),
 ]
 
@@ -111,13 +117,21 @@ def test_nan_poisoning_is_active():
 
 
 def test_in_place_layouts_are_not_copied(device):
-    from m2s2l.triton_kernels.layer_norm.layer_norm import _rows2d
-    for layout in ("contig", "rowslice", "colslice", "3d"):
+    """The forward's (_rows3d) and the backward's (_rows2d) views of x: in place where the strides allow, else a
+    contiguous copy."""
+    from m2s2l.triton_kernels.layer_norm.layer_norm import _rows2d, _rows3d
+    for layout in ("contig", "rowslice", "colslice", "3d", "window", "window1"):
         x = make_x(6, 8, layout, torch.float32, device)
+        x3, n_inner = _rows3d(x)
+        assert x3.data_ptr() == x.data_ptr() and x3.stride(2) == 1 and x3.shape[0] * n_inner == x.numel() // 8
+        assert n_inner == (6 if layout == "window" else x.numel() // 8), layout
         x2 = _rows2d(x)
-        assert x2.data_ptr() == x.data_ptr() and x2.stride(1) == 1, layout
+        if layout == "window":
+            assert x2.is_contiguous()
+        else:
+            assert x2.data_ptr() == x.data_ptr() and x2.stride(1) == 1, layout
     x = make_x(6, 8, "chanfirst", torch.float32, device)
-    assert _rows2d(x).is_contiguous()
+    assert _rows2d(x).is_contiguous() and _rows3d(x)[0].is_contiguous()
 
 
 @pytest.mark.parametrize("dt", ["bf16", "fp16"])

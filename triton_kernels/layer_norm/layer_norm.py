@@ -7,8 +7,10 @@ model's (B*H*W*T, C) rows it took 0.71 ms a call on an H200 (docs/BENCHMARKS.md)
 (BLOCK_R rows, C padded to the power of two BLOCK_C), so one load brings in many rows and the row reductions stay
 within a few threads of a warp.
 
-Layout. x and dy are (rows, C) with unit column stride and any row stride (``_rows2d`` in the launcher makes
-every other input contiguous); y and dx are allocated contiguous. C is a compile-time constant (one compile per
+Layout. The forward reads x as (outer, inner, C) rows with unit column stride and any two row strides
+(``_rows3d``: a contiguous x, a slice of rows, or ``buf[:, s:s + T]`` -- the streaming state's rows of T steps
+out of a longer ring buffer -- in place; other layouts are copied first); the backward reads x and dy as (rows, C)
+with any one row stride (``_rows2d``, copies otherwise). y and dx are allocated contiguous. C is a compile-time constant (one compile per
 width: the model has four), so the column mask folds away when C = BLOCK_C.
 
 Precision. Loads are cast to float32; mean and variance are computed in float32 in two passes over the
@@ -49,16 +51,20 @@ def _env_config():
 _CFG = _env_config()
 
 
-@triton.jit(do_not_specialize=["N"])
-def _ln_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, sx, sy, eps,
-                   C: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+@triton.jit(do_not_specialize=["N", "n_inner"])
+def _ln_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, n_inner, sx_o, sx, sy, eps,
+                   C: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, TWO_LEVEL: tl.constexpr,
                    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     i_r = tl.program_id(0)
     o_r = (i_r * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)[:, None]
     o_c = tl.arange(0, BLOCK_C)[None, :]
     m_c = o_c < C
     m = (o_r < N) & m_c
-    b_x = tl.load(x_ptr + o_r * sx + o_c, mask=m, other=0.).to(tl.float32)
+    if TWO_LEVEL:  # x's row r at (r // n_inner) * sx_o + (r % n_inner) * sx
+        o_x = (o_r // n_inner) * sx_o + (o_r % n_inner) * sx
+    else:
+        o_x = o_r * sx
+    b_x = tl.load(x_ptr + o_x + o_c, mask=m, other=0.).to(tl.float32)
     b_mean = tl.sum(b_x, axis=1) / C
     b_xc = tl.where(m_c, b_x - b_mean[:, None], 0.)
     b_rstd = tl.rsqrt(tl.sum(b_xc * b_xc, axis=1) / C + eps)
@@ -124,6 +130,23 @@ def _rows2d(t):
     return t2
 
 
+def _rows3d(t):
+    """(t3, n_inner): t (..., C) as an (outer, n_inner, C) view with unit column stride where one exists -- the
+    leading axes merged into one row stride (n_inner = rows), or all but the last of them merged into an outer
+    stride (n_inner = t.shape[-2]: e.g. ``buf[:, s:s + T]`` of an (R, S, C) buffer, rows of T steps out of S) --
+    else a contiguous copy."""
+    C = t.shape[-1]
+    n = t.numel() // max(C, 1)
+    for inner in (n, t.shape[-2] if t.dim() >= 3 else n):
+        try:
+            t3 = t.view(-1, inner, C) if inner else t.reshape(0, 1, C)
+        except RuntimeError:
+            continue
+        if t3.stride(2) == 1 or C == 1:
+            return t3, max(inner, 1)
+    return t.contiguous().view(-1, max(n, 1), C), max(n, 1)
+
+
 def _blocks(N, C, mode):
     """(BLOCK_R, BLOCK_C, num_warps) for ``mode`` "fwd" | "bwd". On a GPU: 4096-element tiles on 4 warps (fwd) and
     2048 on 8 (bwd). Not swept on a GPU yet (bench/layer_norm_speed.py with M2S2L_LN_CFG is the tool); chosen from
@@ -141,14 +164,16 @@ def _blocks(N, C, mode):
 def layer_norm_fwd(x, weight, bias, eps, out_dtype=None):
     """y (x.shape, ``out_dtype`` or x's dtype, contiguous) = LayerNorm of x over its last axis."""
     C = x.shape[-1]
-    x2 = _rows2d(x)
-    N = x2.shape[0]
     y = torch.empty(x.shape, dtype=out_dtype or x.dtype, device=x.device)
+    N = y.numel() // max(C, 1)
     if N == 0:
         return y
+    x3, n_inner = _rows3d(x)
+    two = x3.shape[0] > 1
     br, bc, warps = _blocks(N, C, "fwd")
-    _ln_fwd_kernel[(triton.cdiv(N, br),)](x2, weight, bias, y, N, x2.stride(0), C, float(eps), C=C,  # y: stride C
-                                          HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
+    _ln_fwd_kernel[(triton.cdiv(N, br),)](x3, weight, bias, y, N, n_inner, x3.stride(0), x3.stride(1), C,  # y: stride C
+                                          float(eps), C=C, HAS_WEIGHT=weight is not None,
+                                          HAS_BIAS=bias is not None, TWO_LEVEL=two,
                                           BLOCK_R=br, BLOCK_C=bc, num_warps=warps)
     return y
 
