@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import profile, sync  # noqa: E402
 from m2s2l.engine.evaluate import apply_backend  # noqa: E402
 from m2s2l.engine.export import pure_torch_ops  # noqa: E402
-from m2s2l.engine.stream import CudaBranches, StreamStep  # noqa: E402
+from m2s2l.engine.stream import CudaBranches, StateRing, StreamStep  # noqa: E402
 from m2s2l.models import create_model  # noqa: E402
 from m2s2l.models.fuse import fused_for_inference  # noqa: E402
 from m2s2l.models.temporal import set_fused, set_prep  # noqa: E402
@@ -59,7 +59,10 @@ def clip_mode(model, device, amp):
 
 
 def stream_mode(model, device, batch, amp, compile_=False, graphs=False, pure=False, channels_last=False,
-                branches=False):
+                branches=False, ring=True):
+    """One streaming step of ``batch`` streams (as ``StreamScorer`` runs it): with ``ring`` (default) the state in a
+    ``StateRing`` (no state copies; with ``graphs`` one CUDA graph per ring phase, replayed in turn), else the pure
+    step (state in, state out: ``roll`` + the copy of the new state into the graph's static input)."""
     c = model.config
     step = StreamStep(model, run=CudaBranches(device) if branches else None).eval()
     g = torch.Generator().manual_seed(0)
@@ -70,12 +73,49 @@ def stream_mode(model, device, batch, amp, compile_=False, graphs=False, pure=Fa
     prev = (torch.randn(batch, 2, c.image_size, c.image_size, generator=g).to(device)
             if getattr(c, "motion_target", "diff") == "flow" else frame.clone())
     dtype = torch.bfloat16 if amp else torch.float32
+    if ring and not compile_:
+        rng = StateRing([torch.randn(batch, *s, generator=g).to(device, dtype) for s in model.feature_shapes()],
+                        c.clip_len)
+        for n in range(2 * rng.M):  # random history in every slot
+            rng.write([torch.randn(batch, *s, generator=g).to(device, dtype) for s in model.feature_shapes()], n)
+
+        def run_n(n):
+            with torch.no_grad(), _ctx(device, amp, pure):
+                return step.ring_forward(frame, prev, rng, n)[0].float()
+        counter = {"n": 2 * rng.M}
+        if not graphs:
+            def fn():
+                counter["n"] += 1
+                return run_n(counter["n"]).cpu()
+            return fn
+        if device.type != "cuda":
+            raise ValueError("--cuda-graphs needs --device cuda")
+        phases, pool = {}, None
+        for ph in range(rng.M):  # capture every phase (the warm-ups write that phase's slots: the same values)
+            n = 2 * rng.M + ph
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):
+                for _ in range(3 if ph == 0 else 1):
+                    run_n(n)
+            torch.cuda.current_stream().wait_stream(s)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                out = run_n(n)
+            pool = graph.pool()
+            phases[ph] = (graph, out)
+
+        def fn():
+            counter["n"] += 1
+            graph, out = phases[counter["n"] % rng.M]
+            graph.replay()
+            return out.cpu()
+        return fn
     state = [StreamStep.state_layout(torch.randn(batch, c.clip_len, *s, generator=g).to(device, dtype))
-             for s in model.feature_shapes()]  # in the memory order the step's roll returns (as StreamScorer's)
+             for s in model.feature_shapes()]  # in the memory order the step's roll returns
 
     def run(frame, prev, *state):
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp), \
-                (pure_torch_ops() if pure else contextlib.nullcontext()):
+        with torch.no_grad(), _ctx(device, amp, pure):
             out = step(frame, prev, *state)
         return (out[0].float(),) + tuple(s.to(dtype) for s in out[4:])
     if compile_:
@@ -107,6 +147,14 @@ def stream_mode(model, device, batch, amp, compile_=False, graphs=False, pure=Fa
         holder["state"] = list(out[1:])
         return out[0].cpu()
     return fn
+
+
+@contextlib.contextmanager
+def _ctx(device, amp, pure):
+    """bf16 autocast (``amp``) and the pure-PyTorch ops (``pure``) around a step."""
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp), \
+            (pure_torch_ops() if pure else contextlib.nullcontext()):
+        yield
 
 
 def flow_mode(model, threads):
@@ -154,7 +202,9 @@ def main(argv=None):
                    "m2s2l.models.temporal.fused_default)")
     p.add_argument("--upsample-backend", default=None, help="backend of the decoders' upsample_cat only (torch: "
                    "F.interpolate + torch.cat, to compare with the one-kernel Triton form in one run)")
-    p.add_argument("--contiguous-state", action="store_true", help="keep the streaming state (B, T, C, H, W) "
+    p.add_argument("--roll-state", action="store_true", help="the pure step: state in, rolled state out (and, with "
+                   "--cuda-graphs, copied back into the graph's input); default: the state in place in a StateRing")
+    p.add_argument("--contiguous-state", action="store_true", help="with --roll-state: the rolled state (B, T, C, H, W) "
                    "contiguous (default: (B, H, W, T, C) memory order, StreamStep.STATE_ORDER, so the temporal "
                    "encoders read it without a layout copy)")
     p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True (cuDNN "
@@ -220,19 +270,20 @@ def main(argv=None):
            "conv_act": not (a.no_fuse_bn or a.no_conv_act),
            "dt_fold": not (a.no_fuse_bn or a.no_dt_fold), "cudnn_benchmark": a.cudnn_benchmark,
            "gate_last_only": not a.full_gate, "prep_block": a.prep_block, "permuted_state": not a.contiguous_state,
+           "ring_state": not a.roll_state,
            "mamba_layout": a.mamba_layout, "fused_block": a.fused_block, "backend": a.backend,
            "pure_torch": a.pure_torch,
            "image_size": model.config.image_size, "clip_len": model.config.clip_len,
            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None, "modes": {}}
     todo = {"clip": lambda: (clip_mode(model, device, amp), 1),
             "stream": lambda: (stream_mode(model, device, 1, amp, a.compile, a.cuda_graphs, a.pure_torch,
-                                              a.channels_last, a.branches), 1),
+                                              a.channels_last, a.branches, not a.roll_state), 1),
             "batched": lambda: (stream_mode(model, device, a.streams, amp, a.compile, a.cuda_graphs, a.pure_torch,
-                                               a.channels_last, a.branches), a.streams),
+                                               a.channels_last, a.branches, not a.roll_state), a.streams),
             "flow": lambda: (flow_mode(model, a.threads), 1)}
     print(f"# {a.preset} on {name}, amp={amp}, compile={a.compile}, cuda_graphs={a.cuda_graphs}, "
           f"channels_last={a.channels_last}, branches={a.branches}, fuse_bn={not a.no_fuse_bn}, "
-          f"mamba_layout={a.mamba_layout}", flush=True)
+          f"mamba_layout={a.mamba_layout}, ring_state={not a.roll_state}", flush=True)
     for mode in a.modes.split(","):
         try:
             fn, per = todo[mode]()

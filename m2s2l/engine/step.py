@@ -1,6 +1,6 @@
-"""The streaming step: one frame's scoring from the T cached pyramids before it (state in, state out), and the
-runner that executes its independent parts on parallel CUDA streams. ``StreamScorer`` (``m2s2l.engine.stream``)
-drives it frame by frame; ``m2s2l export`` exports it."""
+"""The streaming step: one frame's scoring from the T cached pyramids before it (state in, state out, or the
+state kept in place in a ring buffer), and the runner that executes its independent parts on parallel CUDA
+streams. ``StreamScorer`` (``m2s2l.engine.stream``) drives it frame by frame; ``m2s2l export`` exports it."""
 import torch
 import torch.nn as nn
 
@@ -60,6 +60,51 @@ def _record_stream(x, stream):
             _record_stream(v, stream)
 
 
+class StateRing:
+    """The streaming state kept in place: per pyramid level a ring buffer (B, H_l, W_l, 2M, C_l), M = T + 1 slots,
+    each frame's features written twice (frame n at slots n % M and n % M + M), so that the T newest frames are
+    always the contiguous run of slots ``[(n - 1) % M + 2, (n - 1) % M + 2 + T)`` after n frames: a view, in the
+    (B, H, W, T, C) memory order the temporal encoders read in place (``StreamStep.STATE_ORDER``; rows of T steps
+    with a row stride of 2M steps).
+
+    What it saves: ``StreamStep.roll`` copies (T - 1) / T of the state into a new tensor every frame, and a CUDA
+    graph then copies the new state back into its static input -- two passes over the whole state (32 streams of
+    m2s2l_paper in bf16: 252 MB) a frame; here a frame writes only its own features, twice. While frame n's
+    features are written (slots n % M, n % M + M) frame n is scored from the window after n frames, which does
+    not contain those slots, so the two can run concurrently (``CudaBranches``). The window's place depends on
+    n % M only: a CUDA graph of a step is captured per phase (M graphs).
+
+    ``StateRing(feats, clip_len)``: zeros shaped, typed and placed like ``feats`` (a list of (B, C_l, H_l, W_l)
+    pyramids, e.g. the first frame's). ``window(n)``: the state after n frames, per level a (B, T, C_l, H_l, W_l)
+    view, oldest frame first (zeros for frames before the first). ``write(feats, n)``: store frame n."""
+
+    def __init__(self, feats, clip_len):
+        if clip_len < 1:
+            raise ValueError(f"clip_len must be >= 1, got {clip_len}")
+        self.T, self.M = int(clip_len), int(clip_len) + 1
+        self.bufs = [f.new_zeros(f.shape[0], *f.shape[2:], 2 * self.M, f.shape[1]) for f in feats]
+
+    @property
+    def batch(self):
+        return self.bufs[0].shape[0]
+
+    def zero_(self):
+        for b in self.bufs:
+            b.zero_()
+        return self
+
+    def window(self, n):
+        s = (n - 1) % self.M + 2
+        return [b[:, :, :, s:s + self.T].permute(0, 3, 4, 1, 2) for b in self.bufs]
+
+    def write(self, feats, n):
+        j = n % self.M
+        for b, f in zip(self.bufs, feats):
+            v = f.permute(0, 2, 3, 1)                                                    # (B, H, W, C)
+            b[:, :, :, j].copy_(v)
+            b[:, :, :, j + self.M].copy_(v)
+
+
 class StreamStep(nn.Module):
     """One streaming step as a pure function (state in, state out) -- also what ``m2s2l export`` exports.
 
@@ -117,18 +162,24 @@ class StreamStep(nn.Module):
             out.append(n)
         return out
 
-    def forward(self, frame, motion_in, *state):
-        def score():
-            kw = {} if self.run is None else {"run": self.run}
-            pred = self.model.forward_features(list(state), **kw)
-            mt = motion_in if self.flow else (frame - motion_in) * 0.5
-            s = scoring.score(self.model.config, pred, frame, mt)
-            return s["score"], s["appearance"], s["motion"], s["error_map"]
+    def _score(self, frame, motion_in, state):
+        kw = {} if self.run is None else {"run": self.run}
+        pred = self.model.forward_features(list(state), **kw)
+        mt = motion_in if self.flow else (frame - motion_in) * 0.5
+        s = scoring.score(self.model.config, pred, frame, mt)
+        return s["score"], s["appearance"], s["motion"], s["error_map"]
 
-        def advance():
-            return self.roll(list(state), self.encode(frame))
-        if self.run is None:
-            s, new_state = score(), advance()
-        else:
-            s, new_state = self.run([score, advance])
+    def _both(self, score, advance):
+        return [score(), advance()] if self.run is None else self.run([score, advance])
+
+    def forward(self, frame, motion_in, *state):
+        s, new_state = self._both(lambda: self._score(frame, motion_in, state),
+                                  lambda: self.roll(list(state), self.encode(frame)))
         return (*s, *new_state)
+
+    def ring_forward(self, frame, motion_in, ring, n):
+        """``forward`` with the state in a :class:`StateRing` (no state copies): scores ``frame`` as frame ``n``
+        (a Python int: the frames before it are the ring's ``window(n)``) and writes its pyramid into the ring as
+        frame n. Returns (score, appearance, motion, error_map)."""
+        return self._both(lambda: self._score(frame, motion_in, ring.window(n)),
+                          lambda: ring.write(self.encode(frame), n))[0]

@@ -30,7 +30,7 @@ import torch
 
 from m2s2l.data.frames import to_model_frame
 
-from .step import CudaBranches, StreamStep  # noqa: F401  (public here too: the scorer's step and runner)
+from .step import CudaBranches, StateRing, StreamStep  # noqa: F401  (public here too: the scorer's parts)
 from .video_io import FrameSource, Overlay, plot_scores
 
 
@@ -45,8 +45,10 @@ class StreamScorer:
 
     The scorer runs its own eval copy of ``model`` with BatchNorm folded into the convolutions (``fuse_bn=True``,
     :func:`m2s2l.models.fuse.fused_for_inference`); ``fuse_bn=False`` scores with ``model`` itself.
-    ``cuda_graphs=True`` (CUDA only) captures the scoring step as a CUDA graph at the first scored frame (and again
-    when the batch size changes) and replays it for every later frame. ``branches=True`` (CUDA only) runs the
+    The T cached pyramids are kept in place in a :class:`StateRing` (each frame writes its own features; no copy of
+    the state a frame); ``state`` shows them as (B, T, C_l, H_l, W_l) views. ``cuda_graphs=True`` (CUDA only)
+    captures the scoring step as CUDA graphs, one per phase of the ring (T + 1, sharing one memory pool, each
+    captured the first time its phase runs; again when the batch size changes) and replays them. ``branches=True`` (CUDA only) runs the
     step's independent parts on parallel CUDA streams (:class:`CudaBranches`; with ``cuda_graphs`` a graph with
     parallel branches), same scores; None (default) turns it on exactly with ``cuda_graphs`` and no ``compile``
     (H100, m2s2l_paper, bf16: streaming batch 1 586 -> 827-842 frames/s, docs/BENCHMARKS.md). Not with
@@ -95,13 +97,23 @@ class StreamScorer:
         # buffers, the state copied in, the graph's outputs read back): one launch a frame instead of hundreds
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"cuda_graphs needs a CUDA device, got device={self.device}")
-        self._cuda_graphs, self._graph = bool(cuda_graphs), None
+        # the state: a StateRing (written in place, no state copies a frame); kept across reset() for the same
+        # batch size, with the CUDA graphs captured on it (one per ring phase, captured as each phase first runs)
+        self._cuda_graphs, self._graphs, self.ring = bool(cuda_graphs), None, None
         self.reset()
 
     def reset(self):
         """Forget the history (a new video / a cut in the stream)."""
-        self.state, self.prev, self.prev_gray, self.flow, self.n_seen, self.batch = None, None, None, None, 0, None
+        self.prev, self.prev_gray, self.flow, self.n_seen, self.batch = None, None, None, 0, None
         self._alert = self._run = None
+        if self.ring is not None:
+            self.ring.zero_()
+
+    @property
+    def state(self):
+        """The T cached pyramids (per level a (B, T, C_l, H_l, W_l) view of the ring, oldest frame first), or None
+        before the first frame."""
+        return None if self.ring is None or self.batch is None else self.ring.window(self.n_seen)
 
     def preprocess(self, frame):
         """uint8 HxW / HxWx3 RGB numpy (any size) -> (C, H, W) float32 tensor in [-1, 1] on the device."""
@@ -136,14 +148,13 @@ class StreamScorer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             if self.n_seen < T:  # history filling: encoder only
                 feats = self.step.encode(frames)
-                if self.state is None:
-                    self.state = [f.new_zeros(B, T, *f.shape[1:]) for f in feats]
-                self.state = self.step.roll(self.state, feats)
+                if self.ring is None or self.ring.batch != B or self.ring.bufs[0].dtype != feats[0].dtype:
+                    self.ring = self._graphs = None  # (frees the old graphs and buffers first)
+                    self.ring = StateRing(feats, T)
+                self.ring.write(feats, self.n_seen)
                 out = None
             else:
-                res = self._run_step(frames)
-                self.state = list(res[4:])
-                out = res[:4]
+                out = self._run_step(frames)
         self.prev = frames
         self.n_seen += 1
         if out is None:
@@ -185,42 +196,47 @@ class StreamScorer:
         return self._thread_flow_fn()(*pair)
 
     def _run_step(self, frames):
+        """(score, appearance, motion, error_map) of frame ``n_seen``, its pyramid written into the ring."""
         motion_in = self.flow if self.step.flow else self.prev
-        args = (frames, motion_in, *self.state)
+        n, ring = self.n_seen, self.ring
+        if self._compiled is not None:  # the compiled pure step; the new state's last frame is the new pyramid
+            from .export import pure_torch_ops
+            with pure_torch_ops():
+                res = self._compiled(frames, motion_in, *ring.window(n))
+            ring.write([s[:, -1] for s in res[4:]], n)
+            return res[:4]
         if not self._cuda_graphs:
-            return self._call(*args)
-        g = self._graph
-        if g is None or any(a.shape != b.shape or a.dtype != b.dtype for a, b in zip(args, g[1])):
-            g = self._graph = None  # a new batch size / dtype: capture again (frees the old graph first)
-            g = self._graph = self._capture(args)
-        graph, static_in, static_out = g
-        for dst, src in zip(static_in, args):
+            return self.step.ring_forward(frames, motion_in, ring, n)
+        g = self._graphs
+        if g is None or any(a.shape != b.shape or a.dtype != b.dtype for a, b in zip((frames, motion_in), g["in"])):
+            self._graphs = None  # new input shapes / dtypes: capture again (frees the old graphs first)
+            g = self._graphs = {"in": [frames.clone(), motion_in.clone()], "phase": {}, "pool": None}
+        for dst, src in zip(g["in"], (frames, motion_in)):
             dst.copy_(src)
+        phase = n % ring.M
+        if phase not in g["phase"]:
+            g["phase"][phase] = self._capture(lambda: self.step.ring_forward(*g["in"], ring, n), g)
+        graph, out = g["phase"][phase]
         graph.replay()
-        return static_out
+        return out
 
-    def _call(self, *args):
-        if self._compiled is None:
-            return self.step(*args)
-        from .export import pure_torch_ops
-        with pure_torch_ops():
-            return self._compiled(*args)
-
-    def _capture(self, args):
-        """(graph, static inputs, static outputs) of one scoring step on inputs shaped like ``args``; two eager
-        warm-up calls on a side stream first (kernel compilation, cuDNN algorithm choice, allocator)."""
-        static_in = [a.clone() for a in args]
+    def _capture(self, fn, g):
+        """(graph, outputs) of ``fn()`` (one scoring step of a ring phase: its writes into the ring are the same on
+        every call) captured as a CUDA graph in the memory pool of ``g``'s other phases (they never run
+        concurrently); two eager warm-up calls on a side stream first (kernel compilation, cuDNN algorithm choice,
+        allocator)."""
         cur = torch.cuda.current_stream(self.device)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(cur)
         with torch.cuda.stream(side):
             for _ in range(2):
-                self._call(*static_in)
+                fn()
         cur.wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = self._call(*static_in)
-        return graph, static_in, static_out
+        with torch.cuda.graph(graph, pool=g["pool"]):
+            out = fn()
+        g["pool"] = graph.pool()
+        return graph, out
 
     def _alerts(self, raw):
         B = raw.shape[0]

@@ -58,7 +58,7 @@ def offline_scores(model, frames_u8):
 @pytest.mark.parametrize("channels", [1, 3])
 def test_stream_equals_offline(channels):
     model = tiny(channels)
-    frames = moving_frames(8)
+    frames = moving_frames(16)  # T = 4: 12 scored frames, every phase of the state ring (T + 1) twice
     T = model.config.clip_len
     from m2s2l.data.frames import to_model_frame
     u8 = np.stack([to_model_frame(f, 32, channels) for f in frames])
@@ -163,12 +163,49 @@ def test_roll_state_layout_and_values(monkeypatch):
     assert StreamStep.state_layout(state[0]) is state[0]
 
 
+def test_state_ring_windows_equal_the_rolled_state():
+    """StateRing: after every frame n (over three turns of the ring) window(n) equals the state roll() builds, is a
+    view of the ring (the temporal encoders' (B*H*W, T, C) rows too), and writing frame n leaves window(n) -- what
+    frame n is scored from -- unchanged; ring_forward equals forward on that state; zero_ clears it."""
+    from m2s2l.engine.stream import StateRing
+    model = tiny(3)
+    c = model.config
+    T = c.clip_len
+    g = torch.Generator().manual_seed(0)
+    frames = [[torch.randn(2, *s, generator=g).contiguous(memory_format=torch.channels_last)
+               for s in model.feature_shapes()] for _ in range(3 * (T + 1) + 2)]
+    ring = StateRing(frames[0], T)
+    state = [torch.zeros(2, T, *s) for s in model.feature_shapes()]
+    step = StreamStep(model)
+    for n, feats in enumerate(frames):
+        win = ring.window(n)
+        assert all(torch.equal(w, s) for w, s in zip(win, state)), n
+        before = [w.clone() for w in win]
+        ring.write(feats, n)
+        assert all(torch.equal(w, b) for w, b in zip(ring.window(n), before)), n
+        state = step.roll(state, feats)
+    w = ring.window(len(frames))[0]
+    B, T_, C, H, W = w.shape
+    rows = w.permute(0, 3, 4, 1, 2).reshape(B * H * W, T_, C)
+    assert rows._base is not None and rows.data_ptr() == w.data_ptr()       # a view of the ring, no copy
+    frame, prev = (torch.rand(2, 3, 32, 32, generator=g) * 2 - 1 for _ in range(2))
+    n = len(frames)
+    with torch.no_grad():
+        ref = step(frame, prev, *ring.window(n))
+        got = step.ring_forward(frame, prev, ring, n)
+    assert all(torch.equal(a, b) for a, b in zip(got, ref[:4]))
+    assert all(torch.equal(a, b) for a, b in zip(ring.window(n + 1), ref[4:]))  # the new frame, written
+    assert all(not b.any() for b in ring.zero_().bufs)
+    with pytest.raises(ValueError, match="clip_len must be >= 1"):
+        StateRing(frames[0], 0)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("amp,branches", [(False, False), (True, False), (False, True), (True, True)])
 def test_cuda_graph_stream_equals_eager_stream_gpu(amp, branches):
-    """The replayed graph (with ``branches``: parallel CUDA streams inside it) scores exactly what the eager step
-    scores: single stream, then 3 streams in one batch (re-capture), then a reset (same batch: the graph is
-    reused)."""
+    """The replayed graphs (with ``branches``: parallel CUDA streams inside them) score exactly what the eager step
+    scores: single stream, then 3 streams in one batch (re-capture), then a reset (same batch: the graphs are
+    reused); 9 frames run every phase of the state ring."""
     model = tiny(3).cuda().set_backend("auto")  # the Triton kernels on CUDA, as m2s2l score runs them
     frames = moving_frames(9)
     T = model.config.clip_len
@@ -192,10 +229,11 @@ def test_cuda_graph_stream_equals_eager_stream_gpu(amp, branches):
     ra = [eager.push_batch(x) for x in batch][T:]
     rb = [graph.push_batch(x) for x in batch][T:]
     np.testing.assert_allclose(np.stack([r["score"] for r in rb]), np.stack([r["score"] for r in ra]), rtol=0, atol=tol)
-    first = graph._graph
+    first = graph._graphs
+    assert sorted(first["phase"]) == list(range(T + 1))  # one graph per ring phase
     graph.reset()
     rc = [graph.push_batch(x) for x in batch][T:]
-    assert graph._graph is first
+    assert graph._graphs is first
     np.testing.assert_allclose(np.stack([r["score"] for r in rc]), np.stack([r["score"] for r in rb]), rtol=0, atol=0)
 
 
