@@ -204,7 +204,8 @@ def main(argv=None):
                    "F.interpolate + torch.cat, to compare with the one-kernel Triton form in one run)")
     p.add_argument("--roll-state", action="store_true", help="the pure step: state in, rolled state out (and, with "
                    "--cuda-graphs, copied back into the graph's input); default: the state in place in a StateRing")
-    p.add_argument("--contiguous-state", action="store_true", help="with --roll-state: the rolled state (B, T, C, H, W) "
+    p.add_argument("--contiguous-state", action="store_true", help="with --roll-state: the rolled state "
+                   "(B, T, C, H, W) "
                    "contiguous (default: (B, H, W, T, C) memory order, StreamStep.STATE_ORDER, so the temporal "
                    "encoders read it without a layout copy)")
     p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True (cuDNN "

@@ -48,9 +48,10 @@ class StreamScorer:
     The T cached pyramids are kept in place in a :class:`StateRing` (each frame writes its own features; no copy of
     the state a frame); ``state`` shows them as (B, T, C_l, H_l, W_l) views. ``cuda_graphs=True`` (CUDA only)
     captures the scoring step as CUDA graphs, one per phase of the ring (T + 1, sharing one memory pool, each
-    captured the first time its phase runs; again when the batch size changes) and replays them. ``branches=True`` (CUDA only) runs the
-    step's independent parts on parallel CUDA streams (:class:`CudaBranches`; with ``cuda_graphs`` a graph with
-    parallel branches), same scores; None (default) turns it on exactly with ``cuda_graphs`` and no ``compile``
+    captured the first time its phase runs; again when the batch size changes) and replays them.
+    ``branches=True`` (CUDA only) runs the step's independent parts on parallel CUDA streams (:class:`CudaBranches`;
+    with ``cuda_graphs`` graphs with parallel branches), same scores; None (default) turns it on exactly with
+    ``cuda_graphs`` and no ``compile``
     (H100, m2s2l_paper, bf16: streaming batch 1 586 -> 827-842 frames/s, docs/BENCHMARKS.md). Not with
     ``compile``: a GPU test of the compiled multi-stream step against the eager step failed (cause not yet
     investigated), and it was no faster than either alone."""

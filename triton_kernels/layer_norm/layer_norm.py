@@ -10,8 +10,8 @@ within a few threads of a warp.
 Layout. The forward reads x as (outer, inner, C) rows with unit column stride and any two row strides
 (``_rows3d``: a contiguous x, a slice of rows, or ``buf[:, s:s + T]`` -- the streaming state's rows of T steps
 out of a longer ring buffer -- in place; other layouts are copied first); the backward reads x and dy as (rows, C)
-with any one row stride (``_rows2d``, copies otherwise). y and dx are allocated contiguous. C is a compile-time constant (one compile per
-width: the model has four), so the column mask folds away when C = BLOCK_C.
+with any one row stride (``_rows2d``, copies otherwise). y and dx are allocated contiguous. C is a compile-time
+constant (one compile per width: the model has four), so the column mask folds away when C = BLOCK_C.
 
 Precision. Loads are cast to float32; mean and variance are computed in float32 in two passes over the
 registers (the centred sum, no E[x^2] - E[x]^2 cancellation); rstd = rsqrt(var + eps), the biased variance as
