@@ -12,6 +12,7 @@ from m2s2l.engine.calibrate import calibrate
 from m2s2l.engine.checkpoint import make_checkpoint, save_checkpoint
 from m2s2l.engine.stream import CudaBranches, StreamScorer, StreamStep
 from m2s2l.models import create_model
+from m2s2l.ops import triton_available
 
 cv2 = pytest.importorskip("cv2")
 # fp32 on CPU: the encoder runs per frame in streaming but per clip offline (same math, different batching),
@@ -198,6 +199,43 @@ def test_state_ring_windows_equal_the_rolled_state():
     assert all(not b.any() for b in ring.zero_().bufs)
     with pytest.raises(ValueError, match="clip_len must be >= 1"):
         StateRing(frames[0], 0)
+
+
+@pytest.mark.skipif(not triton_available(), reason="needs triton")
+def test_ring_step_copies_only_the_new_frame(device):
+    """What "no state copies" means, counted at the dispatcher: with the Triton kernels a ring step's copy_ writes
+    the new frame's pyramid twice and nothing else (the pure step's roll writes the whole state: T frames); the
+    model's own clones / concatenations are the same in both and smaller than one frame's pyramid (the temporal
+    encoders read the ring's window in place)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from m2s2l.engine.stream import StateRing
+
+    class Copied(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.n = {}
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            name = str(func.overloadpacket)
+            if name in ("aten.copy_", "aten.clone", "aten.cat", "aten._to_copy") and isinstance(out, torch.Tensor):
+                self.n[name] = self.n.get(name, 0) + out.numel()
+            return out
+    model = tiny(3).to(device).set_backend("triton")
+    step, T = StreamStep(model), model.config.clip_len
+    g = torch.Generator().manual_seed(0)
+    feats = [torch.randn(2, *s, generator=g).to(device) for s in model.feature_shapes()]
+    ring = StateRing(feats, T)
+    frame, prev = ((torch.rand(2, 3, 32, 32, generator=g) * 2 - 1).to(device) for _ in range(2))
+    per_frame = sum(f.numel() for f in feats)
+    with torch.no_grad():
+        with Copied() as ring_c:
+            step.ring_forward(frame, prev, ring, 7)
+        with Copied() as pure_c:
+            step(frame, prev, *ring.window(7))
+    assert ring_c.n.pop("aten.copy_") == 2 * per_frame and pure_c.n.pop("aten.copy_") == T * per_frame
+    assert ring_c.n == pure_c.n and sum(ring_c.n.values()) < per_frame, ring_c.n
 
 
 @pytest.mark.gpu
