@@ -225,17 +225,22 @@ class StreamScorer:
         """(graph, outputs) of ``fn()`` (one scoring step of a ring phase: its writes into the ring are the same on
         every call) captured as a CUDA graph in the memory pool of ``g``'s other phases (they never run
         concurrently); two eager warm-up calls on a side stream first (kernel compilation, cuDNN algorithm choice,
-        allocator)."""
+        allocator).
+
+        Autocast's weight-cast cache is off here (as torch.cuda.graphs asks): with it the graph would read the
+        cached bf16 weight copies made by the eager warm-ups, which are freed when push_batch's autocast region ends
+        and then handed to other tensors (e.g. the next phase's warm-ups); the casts are in the graph instead."""
         cur = torch.cuda.current_stream(self.device)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(cur)
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                fn()
-        cur.wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=g["pool"]):
-            out = fn()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    fn()
+            cur.wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=g["pool"]):
+                out = fn()
         g["pool"] = graph.pool()
         return graph, out
 
