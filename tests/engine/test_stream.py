@@ -224,9 +224,9 @@ def test_ring_step_copies_only_the_new_frame(device):
     model = tiny(3).to(device).set_backend("triton")
     step, T = StreamStep(model), model.config.clip_len
     g = torch.Generator().manual_seed(0)
-    feats = [torch.randn(2, *s, generator=g).to(device) for s in model.feature_shapes()]
+    feats = [torch.randn(1, *s, generator=g).to(device) for s in model.feature_shapes()]
     ring = StateRing(feats, T)
-    frame, prev = ((torch.rand(2, 3, 32, 32, generator=g) * 2 - 1).to(device) for _ in range(2))
+    frame, prev = ((torch.rand(1, 3, 32, 32, generator=g) * 2 - 1).to(device) for _ in range(2))
     per_frame = sum(f.numel() for f in feats)
     with torch.no_grad():
         with Copied() as model_c:                               # the scoring alone (the model's own copies)
