@@ -14,6 +14,7 @@ on them).
 """
 import argparse
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -26,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import profile, sync  # noqa: E402
 from m2s2l.engine.evaluate import apply_backend  # noqa: E402
 from m2s2l.engine.export import pure_torch_ops  # noqa: E402
-from m2s2l.engine.stream import CudaBranches, StateRing, StreamStep  # noqa: E402
+from m2s2l.engine.stream import CudaBranches, StateRing, StreamStep, capture_graph  # noqa: E402
 from m2s2l.models import create_model  # noqa: E402
 from m2s2l.models.fuse import fused_for_inference  # noqa: E402
 from m2s2l.models.temporal import set_fused, set_prep  # noqa: E402
@@ -92,18 +93,8 @@ def stream_mode(model, device, batch, amp, compile_=False, graphs=False, pure=Fa
             raise ValueError("--cuda-graphs needs --device cuda")
         phases, pool = {}, None
         for ph in range(rng.M):  # capture every phase (the warm-ups write that phase's slots: the same values)
-            n = 2 * rng.M + ph
-            s = torch.cuda.Stream()
-            s.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(s):
-                for _ in range(3 if ph == 0 else 1):
-                    run_n(n)
-            torch.cuda.current_stream().wait_stream(s)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                out = run_n(n)
-            pool = graph.pool()
-            phases[ph] = (graph, out)
+            phases[ph] = capture_graph(functools.partial(run_n, 2 * rng.M + ph), 3 if ph == 0 else 1, pool)
+            pool = phases[ph][0].pool()
 
         def fn():
             counter["n"] += 1
@@ -125,15 +116,7 @@ def stream_mode(model, device, batch, amp, compile_=False, graphs=False, pure=Fa
         if device.type != "cuda":
             raise ValueError("--cuda-graphs needs --device cuda")
         static_in = [frame, prev] + state
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            for _ in range(3):
-                run(*static_in)
-        torch.cuda.current_stream().wait_stream(s)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = run(*static_in)
+        graph, static_out = capture_graph(lambda: run(*static_in), 3)
 
         def fn():
             graph.replay()

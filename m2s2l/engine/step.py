@@ -60,6 +60,33 @@ def _record_stream(x, stream):
             _record_stream(v, stream)
 
 
+def capture_graph(fn, warmups=2, pool=None, device=None):
+    """(graph, outputs) of ``fn()`` captured as a CUDA graph (in memory pool ``pool``, e.g. ``other.pool()`` of a
+    graph never replayed concurrently with this one), after ``warmups`` eager calls on a side stream (kernel
+    compilation, cuDNN algorithm choice, allocator). ``fn``'s effects must be the same on every call.
+
+    Autocast's weight-cast cache is off for the warm-ups and the capture (as torch.cuda.graphs asks): with it a graph
+    captured inside an autocast region would read the bf16 weight copies cached by the warm-ups, freed when that
+    region ends and then handed to other tensors; the casts are in the graph instead. ``device``: the CUDA device
+    (default the current one)."""
+    cache = torch.is_autocast_cache_enabled()
+    torch.set_autocast_cache_enabled(False)
+    try:
+        cur = torch.cuda.current_stream(device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(cur)
+        with torch.cuda.stream(side):
+            for _ in range(warmups):
+                fn()
+        cur.wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            out = fn()
+    finally:
+        torch.set_autocast_cache_enabled(cache)
+    return graph, out
+
+
 class StateRing:
     """The streaming state kept in place: per pyramid level a ring buffer (B, H_l, W_l, 2M, C_l), M = T + 1 slots,
     each frame's features written twice (frame n at slots n % M and n % M + M), so that the T newest frames are
@@ -171,6 +198,12 @@ class StreamStep(nn.Module):
 
     def _both(self, score, advance):
         return [score(), advance()] if self.run is None else self.run([score, advance])
+
+    def score_and_encode(self, frame, motion_in, *state):
+        """The step without the roll: (score, appearance, motion, error_map, *frame's pyramid) -- what a
+        :class:`StateRing` needs from a compiled step (``ring.write`` stores the pyramid)."""
+        s, feats = self._both(lambda: self._score(frame, motion_in, state), lambda: self.encode(frame))
+        return (*s, *feats)
 
     def forward(self, frame, motion_in, *state):
         s, new_state = self._both(lambda: self._score(frame, motion_in, state),

@@ -30,7 +30,7 @@ import torch
 
 from m2s2l.data.frames import to_model_frame
 
-from .step import CudaBranches, StateRing, StreamStep  # noqa: F401  (public here too: the scorer's parts)
+from .step import CudaBranches, StateRing, StreamStep, capture_graph  # noqa: F401  (public here too)
 from .video_io import FrameSource, Overlay, plot_scores
 
 
@@ -93,7 +93,7 @@ class StreamScorer:
         # compile: torch.compile the scoring step with the Mamba ops as plain-PyTorch references (the m2s2l::
         # custom ops are opaque to the compiler); on CPU the fused scan loop is ~8x faster than eager (bench/fps.py)
         # after a compile of minutes (first scored frame)
-        self._compiled = torch.compile(self.step) if compile else None
+        self._compiled = torch.compile(self.step.score_and_encode) if compile else None
         # cuda_graphs: the scoring step is captured once per batch size as a CUDA graph and replayed (static input
         # buffers, the state copied in, the graph's outputs read back): one launch a frame instead of hundreds
         if cuda_graphs and self.device.type != "cuda":
@@ -197,52 +197,35 @@ class StreamScorer:
         return self._thread_flow_fn()(*pair)
 
     def _run_step(self, frames):
-        """(score, appearance, motion, error_map) of frame ``n_seen``, its pyramid written into the ring."""
+        """(score, appearance, motion, error_map) of frame ``n_seen``, its pyramid written into the ring (the step
+        replayed as the graph of its ring phase with ``cuda_graphs``)."""
         motion_in = self.flow if self.step.flow else self.prev
-        n, ring = self.n_seen, self.ring
-        if self._compiled is not None:  # the compiled pure step; the new state's last frame is the new pyramid
-            from .export import pure_torch_ops
-            with pure_torch_ops():
-                res = self._compiled(frames, motion_in, *ring.window(n))
-            ring.write([s[:, -1] for s in res[4:]], n)
-            return res[:4]
+        n = self.n_seen
         if not self._cuda_graphs:
-            return self.step.ring_forward(frames, motion_in, ring, n)
+            return self._ring_step(frames, motion_in, n)
         g = self._graphs
         if g is None or any(a.shape != b.shape or a.dtype != b.dtype for a, b in zip((frames, motion_in), g["in"])):
             self._graphs = None  # new input shapes / dtypes: capture again (frees the old graphs first)
             g = self._graphs = {"in": [frames.clone(), motion_in.clone()], "phase": {}, "pool": None}
         for dst, src in zip(g["in"], (frames, motion_in)):
             dst.copy_(src)
-        phase = n % ring.M
-        if phase not in g["phase"]:
-            g["phase"][phase] = self._capture(lambda: self.step.ring_forward(*g["in"], ring, n), g)
+        phase = n % self.ring.M
+        if phase not in g["phase"]:  # (the phase's writes into the ring are the same on every call)
+            g["phase"][phase] = capture_graph(lambda: self._ring_step(*g["in"], n), pool=g["pool"],
+                                               device=self.device)
+            g["pool"] = g["phase"][phase][0].pool()
         graph, out = g["phase"][phase]
         graph.replay()
         return out
 
-    def _capture(self, fn, g):
-        """(graph, outputs) of ``fn()`` (one scoring step of a ring phase: its writes into the ring are the same on
-        every call) captured as a CUDA graph in the memory pool of ``g``'s other phases (they never run
-        concurrently); two eager warm-up calls on a side stream first (kernel compilation, cuDNN algorithm choice,
-        allocator).
-
-        Autocast's weight-cast cache is off here (as torch.cuda.graphs asks): with it the graph would read the
-        cached bf16 weight copies made by the eager warm-ups, which are freed when push_batch's autocast region ends
-        and then handed to other tensors (e.g. the next phase's warm-ups); the casts are in the graph instead."""
-        cur = torch.cuda.current_stream(self.device)
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(cur)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    fn()
-            cur.wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=g["pool"]):
-                out = fn()
-        g["pool"] = graph.pool()
-        return graph, out
+    def _ring_step(self, frames, motion_in, n):
+        if self._compiled is None:
+            return self.step.ring_forward(frames, motion_in, self.ring, n)
+        from .export import pure_torch_ops  # the compiled step without the roll: window in, frame's pyramid out
+        with pure_torch_ops():
+            res = self._compiled(frames, motion_in, *self.ring.window(n))
+        self.ring.write(res[4:], n)
+        return res[:4]
 
     def _alerts(self, raw):
         B = raw.shape[0]
