@@ -206,8 +206,14 @@ def main(argv=None):
                    "the convolutions, as m2s2l score / StreamScorer do)")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="after timing, profile N calls of each mode "
                    "and print its 12 most expensive kernels (CUDA: device time)")
+    p.add_argument("--scan-cfg", default=None, metavar="K=V,...", help="selective-scan launch overrides, as "
+                   "M2S2L_SCAN_CFG (e.g. last3d=0: the 2-D state tiles in the last-step kernel), set in process")
     p.add_argument("--json", default=None, help="write the results here")
     a = p.parse_args(argv)
+    if a.scan_cfg:
+        from m2s2l.triton_kernels.selective_scan import scan_config
+        scan_config._CFG.update({k.strip(): int(v) for k, v in (i.split("=", 1) for i in a.scan_cfg.split(",")
+                                                               if i.strip())})
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.cudnn_benchmark:
