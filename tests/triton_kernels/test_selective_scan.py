@@ -197,16 +197,6 @@ SEQ_CASES = [
     # the first-step peel forced on a full-output scan from a zero state (by default it is for last-only scans)
     (2, 6, 5, 4, "g2", "fp32", True, False, dict(peel=1)),
     (2, 8, 9, 16, "fixed", "bf16", False, False, dict(peel=1)),
-    # the state-tile layouts the defaults do not take (``scan_config.use_3d``): the backward's 3-D tiles (odd state
-    # counts, fixed / mixed B and C, half precision, atomic dB / dC across channel blocks, several rows a program)
-    # and the forward's 2-D tiles
-    (2, 5, 2, 17, "g1", "fp32", False, True, dict(seq_bwd3d=1)),
-    (2, 6, 6, 1, "fixed", "fp32", False, True, dict(seq_bwd3d=1, seq3d=0)),
-    (2, 6, 6, 4, "mixed", "fp32", True, False, dict(seq_bwd3d=1)),
-    (2, 8, 9, 16, "g2", "bf16", False, True, dict(seq_bwd3d=1, seq3d=0)),
-    (2, 5, 4, 4, "g1", "fp32", False, True, dict(seq_bwd3d=1, seq_bwd_block_d=2)),
-    (5, 6, 4, 4, "g1", "fp32", True, True, dict(seq_bwd3d=1, seq_bwd_block_d=4, seq_bwd_programs=1)),
-    (1, 3, 5, 64, "g1", "fp32", False, True, dict(seq_bwd3d=1, seq3d=0)),
 ]
 
 
@@ -228,9 +218,6 @@ def test_short_sequences(case, device, spies, monkeypatch):
     assert spies["_fwd_seq_kernel"].launches == int(bool(seq_fwd) and not tile_fwd)
     if spies["_fwd_seq_kernel"].launches:
         assert spies["_fwd_seq_kernel"].arg("PEEL") == bool(cfg.get("peel", 0))
-        assert spies["_fwd_seq_kernel"].arg("THREE_D") == bool(cfg.get("seq3d", 1))
-    if spies["_bwd_seq_kernel"].launches:
-        assert spies["_bwd_seq_kernel"].arg("THREE_D") == bool(cfg.get("seq_bwd3d", 0))
     assert spies["_fwd_tile_kernel"].launches == int(tile_fwd)
     assert spies["_fwd_kernel"].launches == int(not seq_fwd)
     assert spies["_bwd_seq_kernel"].launches == int(bool(seq_bwd) and not tile_bwd)
@@ -258,17 +245,13 @@ LAST_CASES = [
     # _fwd_last_kernel: a length padded to a power of two, fixed B / C in half precision; and short rows through
     # _fwd_seq_kernel's LAST_ONLY path (short_last=0, its A/B switch)
     (2, 5, 3, 4, "fixed", "fp16", True, True, {}, True, True),
-    # the 3-D state tile's odd state counts: 17 states (8 x 4, masked), 1 state (1 x 2), 2 (fixed B / C)
+    # odd state counts in _fwd_last_kernel: 17 states (a 32-wide masked tile), 1 state, 2 states with fixed B / C
     (2, 5, 3, 17, "g1", "fp32", True, True, {}, True, True),
     (2, 5, 4, 1, "g1", "fp32", True, True, {}, True, False),
     (2, 3, 2, 2, "fixed", "fp32", False, True, {}, True, True),
     (3, 7, 5, 16, "3d", "bf16", True, False, {}, True, False),
     (3, 8, 4, 16, "g1", "bf16", True, True, dict(short_last=0), True, False),
     (2, 6, 2, 4, "g2", "fp32", True, True, dict(short_last=0), True, True),
-    # the 2-D state tiles (``scan_config.use_3d``) in both last-step kernels
-    (3, 8, 4, 16, "g1", "bf16", True, True, dict(last3d=0), True, False),
-    (2, 5, 3, 17, "fixed", "fp32", True, True, dict(last3d=0), True, True),
-    (2, 6, 6, 4, "g2", "fp32", True, True, dict(seq3d=0), True, True),
     # chunk states wanted (chunk=2 < 4 steps, gradients on): _fwd_seq_kernel, which saves them
     (2, 6, 4, 4, "g1", "fp32", True, True, dict(chunk=2, seq_bwd=0), True, True),
 ]
@@ -312,7 +295,6 @@ def test_last_only(case, device, spies, monkeypatch):
         if spies[k].launches:
             assert k == "_fwd_last_kernel" or spies[k].arg("LAST_ONLY") == kern
             assert spies[k].arg("PEEL") == bool(cfg.get("peel", kern))
-            assert spies[k].arg("THREE_D") == bool(cfg.get("last3d" if k == "_fwd_last_kernel" else "seq3d", 1))
     names = [k for k in NAMES if xs[k] is not None]
     loss = (out.double() * dout.double()).sum() + (last.double() * dlast.double()).sum()
     grads = torch.autograd.grad(loss, [xs[k] for k in names])

@@ -39,9 +39,6 @@ CASES = [
      dict(cseq_chunk=4, cseq_block_d=2, cseq_bwd_block_d=2, cseq_bwd_programs=2, cseq_combine_block_d=2, tile=0,
           tile_bwd=0)),
     (2, 6, 23, 4, "g2", "fp32", True, True, True, True, True, True, dict(cseq_chunk=8, tile=0, tile_bwd=0)),
-    # the sequential kernels' other state-tile layouts (``scan_config.use_3d``) under cseq: 2-D forward, 3-D backward
-    (2, 6, 21, 17, "g1", "fp32", True, True, True, True, True, False,
-     dict(cseq_chunk=8, tile=0, tile_bwd=0, seq3d=0, seq_bwd3d=1)),
     # the tiled kernels: 3 blocks a group (atomic dB/dC), one persistent program (forward) / one row stride
     # (backward), tiles of 2 / 4 steps (ragged: 5-step chunks)
     (1, 5, 13, 4, "g1", "fp32", True, True, True, True, True, False,

@@ -196,15 +196,14 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, initi
         if kern_last and not tile and hc is None and scan_config.use_short_last(L):
             m = {k: v for k, v in meta.items() if k not in ("T_C", "SAVE_CHUNKS")}
             _fwd_last_kernel[(batch, G * nblk)](*ptrs[:11], dim, cpg, nblk, *strides, L=L, **m,
-                                                PEEL=scan_config.use_peel(True), FAST=fast,
-                                                THREE_D=scan_config.use_3d("last"), num_warps=warps)
+                                                PEEL=scan_config.use_peel(True), FAST=fast, num_warps=warps)
             return out, hlast, hc
 
         def launch(rows, n_cp, LC, **kw):
             if not tile:
                 _fwd_seq_kernel[(rows, G * nblk)](*ptrs, hb, dsum, L, LC, nc, n_cp, dim, cpg, nblk, *strides, **kw,
                                                   LAST_ONLY=kern_last, PEEL=scan_config.use_peel(kern_last),
-                                                  FAST=fast, THREE_D=scan_config.use_3d("fwd"), num_warps=warps)
+                                                  FAST=fast, num_warps=warps)
                 return
             n_work = rows * G * nblk
             progs = max(1, min(n_work, _tile_programs(u.device)))
@@ -302,8 +301,7 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D=None, z=None, delta_bias=None,
             else:
                 _bwd_seq_kernel[(progs,)](*ptrs, dout, dl_, *grads, scratch, hb_, gb, dsum, L, LC, nc, n_cp, c0, nr,
                                           dim, cpg, nblk, n_gd, rows, *strides, **kw,
-                                          FAST=scan_config.use_fast_softplus(delta),
-                                          THREE_D=scan_config.use_3d("bwd"), num_warps=warps)
+                                          FAST=scan_config.use_fast_softplus(delta), num_warps=warps)
         nr = batch * nc
 
         def tile_rows(n):  # the persistent tiled backward's row stride for n rows

@@ -68,75 +68,11 @@ def _channel_offsets(i_gd, nblk, cpg, N: tl.constexpr, BLOCK_D: tl.constexpr, BL
 
 
 @triton.jit
-def _state_index(N: tl.constexpr, BLOCK_N: tl.constexpr, THREE_D: tl.constexpr = True):
-    """The state axis of the sequential kernels' state tiles and its mask: THREE_D, [NH, NL] (NL = 4 states,
-    NH = BLOCK_N / 4; fewer than 4 states: one row of BLOCK_N) indexing hi * NL + lo, for [BLOCK_D, NH, NL] tiles;
-    else [BLOCK_N], for [BLOCK_D, BLOCK_N] tiles. ``_col``, ``_row`` and ``_nsum`` work on either.
-
-    Why 3-D: on a 2-D [BLOCK_D, BLOCK_N] tile of float32 states contiguous in n, Triton's coalescing gives 4 threads
-    a channel ([1, 4] values a thread, [8, 4] threads a warp), while a [BLOCK_D] vector of per-channel values (u,
-    delta, z, dout, their sums over n) loaded or stored on its own gets one thread a channel; every use of one in
-    the other's layout is a ``convert_layout`` through shared memory with barriers (15 ``bar.sync`` in
-    ``_fwd_last_kernel``'s sm_90 compile, 30 a step in ``_bwd_seq_kernel``'s). Split as [NH, NL], the state offsets
-    have contiguity 1 on both of their first two axes, so the coalescer orders the channel axis before NH and puts
-    the threads on channels: [1, 1, 4] values a thread, [32, 1, 1] threads a warp -- one thread owns a channel's
-    states, the per-channel values are already where they are needed (the conversions compile to nothing) and the
-    sums over n stay in the thread (still 128-bit state loads). The price: every thread loads all of a step's
-    input-dependent B / C (broadcast loads) and a sum over the channels (dB, dC in the backward) is a 5-level shuffle
-    tree of BLOCK_N values a thread."""
-    if THREE_D:
-        NH: tl.constexpr = (BLOCK_N + 3) // 4
-        NL: tl.constexpr = BLOCK_N // NH
-        o_n = tl.arange(0, NH)[:, None] * NL + tl.arange(0, NL)[None, :]
-    else:
-        o_n = tl.arange(0, BLOCK_N)
-    return o_n, o_n < N
-
-
-@triton.jit
-def _nsum(x):
-    """The sum over the states of a state tile ([BLOCK_D, NH, NL] or [BLOCK_D, BLOCK_N]): [BLOCK_D]."""
-    if len(x.shape) == 3:
-        r = tl.sum(tl.sum(x, 2), 1)
-    else:
-        r = tl.sum(x, 1)
-    return r
-
-
-@triton.jit
-def _col(x, o_n):
-    """A [BLOCK_D] per-channel vector as a column of the state tiles of state index ``o_n`` (``_state_index``)."""
-    if len(o_n.shape) == 2:
-        r = x[:, None, None]
-    else:
-        r = x[:, None]
-    return r
-
-
-@triton.jit
-def _row(v):
-    """A per-state vector (the shape of ``_state_index``'s index) as a row of the state tiles."""
-    if len(v.shape) == 2:
-        r = v[None, :, :]
-    else:
-        r = v[None, :]
-    return r
-
-
-@triton.jit
-def _tile_offsets(o_d, o_n, s_d, s_n):
-    """o_d * s_d + o_n * s_n broadcast to a state tile: [BLOCK_D, BLOCK_N] for a 1-D ``o_n``, [BLOCK_D, NH, NL]
-    for a 2-D one (``_state_index``)."""
-    return _col(o_d, o_n) * s_d + _row(o_n) * s_n
-
-
-@triton.jit
 def _channel_params(A_ptr, D_ptr, bias_ptr, o_d, o_n, m_d, m_dn, N: tl.constexpr, BLOCK_D: tl.constexpr,
                     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """(b_A, b_A2, b_D, b_bias): A [BLOCK_D, BLOCK_N] (or [BLOCK_D, NH, NL] for a 2-D ``o_n``, ``_state_index``)
-    float32 and A in log2 units (exp(delta * A) = exp2(delta * A2)); D and delta_bias [BLOCK_D] (zeros when HAS_D /
-    HAS_BIAS is off)."""
-    b_A = tl.load(A_ptr + _tile_offsets(o_d, o_n, N, 1), mask=m_dn, other=0.0)
+    """(b_A, b_A2, b_D, b_bias): A [BLOCK_D, BLOCK_N] float32 and A in log2 units (exp(delta * A) =
+    exp2(delta * A2)); D and delta_bias [BLOCK_D] (zeros when HAS_D / HAS_BIAS is off)."""
+    b_A = tl.load(A_ptr + o_d[:, None] * N + o_n[None, :], mask=m_dn, other=0.0)
     b_A2 = b_A * 1.4426950408889634
     if HAS_D:
         b_D = tl.load(D_ptr + o_d, mask=m_d, other=0.0)
@@ -157,18 +93,17 @@ def _row_ptrs(u_ptr, dt_ptr, z_ptr, i_b, o_d, su_b, su_d, sdt_b, sdt_d, sz_b, sz
 
 @triton.jit
 def _load_state(ptr, offs, mask, HAS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
-    """A float32 state tile (h0, d last_state) at ``ptr + offs`` (offs' shape: [BLOCK_D, BLOCK_N] or
-    [BLOCK_D, NH, NL]), or zeros when HAS is off."""
+    """A [BLOCK_D, BLOCK_N] float32 state tile (h0, d last_state) at ``ptr + offs``, or zeros when HAS is off."""
     if HAS:
         return tl.load(ptr + offs, mask=mask, other=0.0)
     else:
-        return tl.zeros(offs.shape, dtype=tl.float32)
+        return tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
 
 
 @triton.jit
 def _load_fixed_bc(ptr, o_d, o_n, m_dn, s0, s1):
-    """Fixed (dim, N) B or C as a [BLOCK_D, BLOCK_N] (2-D ``o_n``: [BLOCK_D, NH, NL]) float32 tile."""
-    return tl.load(ptr + _tile_offsets(o_d, o_n, s0, s1), mask=m_dn, other=0.0).to(tl.float32)
+    """Fixed (dim, N) B or C as a [BLOCK_D, BLOCK_N] float32 tile."""
+    return tl.load(ptr + o_d[:, None] * s0 + o_n[None, :] * s1, mask=m_dn, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -187,16 +122,11 @@ def _store_or_add(p, x, mask, ATOMIC: tl.constexpr):
 
 
 @triton.jit
-def _zero_grads(BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, THREE_D: tl.constexpr = False):
-    """The backward's per-program accumulators (dA, fixed dB, fixed dC, dD, d delta_bias), float32 zeros (THREE_D:
-    the state tiles [BLOCK_D, NH, NL] of ``_state_index``)."""
-    if THREE_D:
-        NH: tl.constexpr = (BLOCK_N + 3) // 4
-        acc_dA = tl.zeros([BLOCK_D, NH, BLOCK_N // NH], dtype=tl.float32)
-    else:
-        acc_dA = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
-    acc_dB = acc_dA
-    acc_dC = acc_dA
+def _zero_grads(BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The backward's per-program accumulators (dA, fixed dB, fixed dC, dD, d delta_bias), float32 zeros."""
+    acc_dA = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    acc_dB = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    acc_dC = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     acc_dD = tl.zeros([BLOCK_D], dtype=tl.float32)
     acc_db = tl.zeros([BLOCK_D], dtype=tl.float32)
     return acc_dA, acc_dB, acc_dC, acc_dD, acc_db
@@ -221,26 +151,24 @@ def _flush_grads(dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, acc_dA, acc_dB, acc_
 @triton.jit
 def _bwd_prologue(n_gd, nblk, cpg, A_ptr, D_ptr, bias_ptr, B_ptr, C_ptr, sB0, sB1, sC0, sC1, N: tl.constexpr,
                   BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr,
-                  HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, THREE_D: tl.constexpr = False):
+                  HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr):
     """The persistent sequential backward kernels' per-program setup: program p owns (group, channel block)
     i_gd = p % n_gd and walks rows from i_r = p // n_gd. Returns p, i_r, the offsets and masks of
     ``_channel_offsets``, the [BLOCK_D, BLOCK_N] mask, A in log2 units, D, delta_bias and the fixed B / C tiles (zeros
-    where B / C are input-dependent). THREE_D: the state axis as [NH, NL] (``_state_index``), tiles [BLOCK_D, NH,
-    NL]."""
+    where B / C are input-dependent)."""
     pid = tl.program_id(0)
     i_gd = pid % n_gd
     i_r = pid // n_gd
-    i_g, o_c, m_d, o_d, _, _ = _channel_offsets(i_gd, nblk, cpg, N, BLOCK_D, BLOCK_N)
-    o_n, m_n = _state_index(N, BLOCK_N, THREE_D)
-    m_dn = _col(m_d, o_n) & _row(m_n)
+    i_g, o_c, m_d, o_d, o_n, m_n = _channel_offsets(i_gd, nblk, cpg, N, BLOCK_D, BLOCK_N)
+    m_dn = m_d[:, None] & m_n[None, :]
     # A in log2 units: a = exp2(delta * A2); d(delta) picks up A = A2 * ln 2
     b_A, b_A2, b_D, b_bias = _channel_params(A_ptr, D_ptr, bias_ptr, o_d, o_n, m_d, m_dn, N, BLOCK_D, HAS_D, HAS_BIAS)
     if B_VAR:
-        b_B = tl.zeros(b_A2.shape, dtype=tl.float32)
+        b_B = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     else:
         b_B = _load_fixed_bc(B_ptr, o_d, o_n, m_dn, sB0, sB1)
     if C_VAR:
-        b_C = tl.zeros(b_A2.shape, dtype=tl.float32)
+        b_C = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     else:
         b_C = _load_fixed_bc(C_ptr, o_d, o_n, m_dn, sC0, sC1)
     return pid, i_r, i_g, o_c, m_d, o_d, o_n, m_n, m_dn, b_A2, b_D, b_bias, b_B, b_C
@@ -249,13 +177,10 @@ def _bwd_prologue(n_gd, nblk, cpg, A_ptr, D_ptr, bias_ptr, B_ptr, C_ptr, sB0, sB
 @triton.jit
 def _adjoint_sums(b_carry, b_dy, b_Bt, b_Ct, b_ah, b_A2):
     """The state-wise part of one adjoint step: with g = dL/dh_t = carry + dy C_t, returns (g, g * a_t h_{t-1},
-    sum_n g B_t, sum_n g a_t h_{t-1} A2) ([BLOCK_D, BLOCK_N] or [BLOCK_D, NH, NL] tiles, sums over the states)."""
-    if len(b_carry.shape) == 3:
-        b_g = b_carry + b_dy[:, None, None] * b_Ct
-    else:
-        b_g = b_carry + b_dy[:, None] * b_Ct
+    sum_n g B_t, sum_n g a_t h_{t-1} A2) ([BLOCK_D, BLOCK_N] tiles, sums over the states)."""
+    b_g = b_carry + b_dy[:, None] * b_Ct
     b_gah = b_g * b_ah
-    return b_g, b_gah, _nsum(b_g * b_Bt), _nsum(b_gah * b_A2)
+    return b_g, b_gah, tl.sum(b_g * b_Bt, 1), tl.sum(b_gah * b_A2, 1)
 
 
 @triton.jit

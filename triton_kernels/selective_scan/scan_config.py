@@ -31,8 +31,7 @@ def _env_config():
     (``use_fast_softplus``); short_last=0|1, short_last_max_len (``use_short_last``); tile_bwd=0|1,
     tile_bwd_min_len, tile_bwd_steps, tile_bwd_block_d,
     tile_bwd_warps, tile_bwd_progs_per_sm, tile_bwd_maxnreg (backward); peel=0|1 (the sequential forward's first step
-    from a zero state without its decay exponentials; default: last-only scans, ``use_peel``); last3d, seq3d,
-    seq_bwd3d = 0|1 (the sequential kernels' state tile as [BLOCK_D, NH, NL] or [BLOCK_D, BLOCK_N]: ``use_3d``)."""
+    from a zero state without its decay exponentials; default: last-only scans, ``use_peel``)."""
     return env_int_config("M2S2L_SCAN_CFG")
 
 
@@ -264,16 +263,3 @@ def _tile_programs(device, key="tile_progs_per_sm", default=16):
     earlier runs: LM fwd 0.877 at 16, 0.850 at 32, 1.157 at 8; LM fwd+bwd by the backward's count 4.72 at 8, 4.44
     at 16, 4.41-4.50 at 24, 4.43 at 32."""
     return _CFG.get(key, default) * _num_sms(device)
-
-
-def use_3d(kernel):
-    """Whether the sequential kernel ``kernel`` ("last": ``_fwd_last_kernel``, "fwd": ``_fwd_seq_kernel``, "bwd":
-    ``_bwd_seq_kernel``) holds its state as a 3-D [BLOCK_D, NH, NL] tile, a channel's states in one thread
-    (``scan_common._state_index``: no layout conversions through shared memory; every thread loads all of a step's
-    B / C, and sums over the channels are longer shuffle trees), instead of [BLOCK_D, BLOCK_N]. sm_90 compile
-    (``bench/tune_scan.py --aot``, triton 3.6): ``_fwd_last_kernel`` at (524288, 64, 4) 15 -> 0 barriers;
-    ``_fwd_seq_kernel`` at (16384, 128, 8) 6 -> 0 barriers a step but 113 -> 184 registers; ``_bwd_seq_kernel`` 30 ->
-    10 barriers a step but 734 -> 1073 instructions (160 shuffles for dB / dC) and spills. Defaults: on for "last"
-    and "fwd", off for "bwd" (to be measured). Override: M2S2L_SCAN_CFG last3d / seq3d / seq_bwd3d = 0|1."""
-    key = {"last": "last3d", "fwd": "seq3d", "bwd": "seq_bwd3d"}[kernel]
-    return bool(_CFG.get(key, kernel != "bwd"))

@@ -19,8 +19,8 @@ thread than the one that wrote it) and one before each row's pass 1 (write-after
 import triton
 import triton.language as tl
 
-from .scan_common import (_adjoint_step, _bwd_prologue, _col, _delta, _flush_grads, _load_state, _nsum, _row,
-                          _row_chunk, _row_ptrs, _sigmoid, _store_or_add, _tile_offsets, _var_bc_ptrs, _zero_grads)
+from .scan_common import (_adjoint_step, _bwd_prologue, _delta, _flush_grads, _load_state, _row_chunk, _row_ptrs,
+                          _sigmoid, _store_or_add, _var_bc_ptrs, _zero_grads)
 
 
 @triton.jit(do_not_specialize=["L", "NC", "n_cp", "c0", "n_rowtot", "n_rows"])
@@ -34,7 +34,7 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
                     HAS_DLAST: tl.constexpr, VAR_ATOMIC: tl.constexpr, CSEQ: tl.constexpr, ADJ_ONLY: tl.constexpr,
-                    FAST: tl.constexpr = False, THREE_D: tl.constexpr = True):
+                    FAST: tl.constexpr = False):
     """Sequential-in-time backward, persistent over rows (design in the module docstring). Same outputs and
     buffer conventions as ``_bwd_kernel``; program p owns (group, channel block) p % n_gd. FAST: the approximate
     softplus and sigmoids (``_softplus``, ``_sigmoid``; CUDA, half-precision delta), as the forward.
@@ -45,25 +45,24 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
     and chunk c < NC - 1 receives the adjoint gb[b, c] (the gradient of its end state through the later chunks)
     instead of dlast; d initial_state is chunk 0's. ADJ_ONLY (pass 1, c0 = 1, n_cp = NC - 1): only the adjoint
     from a zero end adjoint, no h, no gradients; stores the chunk's d(start state) into gb[b, c - 1] and its delta
-    sum into dsum[b, c - 1]. THREE_D: the state tiles as [BLOCK_D, NH, NL] (``scan_common._state_index``), else
-    [BLOCK_D, BLOCK_N]."""
+    sum into dsum[b, c - 1]."""
     pid, i_r, i_g, o_c, m_d, o_d, o_n, m_n, m_dn, b_A2, b_D, b_bias, b_B, b_C = _bwd_prologue(
         n_gd, nblk, cpg, A_ptr, D_ptr, bias_ptr, B_ptr, C_ptr, sB0, sB1, sC0, sC1, N, BLOCK_D, BLOCK_N, B_VAR, C_VAR,
-        HAS_D, HAS_BIAS, THREE_D)
-    # this program's scratch slot: (LC - 1) tiles of BLOCK_D x BLOCK_N float32 (state tiles: [BLOCK_D, NH, NL])
+        HAS_D, HAS_BIAS)
+    # this program's scratch slot: (LC - 1) tiles of [BLOCK_D, BLOCK_N] float32
     TILE: tl.constexpr = BLOCK_D * BLOCK_N
     s_base = scr_ptr + pid.to(tl.int64) * (LC - 1) * TILE
-    o_s = _tile_offsets(tl.arange(0, BLOCK_D), o_n, BLOCK_N, 1)
-    # int32 state-tile offsets + int64 scalar bases (keeps 64-bit pointer tiles out of the loops)
-    o_dn0 = _tile_offsets(o_d, o_n, N, 1)
-    acc_dA, acc_dB, acc_dC, acc_dD, acc_db = _zero_grads(BLOCK_D, BLOCK_N, THREE_D)
+    o_s = tl.arange(0, BLOCK_D)[:, None] * BLOCK_N + o_n[None, :]
+    # int32 [BLOCK_D, BLOCK_N] offsets + int64 scalar bases (keeps 64-bit pointer tiles out of the loops)
+    o_dn0 = o_d[:, None] * N + o_n[None, :]
+    acc_dA, acc_dB, acc_dC, acc_dD, acc_db = _zero_grads(BLOCK_D, BLOCK_N)
     n_it = tl.cdiv(n_rowtot - i_r, n_rows)
     for k in range(0, n_it):
         i_b, i_c, t0, n_t = _row_chunk(i_r + k * n_rows, n_cp, c0, LC, L)
         r_dn = i_b * dim * N
         rb_d = (i_b * (NC - 1) + i_c - 1) * dim  # hb[b, c - 1] / gb[b, c - 1] / dsum[b, c - 1]
         rb_dn = rb_d * N
-        f_c = _row(o_n * 0 + i_c)  # the chunk index as a [1, NH, NL] tile (the interpreter masks with tiles)
+        f_c = (o_n * 0 + i_c)[None, :]  # the chunk index as a [1, BLOCK_N] tile (the interpreter masks with tiles)
         p_B = _var_bc_ptrs(B_ptr, i_b, i_g, o_n, sB0, sB1, sB2) + t0 * sB3
         p_C = _var_bc_ptrs(C_ptr, i_b, i_g, o_n, sC0, sC1, sC2) + t0 * sC3
         p_u, p_dt, p_z = _row_ptrs(u_ptr, dt_ptr, z_ptr, i_b, o_d, su_b, su_d, sdt_b, sdt_d, sz_b, sz_d)
@@ -71,8 +70,8 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
         p_do = dout_ptr + i_b * so_b + o_d * so_d + t0 * so_t
         if ADJ_ONLY:
             _adjoint_only(p_dt, p_z, p_do, p_C, gb_ptr + rb_dn + o_dn0, dsum_ptr + rb_d + o_d, b_A2, b_bias,
-                          b_C, m_d, o_n, m_n, m_dn, n_t, sdt_t, sz_t, so_t, sC3, BLOCK_D, BLOCK_N, C_VAR, HAS_Z,
-                          HAS_BIAS, SOFTPLUS, FAST)
+                          b_C, m_d, m_n, m_dn, n_t, sdt_t, sz_t, so_t, sC3, BLOCK_D, BLOCK_N, C_VAR, HAS_Z, HAS_BIAS,
+                          SOFTPLUS, FAST)
         else:
             o_o = (i_b * dim + o_d) * L + t0
             p_dB = dB_ptr + i_b * sdB0 + i_g * sdB1 + o_n * sdB2 + t0 * sdB3
@@ -92,12 +91,12 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                 n_u = tl.load(p_u + (t + 1) * su_t, mask=m_d1, other=0.0)
                 n_dt = tl.load(p_dt + (t + 1) * sdt_t, mask=m_d1, other=0.0)
                 if B_VAR:
-                    b_Bt = _row(n_B.to(tl.float32))
+                    b_Bt = n_B.to(tl.float32)[None, :]
                     n_B = tl.load(p_B + (t + 1) * sB3, mask=m_n & (o_n * 0 + t + 1 < n_t), other=0.0)
                 else:
                     b_Bt = b_B
                 b_dtr, b_dt = _delta(b_dt, b_bias, HAS_BIAS, SOFTPLUS, FAST)
-                b_h = tl.exp2(_col(b_dt, o_n) * b_A2) * b_h + _col(b_dt * b_u, o_n) * b_Bt
+                b_h = tl.exp2(b_dt[:, None] * b_A2) * b_h + (b_dt * b_u)[:, None] * b_Bt
                 if t < n_t - 1:
                     tl.store(s_base + t * TILE + o_s, b_h, eviction_policy="evict_last")
             tl.debug_barrier()  # pass 2 may read a state another thread wrote
@@ -128,23 +127,23 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     b_z = n_z.to(tl.float32)
                     n_z = tl.load(p_z + (t - 1) * sz_t, mask=m_d1, other=0.0)
                 if B_VAR:
-                    b_Bt = _row(n_B.to(tl.float32))
+                    b_Bt = n_B.to(tl.float32)[None, :]
                     n_B = tl.load(p_B + (t - 1) * sB3, mask=m_n & (o_n * 0 + t >= 1), other=0.0)
                 else:
                     b_Bt = b_B
                 if C_VAR:
-                    b_Ct = _row(n_C.to(tl.float32))
+                    b_Ct = n_C.to(tl.float32)[None, :]
                     n_C = tl.load(p_C + (t - 1) * sC3, mask=m_n & (o_n * 0 + t >= 1), other=0.0)
                 else:
                     b_Ct = b_C
                 n_hp = _load_state_before(s_base, o_s, h0_ptr + r_dn, hb_ptr + rb_dn, o_dn0, m_dn, o_n, f_c, t - 2,
                                           TILE, HAS_H0, CSEQ)
                 b_dtr, b_dt = _delta(b_dtr, b_bias, HAS_BIAS, SOFTPLUS, FAST)
-                b_a = tl.exp2(_col(b_dt, o_n) * b_A2)
+                b_a = tl.exp2(b_dt[:, None] * b_A2)
                 b_ah = b_a * b_hp  # a_t h_{t-1}
                 if HAS_Z:
                     b_sig = _sigmoid(b_z, FAST)
-                    b_y = _nsum(b_h * b_Ct)
+                    b_y = tl.sum(b_h * b_Ct, 1)
                     if HAS_D:
                         b_y += b_D * b_u
                     b_dz = b_do * b_y * b_sig * (1.0 + b_z * (1.0 - b_sig))
@@ -155,7 +154,7 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                 b_g, b_gah, b_ddt, b_du = _adjoint_step(b_carry, b_dy, b_u, b_dt, b_Bt, b_Ct, b_ah, b_A2, b_D, HAS_D)
                 if HAS_D:
                     acc_dD += b_dy * b_u
-                acc_dA += b_gah * _col(b_dt, o_n)
+                acc_dA += b_gah * b_dt[:, None]
                 if SOFTPLUS:
                     b_ddt = b_ddt * _sigmoid(b_dtr, FAST)
                 if HAS_BIAS:
@@ -163,15 +162,15 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                 tl.store(du_ptr + o_o + t, b_du.to(du_ptr.dtype.element_ty), mask=m_d)
                 tl.store(ddt_ptr + o_o + t, b_ddt.to(ddt_ptr.dtype.element_ty), mask=m_d)
                 if B_VAR:
-                    b_dB = tl.sum(b_g * _col(b_dt * b_u, o_n), 0)
+                    b_dB = tl.sum(b_g * (b_dt * b_u)[:, None], 0)
                     _store_or_add(p_dB + t * sdB3, b_dB, m_n, VAR_ATOMIC)
                 else:
-                    acc_dB += b_g * _col(b_dt * b_u, o_n)
+                    acc_dB += b_g * (b_dt * b_u)[:, None]
                 if C_VAR:
-                    b_dC = tl.sum(_col(b_dy, o_n) * b_h, 0)
+                    b_dC = tl.sum(b_dy[:, None] * b_h, 0)
                     _store_or_add(p_dC + t * sdC3, b_dC, m_n, VAR_ATOMIC)
                 else:
-                    acc_dC += _col(b_dy, o_n) * b_h
+                    acc_dC += b_dy[:, None] * b_h
                 b_carry = b_a * b_g  # dL/dh_{t-1} through h_t
                 b_h = b_hp
             if HAS_H0:
@@ -186,23 +185,23 @@ def _load_state_before(s_base, o_s, p_h0, p_hb, o_dn0, m_dn, o_n, f_c, tp, TILE:
                        HAS_H0: tl.constexpr, CSEQ: tl.constexpr):
     """h_tp of the row in the backward's pass 2: scratch slot tp for tp >= 0; for tp = -1 the state entering the
     chunk (initial_state for chunk 0 when given, the forward's boundary state hb for chunks > 0 under CSEQ, else 0)."""
-    b_h = tl.load(s_base + tp * TILE + o_s, mask=m_dn & _row(o_n * 0 + tp >= 0), other=0.0,
+    b_h = tl.load(s_base + tp * TILE + o_s, mask=m_dn & (o_n * 0 + tp >= 0)[None, :], other=0.0,
                   eviction_policy="evict_last")
     if HAS_H0:
-        b_h += tl.load(p_h0 + o_dn0, mask=m_dn & _row(o_n * 0 + tp == -1) & (f_c == 0), other=0.0)
+        b_h += tl.load(p_h0 + o_dn0, mask=m_dn & (o_n * 0 + tp == -1)[None, :] & (f_c == 0), other=0.0)
     if CSEQ:
-        b_h += tl.load(p_hb + o_dn0, mask=m_dn & _row(o_n * 0 + tp == -1) & (f_c > 0), other=0.0)
+        b_h += tl.load(p_hb + o_dn0, mask=m_dn & (o_n * 0 + tp == -1)[None, :] & (f_c > 0), other=0.0)
     return b_h
 
 
 @triton.jit
-def _adjoint_only(p_dt, p_z, p_do, p_C, p_g, p_s, b_A2, b_bias, b_C, m_d, o_n, m_n, m_dn, n_t, sdt_t, sz_t, so_t, sC3,
+def _adjoint_only(p_dt, p_z, p_do, p_C, p_g, p_s, b_A2, b_bias, b_C, m_d, m_n, m_dn, n_t, sdt_t, sz_t, so_t, sC3,
                   BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, C_VAR: tl.constexpr, HAS_Z: tl.constexpr,
                   HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FAST: tl.constexpr):
     """Pass 1 of the chunk-parallel backward for one chunk: the adjoint g_t = a_{t+1} g_{t+1} + dy_t C_t from a
     zero end adjoint (no h needed); stores a_0 g_0 (the chunk's outputs' gradient of its start state) at ``p_g`` and
     the chunk's delta sum at ``p_s``."""
-    b_carry = tl.zeros(b_A2.shape, dtype=tl.float32)
+    b_carry = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     b_dts = tl.zeros([BLOCK_D], dtype=tl.float32)
     for ti in range(0, n_t):
         t = n_t - 1 - ti
@@ -213,10 +212,10 @@ def _adjoint_only(p_dt, p_z, p_do, p_C, p_g, p_s, b_A2, b_bias, b_C, m_d, o_n, m
             b_z = tl.load(p_z + t * sz_t, mask=m_d, other=0.0).to(tl.float32)
             b_dy = b_dy * b_z * _sigmoid(b_z, FAST)
         if C_VAR:
-            b_Ct = _row(tl.load(p_C + t * sC3, mask=m_n, other=0.0).to(tl.float32))
+            b_Ct = tl.load(p_C + t * sC3, mask=m_n, other=0.0).to(tl.float32)[None, :]
         else:
             b_Ct = b_C
-        b_carry = tl.exp2(_col(b_dt, o_n) * b_A2) * (b_carry + _col(b_dy, o_n) * b_Ct)
+        b_carry = tl.exp2(b_dt[:, None] * b_A2) * (b_carry + b_dy[:, None] * b_Ct)
         b_dts += b_dt
     tl.store(p_g, b_carry, mask=m_dn)
     tl.store(p_s, b_dts, mask=m_d)

@@ -13,15 +13,15 @@ The backward of these kernels (``_bwd_seq_kernel``) is in ``scan_seq_bwd_kernels
 import triton
 import triton.language as tl
 
-from .scan_common import (_channel_offsets, _channel_params, _col, _delta, _load_fixed_bc, _load_state, _nsum, _row,
-                          _row_ptrs, _sigmoid, _state_index, _var_bc_ptrs)
+from .scan_common import (_channel_offsets, _channel_params, _delta, _load_fixed_bc, _load_state, _row_ptrs,
+                          _sigmoid, _var_bc_ptrs)
 
 
 @triton.jit
 def _gated_output(b_h, b_Ct, b_u, b_D, b_z, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, FAST: tl.constexpr = False):
-    """y = C . h + D u, times silu(z): one step's [BLOCK_D] output from its [BLOCK_D, NH, NL] state (FAST: the
+    """y = C . h + D u, times silu(z): one step's [BLOCK_D] output from its [BLOCK_D, BLOCK_N] state (FAST: the
     approximate sigmoid, ``_sigmoid``)."""
-    b_y = _nsum(b_h * b_Ct)
+    b_y = tl.sum(b_h * b_Ct, 1)
     if HAS_D:
         b_y += b_D * b_u
     if HAS_Z:
@@ -32,10 +32,10 @@ def _gated_output(b_h, b_Ct, b_u, b_D, b_z, HAS_D: tl.constexpr, HAS_Z: tl.const
 @triton.jit
 def _bc_step(n_X, b_X, p_X, t_next, s3, m_next, VAR: tl.constexpr):
     """B or C for the current step and the prefetch of the next: input-dependent (VAR), the prefetched row ``n_X``
-    as a float32 [1, NH, NL] and ``n_X`` reloaded from step ``t_next`` (masked by ``m_next``); fixed, the tile
+    as a float32 [1, BLOCK_N] and ``n_X`` reloaded from step ``t_next`` (masked by ``m_next``); fixed, the tile
     ``b_X`` and ``n_X`` unchanged."""
     if VAR:
-        b_Xt = _row(n_X.to(tl.float32))
+        b_Xt = n_X.to(tl.float32)[None, :]
         n_X = tl.load(p_X + t_next * s3, mask=m_next, other=0.0)
     else:
         b_Xt = b_X
@@ -53,7 +53,7 @@ def _seq_fwd_step(t, n_t, b_h, b_dts, n_u, n_dt, n_z, n_B, n_C, b_B, b_C, b_A2, 
     state); with PER_STEP_Y y_t is stored at ``p_o + t``. Returns (h, delta sum, the next step's n_*)."""
     if SAVE_CHUNKS:
         if (t > 0) & (t % T_C == 0):
-            hc_off = ((i_b * ((L + T_C - 1) // T_C - 1) + t // T_C - 1) * dim + _col(o_d, o_n)) * N + _row(o_n)
+            hc_off = ((i_b * ((L + T_C - 1) // T_C - 1) + t // T_C - 1) * dim + o_d[:, None]) * N + o_n[None, :]
             tl.store(hc_ptr + hc_off, b_h, mask=m_dn)
     b_u, b_dt = n_u.to(tl.float32), n_dt.to(tl.float32)
     m_dn1 = m_d & (o_c * 0 + t + 1 < n_t)
@@ -63,9 +63,9 @@ def _seq_fwd_step(t, n_t, b_h, b_dts, n_u, n_dt, n_z, n_B, n_C, b_B, b_C, b_A2, 
     b_Bt, n_B = _bc_step(n_B, b_B, p_B, t + 1, sB3, m_nn1, B_VAR)
     b_dtr, b_dt = _delta(b_dt, b_bias, HAS_BIAS, SOFTPLUS, FAST)
     if DECAY:
-        b_h = tl.exp2(_col(b_dt, o_n) * b_A2) * b_h + _col(b_dt * b_u, o_n) * b_Bt
+        b_h = tl.exp2(b_dt[:, None] * b_A2) * b_h + (b_dt * b_u)[:, None] * b_Bt
     else:
-        b_h = _col(b_dt * b_u, o_n) * b_Bt
+        b_h = (b_dt * b_u)[:, None] * b_Bt
     if STATE_ONLY:
         b_dts += b_dt
     if PER_STEP_Y:
@@ -90,7 +90,7 @@ def _fwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
                     STORE_LAST: tl.constexpr, SAVE_CHUNKS: tl.constexpr, STATE_ONLY: tl.constexpr,
                     CSEQ: tl.constexpr, LAST_ONLY: tl.constexpr = False, PEEL: tl.constexpr = True,
-                    FAST: tl.constexpr = False, THREE_D: tl.constexpr = True):
+                    FAST: tl.constexpr = False):
     """Sequential-in-time forward: the [BLOCK_D, BLOCK_N] state stays in registers and the program steps through
     time, loading [BLOCK_D] of u/delta/z and [BLOCK_N] of B/C per step (no scan, no cross-thread traffic except
     the sum over N). Same outputs as ``_fwd_kernel``, including the chunk states (SAVE_CHUNKS, NC == 1 only).
@@ -102,22 +102,20 @@ def _fwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
     is stored by the last chunk. LAST_ONLY (NC == 1): out is (batch, dim, 1), the last step's output alone, formed
     once from the final state (no per-step C / z loads, sums over N or stores). PEEL: a zero start state's first
     step runs without the decay (see below; False only for A/B runs). FAST: the approximate softplus (``_softplus``;
-    CUDA, half-precision delta). THREE_D: the state as a [BLOCK_D, NH, NL] tile (``_state_index``), else
-    [BLOCK_D, BLOCK_N]."""
+    CUDA, half-precision delta)."""
     pid = tl.program_id(0)
     i_b, i_c = (pid // n_cp).to(tl.int64), pid % n_cp
     i_gd = tl.program_id(1)
     t0 = i_c.to(tl.int64) * LC  # first step of the chunk
     n_t = tl.minimum(L - i_c * LC, LC)  # steps in the chunk
-    i_g, o_c, m_d, o_d, _, _ = _channel_offsets(i_gd, nblk, cpg, N, BLOCK_D, BLOCK_N)
-    o_n, m_n = _state_index(N, BLOCK_N, THREE_D)  # state tiles [BLOCK_D, NH, NL] or [BLOCK_D, BLOCK_N]
-    m_dn = _col(m_d, o_n) & _row(m_n)
+    i_g, o_c, m_d, o_d, o_n, m_n = _channel_offsets(i_gd, nblk, cpg, N, BLOCK_D, BLOCK_N)
+    m_dn = m_d[:, None] & m_n[None, :]
     b_A, b_A2, b_D, b_bias = _channel_params(A_ptr, D_ptr, bias_ptr, o_d, o_n, m_d, m_dn, N, BLOCK_D, HAS_D, HAS_BIAS)
-    o_dn = (i_b * dim + _col(o_d, o_n)) * N + _row(o_n)
-    f_c = _row(o_n * 0 + i_c)  # the chunk index as a [1, NH, NL] tile (the interpreter masks with tiles)
+    o_dn = (i_b * dim + o_d[:, None]) * N + o_n[None, :]
+    f_c = (o_n * 0 + i_c)[None, :]  # the chunk index as a [1, BLOCK_N] tile (the interpreter masks with tiles)
     b_h = _load_state(h0_ptr, o_dn, m_dn & (f_c == 0), HAS_H0, BLOCK_D, BLOCK_N)
     if CSEQ:
-        o_hb = ((i_b * (NC - 1) + i_c - 1) * dim + _col(o_d, o_n)) * N + _row(o_n)
+        o_hb = ((i_b * (NC - 1) + i_c - 1) * dim + o_d[:, None]) * N + o_n[None, :]
         b_h += tl.load(hb_ptr + o_hb, mask=m_dn & (f_c > 0), other=0.0)
     p_B = B_ptr  # (placeholders: only the flags' pointer or tile is used)
     p_C = C_ptr
@@ -164,7 +162,7 @@ def _fwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
     if LAST_ONLY:  # the last step's output from the final state
         b_u = tl.load(p_u + (n_t - 1) * su_t, mask=m_d, other=0.0).to(tl.float32)
         if C_VAR:
-            b_Ct = _row(tl.load(p_C + (n_t - 1) * sC3, mask=m_n, other=0.0).to(tl.float32))
+            b_Ct = tl.load(p_C + (n_t - 1) * sC3, mask=m_n, other=0.0).to(tl.float32)[None, :]
         else:
             b_Ct = b_C
         b_z = b_u  # (unused without z)
@@ -173,7 +171,7 @@ def _fwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
         b_y = _gated_output(b_h, b_Ct, b_u, b_D, b_z, HAS_D, HAS_Z, FAST)
         tl.store(out_ptr + i_b * dim + o_d, b_y.to(out_ptr.dtype.element_ty), mask=m_d)
     if STATE_ONLY:  # n_cp = NC - 1 programs a row: pid0 = b * (NC - 1) + c
-        tl.store(hb_ptr + (pid.to(tl.int64) * dim + _col(o_d, o_n)) * N + _row(o_n), b_h, mask=m_dn)
+        tl.store(hb_ptr + (pid.to(tl.int64) * dim + o_d[:, None]) * N + o_n[None, :], b_h, mask=m_dn)
         tl.store(dsum_ptr + pid.to(tl.int64) * dim + o_d, b_dts, mask=m_d)
     if STORE_LAST:
         tl.store(hlast_ptr + o_dn, b_h, mask=m_dn & (f_c == NC - 1))
@@ -206,21 +204,17 @@ def _fwd_last_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
                      L: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
                      B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                      HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
-                     STORE_LAST: tl.constexpr, PEEL: tl.constexpr = True, FAST: tl.constexpr = False,
-                     THREE_D: tl.constexpr = True):
+                     STORE_LAST: tl.constexpr, PEEL: tl.constexpr = True, FAST: tl.constexpr = False):
     """The last step's output (and last state) of whole rows of L <= 4 steps (a compile-time constant):
     ``_fwd_seq_kernel``'s LAST_ONLY result with every input of the row -- each step's u, delta and
     input-dependent B, the last step's z and C -- loaded at the start, so a program waits for memory once instead of
     once a step (the video model's 2- and 4-step temporal scans: hundreds of thousands of rows of a few steps, bound
     by that latency). Then the state steps through time in registers (unrolled) as in ``_fwd_seq_kernel``; PEEL: a
-    zero start state's first step without the decay. Program (batch row, group x channel block). THREE_D: the
-    state as a [BLOCK_D, NH, NL] tile (``_state_index``: a channel's states in one thread, no layout conversions),
-    else [BLOCK_D, BLOCK_N]."""
+    zero start state's first step without the decay. Program (batch row, group x channel block)."""
     i_b = tl.program_id(0).to(tl.int64)
     i_gd = tl.program_id(1)
-    i_g, o_c, m_d, o_d, _, _ = _channel_offsets(i_gd, nblk, cpg, N, BLOCK_D, BLOCK_N)
-    o_n, m_n = _state_index(N, BLOCK_N, THREE_D)
-    m_dn = _col(m_d, o_n) & _row(m_n)
+    i_g, o_c, m_d, o_d, o_n, m_n = _channel_offsets(i_gd, nblk, cpg, N, BLOCK_D, BLOCK_N)
+    m_dn = m_d[:, None] & m_n[None, :]
     p_u, p_dt, p_z = _row_ptrs(u_ptr, dt_ptr, z_ptr, i_b, o_d, su_b, su_d, sdt_b, sdt_d, sz_b, sz_d)
     u0, u1 = _ld_step(p_u, 0, su_t, m_d, L), _ld_step(p_u, 1, su_t, m_d, L)
     u2, u3 = _ld_step(p_u, 2, su_t, m_d, L), _ld_step(p_u, 3, su_t, m_d, L)
@@ -228,44 +222,33 @@ def _fwd_last_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     d2, d3 = _ld_step(p_dt, 2, sdt_t, m_d, L), _ld_step(p_dt, 3, sdt_t, m_d, L)
     if B_VAR:
         p_B = _var_bc_ptrs(B_ptr, i_b, i_g, o_n, sB0, sB1, sB2)
-        B0, B1 = _row(_ld_step(p_B, 0, sB3, m_n, L)), _row(_ld_step(p_B, 1, sB3, m_n, L))
-        B2, B3 = _row(_ld_step(p_B, 2, sB3, m_n, L)), _row(_ld_step(p_B, 3, sB3, m_n, L))
+        B0, B1 = _ld_step(p_B, 0, sB3, m_n, L), _ld_step(p_B, 1, sB3, m_n, L)
+        B2, B3 = _ld_step(p_B, 2, sB3, m_n, L), _ld_step(p_B, 3, sB3, m_n, L)
     else:
-        B0 = tl.load(B_ptr + _col(o_d, o_n) * sB0 + _row(o_n) * sB1, mask=m_dn, other=0.0).to(tl.float32)
+        B0 = _load_fixed_bc(B_ptr, o_d, o_n, m_dn, sB0, sB1)
         B1, B2, B3 = B0, B0, B0
     if C_VAR:
-        b_Ct = _row(_ld_step(_var_bc_ptrs(C_ptr, i_b, i_g, o_n, sC0, sC1, sC2), L - 1, sC3, m_n, L))
+        b_Ct = _ld_step(_var_bc_ptrs(C_ptr, i_b, i_g, o_n, sC0, sC1, sC2), L - 1, sC3, m_n, L)[None, :]
     else:
-        b_Ct = tl.load(C_ptr + _col(o_d, o_n) * sC0 + _row(o_n) * sC1, mask=m_dn, other=0.0).to(tl.float32)
+        b_Ct = _load_fixed_bc(C_ptr, o_d, o_n, m_dn, sC0, sC1)
     b_z = u0
     if HAS_Z:
         b_z = _ld_step(p_z, L - 1, sz_t, m_d, L)
-    b_A2 = tl.load(A_ptr + _col(o_d, o_n) * N + _row(o_n), mask=m_dn, other=0.0) * 1.4426950408889634
-    b_D = u0
-    if HAS_D:
-        b_D = tl.load(D_ptr + o_d, mask=m_d, other=0.0)
-    b_bias = u0
-    if HAS_BIAS:
-        b_bias = tl.load(bias_ptr + o_d, mask=m_d, other=0.0)
-    o_dn = (i_b * dim + _col(o_d, o_n)) * N + _row(o_n)
-    if HAS_H0:
-        b_h = tl.load(h0_ptr + o_dn, mask=m_dn, other=0.0)
-    else:
-        b_h = tl.zeros(b_A2.shape, dtype=tl.float32)
+    b_A, b_A2, b_D, b_bias = _channel_params(A_ptr, D_ptr, bias_ptr, o_d, o_n, m_d, m_dn, N, BLOCK_D, HAS_D, HAS_BIAS)
+    o_dn = (i_b * dim + o_d[:, None]) * N + o_n[None, :]
+    b_h = _load_state(h0_ptr, o_dn, m_dn, HAS_H0, BLOCK_D, BLOCK_N)
     ZERO_START: tl.constexpr = PEEL and not HAS_H0
     for t in tl.static_range(L):
         _, b_dt = _delta(_pick(t, d0, d1, d2, d3), b_bias, HAS_BIAS, SOFTPLUS, FAST)
-        b_in = _col(b_dt * _pick(t, u0, u1, u2, u3), o_n) * _pick(t, B0, B1, B2, B3)
+        b_Bt = _pick(t, B0, B1, B2, B3)
+        if B_VAR:
+            b_Bt = b_Bt[None, :]
+        b_in = (b_dt * _pick(t, u0, u1, u2, u3))[:, None] * b_Bt
         if ZERO_START and t == 0:
             b_h = b_in
         else:
-            b_h = tl.exp2(_col(b_dt, o_n) * b_A2) * b_h + b_in
-    b_u = _pick(L - 1, u0, u1, u2, u3)
-    b_y = _nsum(b_h * b_Ct)
-    if HAS_D:
-        b_y += b_D * b_u
-    if HAS_Z:
-        b_y = b_y * b_z * _sigmoid(b_z, FAST)
+            b_h = tl.exp2(b_dt[:, None] * b_A2) * b_h + b_in
+    b_y = _gated_output(b_h, b_Ct, _pick(L - 1, u0, u1, u2, u3), b_D, b_z, HAS_D, HAS_Z, FAST)
     tl.store(out_ptr + i_b * dim + o_d, b_y.to(out_ptr.dtype.element_ty), mask=m_d)
     if STORE_LAST:
         tl.store(hlast_ptr + o_dn, b_h, mask=m_dn)
