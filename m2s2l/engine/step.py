@@ -65,12 +65,15 @@ def capture_graph(fn, warmups=2, pool=None, device=None):
     graph never replayed concurrently with this one), after ``warmups`` eager calls on a side stream (kernel
     compilation, cuDNN algorithm choice, allocator). ``fn``'s effects must be the same on every call.
 
-    Autocast's weight-cast cache is off for the warm-ups and the capture (as torch.cuda.graphs asks): with it a graph
-    captured inside an autocast region would read the bf16 weight copies cached by the warm-ups, freed when that
-    region ends and then handed to other tensors; the casts are in the graph instead. ``device``: the CUDA device
-    (default the current one)."""
+    Called inside an autocast region, autocast's weight-cast cache is off for the warm-ups and the capture: with it
+    the graph would read the bf16 weight copies cached by the warm-ups, which live in that region's cache, are freed
+    when it ends and are then handed to other tensors (``StreamScorer`` captures inside ``push_batch``'s region); the
+    casts are in the graph instead, one a use. Outside any region the cache is left as it is: an ``fn`` that enters
+    autocast itself keeps the cache for the duration of the call, so its casts are made once a call inside the
+    graph, in the graph's memory (``bench/fps.py``). ``device``: the CUDA device (default the current one)."""
     cache = torch.is_autocast_cache_enabled()
-    torch.set_autocast_cache_enabled(False)
+    if torch.is_autocast_enabled("cuda") or torch.is_autocast_enabled("cpu"):
+        torch.set_autocast_cache_enabled(False)
     try:
         cur = torch.cuda.current_stream(device)
         side = torch.cuda.Stream(device)
