@@ -278,6 +278,44 @@ def test_cuda_graph_stream_equals_eager_stream_gpu(amp, branches):
     np.testing.assert_allclose(np.stack([r["score"] for r in rc]), np.stack([r["score"] for r in rb]), rtol=0, atol=0)
 
 
+def test_capture_graph_turns_the_autocast_cache_off_only_inside_a_region(monkeypatch):
+    """capture_graph's autocast rule (CUDA's graph calls stubbed out, so it runs on CPU): inside an enclosing
+    autocast region the weight-cast cache is off for the warm-ups and the capture (StreamScorer's case: the cache
+    would outlive the graph) and restored after; outside one it is left on, so an fn that enters autocast itself
+    casts each weight once a call (bench/fps.py's case)."""
+    from contextlib import nullcontext
+
+    from m2s2l.engine import step as step_mod
+
+    class _Stub:
+        def __init__(self, *a, **k):
+            pass
+
+        def wait_stream(self, other):
+            pass
+
+        def pool(self):
+            return None
+    monkeypatch.setattr(step_mod.torch.cuda, "current_stream", lambda device=None: _Stub())
+    monkeypatch.setattr(step_mod.torch.cuda, "Stream", _Stub)
+    monkeypatch.setattr(step_mod.torch.cuda, "stream", lambda s: nullcontext())
+    monkeypatch.setattr(step_mod.torch.cuda, "CUDAGraph", _Stub)
+    monkeypatch.setattr(step_mod.torch.cuda, "graph", lambda g, pool=None: nullcontext())
+    seen = []
+
+    def fn():
+        seen.append(torch.is_autocast_cache_enabled())
+        return torch.ones(1)
+    assert torch.is_autocast_cache_enabled()
+    graph, out = step_mod.capture_graph(fn, warmups=2)
+    assert seen == [True] * 3 and torch.equal(out, torch.ones(1))
+    seen.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        step_mod.capture_graph(fn, warmups=1)
+        assert torch.is_autocast_cache_enabled()  # restored for the rest of the region
+    assert seen == [False] * 2 and torch.is_autocast_cache_enabled()
+
+
 @pytest.mark.parametrize("channels", [1, 3])
 def test_stream_equals_offline_flow_model(channels):
     """A motion_target="flow" model: the stream computes each new frame's optical flow from the previous one
