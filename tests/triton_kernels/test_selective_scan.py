@@ -249,6 +249,10 @@ LAST_CASES = [
     (2, 5, 3, 17, "g1", "fp32", True, True, {}, True, True),
     (2, 5, 4, 1, "g1", "fp32", True, True, {}, True, False),
     (2, 3, 2, 2, "fixed", "fp32", False, True, {}, True, True),
+    # several rows a _fwd_last_kernel program (``scan_config.last_rows``), the last program's rows past the batch
+    (3, 6, 4, 16, "g2", "fp32", True, True, dict(last_rows=2), True, True),
+    (5, 5, 3, 4, "fixed", "bf16", True, True, dict(last_rows=4), True, False),
+    (5, 7, 2, 17, "mixed", "fp32", False, True, dict(last_rows=3), True, True),
     (3, 7, 5, 16, "3d", "bf16", True, False, {}, True, False),
     (3, 8, 4, 16, "g1", "bf16", True, True, dict(short_last=0), True, False),
     (2, 6, 2, 4, "g2", "fp32", True, True, dict(short_last=0), True, True),
@@ -295,6 +299,8 @@ def test_last_only(case, device, spies, monkeypatch):
         if spies[k].launches:
             assert k == "_fwd_last_kernel" or spies[k].arg("LAST_ONLY") == kern
             assert spies[k].arg("PEEL") == bool(cfg.get("peel", kern))
+    if spies["_fwd_last_kernel"].launches:
+        assert spies["_fwd_last_kernel"].arg("ROWS") == cfg.get("last_rows", 1)
     names = [k for k in NAMES if xs[k] is not None]
     loss = (out.double() * dout.double()).sum() + (last.double() * dlast.double()).sum()
     grads = torch.autograd.grad(loss, [xs[k] for k in names])

@@ -31,7 +31,8 @@ def _env_config():
     (``use_fast_softplus``); short_last=0|1, short_last_max_len (``use_short_last``); tile_bwd=0|1,
     tile_bwd_min_len, tile_bwd_steps, tile_bwd_block_d,
     tile_bwd_warps, tile_bwd_progs_per_sm, tile_bwd_maxnreg (backward); peel=0|1 (the sequential forward's first step
-    from a zero state without its decay exponentials; default: last-only scans, ``use_peel``)."""
+    from a zero state without its decay exponentials; default: last-only scans, ``use_peel``); last_rows
+    (``last_rows``)."""
     return env_int_config("M2S2L_SCAN_CFG")
 
 
@@ -263,3 +264,11 @@ def _tile_programs(device, key="tile_progs_per_sm", default=16):
     earlier runs: LM fwd 0.877 at 16, 0.850 at 32, 1.157 at 8; LM fwd+bwd by the backward's count 4.72 at 8, 4.44
     at 16, 4.41-4.50 at 24, 4.43 at 32."""
     return _CFG.get(key, default) * _num_sms(device)
+
+
+def last_rows():
+    """Batch rows a ``_fwd_last_kernel`` program runs (unrolled), sharing its channel setup: 1 unless
+    M2S2L_SCAN_CFG last_rows=R says otherwise. Not timed yet (session 19 had no device time left): the kernel looks
+    bound by its instruction issue (600 SASS instructions a 2-warp program of one row at the video model's
+    (524288, 64, 4), of which ~240 are the state update), and the per-program part is what R rows would share."""
+    return max(1, int(_CFG.get("last_rows", 1)))

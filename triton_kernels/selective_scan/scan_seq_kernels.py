@@ -204,17 +204,47 @@ def _fwd_last_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
                      L: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
                      B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                      HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
-                     STORE_LAST: tl.constexpr, PEEL: tl.constexpr = True, FAST: tl.constexpr = False):
+                     STORE_LAST: tl.constexpr, PEEL: tl.constexpr = True, FAST: tl.constexpr = False,
+                     ROWS: tl.constexpr = 1, n_rows=1):
     """The last step's output (and last state) of whole rows of L <= 4 steps (a compile-time constant):
     ``_fwd_seq_kernel``'s LAST_ONLY result with every input of the row -- each step's u, delta and
     input-dependent B, the last step's z and C -- loaded at the start, so a program waits for memory once instead of
     once a step (the video model's 2- and 4-step temporal scans: hundreds of thousands of rows of a few steps, bound
     by that latency). Then the state steps through time in registers (unrolled) as in ``_fwd_seq_kernel``; PEEL: a
-    zero start state's first step without the decay. Program (batch row, group x channel block)."""
-    i_b = tl.program_id(0).to(tl.int64)
+    zero start state's first step without the decay. Program (row block, group x channel block): ROWS batch rows
+    (of ``n_rows``; unrolled) share the program's channel setup (A, D, delta_bias, offsets and masks)."""
     i_gd = tl.program_id(1)
-    i_g, o_c, m_d, o_d, o_n, m_n = _channel_offsets(i_gd, nblk, cpg, N, BLOCK_D, BLOCK_N)
-    m_dn = m_d[:, None] & m_n[None, :]
+    i_g, o_c, m_d0, o_d, o_n, m_n = _channel_offsets(i_gd, nblk, cpg, N, BLOCK_D, BLOCK_N)
+    m_dn0 = m_d0[:, None] & m_n[None, :]
+    b_A, b_A2, b_D, b_bias = _channel_params(A_ptr, D_ptr, bias_ptr, o_d, o_n, m_d0, m_dn0, N, BLOCK_D, HAS_D,
+                                             HAS_BIAS)
+    b_Bf = b_A2  # fixed B / C: loaded once a program
+    b_Cf = b_A2
+    if not B_VAR:
+        b_Bf = _load_fixed_bc(B_ptr, o_d, o_n, m_dn0, sB0, sB1)
+    if not C_VAR:
+        b_Cf = _load_fixed_bc(C_ptr, o_d, o_n, m_dn0, sC0, sC1)
+    for r in tl.static_range(ROWS):
+        i_b = tl.program_id(0).to(tl.int64) * ROWS + r
+        m_d, m_n_r, m_dn = m_d0, m_n, m_dn0
+        if ROWS > 1:  # the last program's rows past n_rows
+            m_d = m_d0 & (o_c * 0 + i_b < n_rows)
+            m_n_r = m_n & (o_n * 0 + i_b < n_rows)
+            m_dn = m_d[:, None] & m_n_r[None, :]
+        _last_row(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, h0_ptr, out_ptr, hlast_ptr, i_b, i_g, o_d, o_n, m_d, m_n_r,
+                  m_dn, b_A2, b_D, b_bias, b_Bf, b_Cf, dim, su_b, su_d, su_t, sdt_b, sdt_d, sdt_t, sz_b, sz_d, sz_t,
+                  sB0, sB1, sB2, sB3, sC0, sC1, sC2, sC3, L, N, BLOCK_D, BLOCK_N, B_VAR, C_VAR, HAS_D, HAS_Z,
+                  HAS_BIAS, SOFTPLUS, HAS_H0, STORE_LAST, PEEL, FAST)
+
+
+@triton.jit
+def _last_row(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, h0_ptr, out_ptr, hlast_ptr, i_b, i_g, o_d, o_n, m_d, m_n, m_dn,
+              b_A2, b_D, b_bias, b_Bf, b_Cf, dim, su_b, su_d, su_t, sdt_b, sdt_d, sdt_t, sz_b, sz_d, sz_t,
+              sB0, sB1, sB2, sB3, sC0, sC1, sC2, sC3, L: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr,
+              BLOCK_N: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_D: tl.constexpr,
+              HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
+              STORE_LAST: tl.constexpr, PEEL: tl.constexpr, FAST: tl.constexpr):
+    """One batch row of ``_fwd_last_kernel``: load the row's inputs, run its L steps, store its last output."""
     p_u, p_dt, p_z = _row_ptrs(u_ptr, dt_ptr, z_ptr, i_b, o_d, su_b, su_d, sdt_b, sdt_d, sz_b, sz_d)
     u0, u1 = _ld_step(p_u, 0, su_t, m_d, L), _ld_step(p_u, 1, su_t, m_d, L)
     u2, u3 = _ld_step(p_u, 2, su_t, m_d, L), _ld_step(p_u, 3, su_t, m_d, L)
@@ -225,16 +255,14 @@ def _fwd_last_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
         B0, B1 = _ld_step(p_B, 0, sB3, m_n, L), _ld_step(p_B, 1, sB3, m_n, L)
         B2, B3 = _ld_step(p_B, 2, sB3, m_n, L), _ld_step(p_B, 3, sB3, m_n, L)
     else:
-        B0 = _load_fixed_bc(B_ptr, o_d, o_n, m_dn, sB0, sB1)
-        B1, B2, B3 = B0, B0, B0
+        B0, B1, B2, B3 = b_Bf, b_Bf, b_Bf, b_Bf
     if C_VAR:
         b_Ct = _ld_step(_var_bc_ptrs(C_ptr, i_b, i_g, o_n, sC0, sC1, sC2), L - 1, sC3, m_n, L)[None, :]
     else:
-        b_Ct = _load_fixed_bc(C_ptr, o_d, o_n, m_dn, sC0, sC1)
+        b_Ct = b_Cf
     b_z = u0
     if HAS_Z:
         b_z = _ld_step(p_z, L - 1, sz_t, m_d, L)
-    b_A, b_A2, b_D, b_bias = _channel_params(A_ptr, D_ptr, bias_ptr, o_d, o_n, m_d, m_dn, N, BLOCK_D, HAS_D, HAS_BIAS)
     o_dn = (i_b * dim + o_d[:, None]) * N + o_n[None, :]
     b_h = _load_state(h0_ptr, o_dn, m_dn, HAS_H0, BLOCK_D, BLOCK_N)
     ZERO_START: tl.constexpr = PEEL and not HAS_H0
