@@ -207,13 +207,14 @@ def main(argv=None):
     p.add_argument("--profile", type=int, default=0, metavar="N", help="after timing, profile N calls of each mode "
                    "and print its 12 most expensive kernels (CUDA: device time)")
     p.add_argument("--scan-cfg", default=None, metavar="K=V,...", help="selective-scan launch overrides, as "
-                   "M2S2L_SCAN_CFG (e.g. last3d=0: the 2-D state tiles in the last-step kernel), set in process")
+                   "M2S2L_SCAN_CFG (e.g. last_rows=4: four rows a program in the last-step kernel), set in process")
     p.add_argument("--json", default=None, help="write the results here")
     a = p.parse_args(argv)
     if a.scan_cfg:
+        from scan_ab import parse_cfg
+
         from m2s2l.triton_kernels.selective_scan import scan_config
-        scan_config._CFG.update({k.strip(): int(v) for k, v in (i.split("=", 1) for i in a.scan_cfg.split(",")
-                                                               if i.strip())})
+        scan_config._CFG.update(parse_cfg(a.scan_cfg, "--scan-cfg"))
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.cudnn_benchmark:

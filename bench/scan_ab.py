@@ -24,16 +24,16 @@ from common import device_name, rel_rms, time_ms  # noqa: E402
 from m2s2l.triton_kernels.selective_scan import scan_config  # noqa: E402
 
 
-def parse_cfg(text):
-    """"key=int,key=int" -> {key: int}; "" or "default" -> {}. A malformed config is a ValueError naming it (before
-    anything runs)."""
+def parse_cfg(text, arg="--cfgs"):
+    """"key=int,key=int" -> {key: int}; "" or "default" -> {}. A malformed config is a ValueError naming it and the
+    argument ``arg`` it came from (before anything runs)."""
     text = text.strip()
     if text in ("", "default"):
         return {}
     try:
         return {k.strip(): int(v) for k, v in (item.split("=", 1) for item in text.split(",") if item.strip())}
     except ValueError:
-        raise ValueError(f"--cfgs: {text!r} is not a list of key=int") from None
+        raise ValueError(f"{arg}: {text!r} is not a list of key=int") from None
 
 
 def main(argv=None):
