@@ -253,6 +253,8 @@ LAST_CASES = [
     (3, 6, 4, 16, "g2", "fp32", True, True, dict(last_rows=2), True, True),
     (5, 5, 3, 4, "fixed", "bf16", True, True, dict(last_rows=4), True, False),
     (5, 7, 2, 17, "mixed", "fp32", False, True, dict(last_rows=3), True, True),
+    (6, 5, 2, 4, "g1", "bf16", True, True, {}, True, False),  # the default for <= 2 steps: 4 rows (2 programs)
+    (3, 5, 2, 4, "g1", "fp32", True, True, dict(last_rows=1), True, True),  # ... and its A/B switch back to 1
     (3, 7, 5, 16, "3d", "bf16", True, False, {}, True, False),
     (3, 8, 4, 16, "g1", "bf16", True, True, dict(short_last=0), True, False),
     (2, 6, 2, 4, "g2", "fp32", True, True, dict(short_last=0), True, True),
@@ -300,7 +302,7 @@ def test_last_only(case, device, spies, monkeypatch):
             assert k == "_fwd_last_kernel" or spies[k].arg("LAST_ONLY") == kern
             assert spies[k].arg("PEEL") == bool(cfg.get("peel", kern))
     if spies["_fwd_last_kernel"].launches:
-        assert spies["_fwd_last_kernel"].arg("ROWS") == cfg.get("last_rows", 1)
+        assert spies["_fwd_last_kernel"].arg("ROWS") == cfg.get("last_rows", 4 if L <= 2 else 1)
     names = [k for k in NAMES if xs[k] is not None]
     loss = (out.double() * dout.double()).sum() + (last.double() * dlast.double()).sum()
     grads = torch.autograd.grad(loss, [xs[k] for k in names])

@@ -195,7 +195,7 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, initi
         # whole short rows, every input loaded at once (it saves no chunk states: only where none are wanted)
         if kern_last and not tile and hc is None and scan_config.use_short_last(L):
             m = {k: v for k, v in meta.items() if k not in ("T_C", "SAVE_CHUNKS")}
-            rows = scan_config.last_rows()
+            rows = scan_config.last_rows(L)
             _fwd_last_kernel[(triton.cdiv(batch, rows), G * nblk)](*ptrs[:11], dim, cpg, nblk, *strides, L=L, **m,
                                                                    PEEL=scan_config.use_peel(True), FAST=fast,
                                                                    ROWS=rows, n_rows=batch, num_warps=warps)

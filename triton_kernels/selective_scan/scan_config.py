@@ -266,9 +266,11 @@ def _tile_programs(device, key="tile_progs_per_sm", default=16):
     return _CFG.get(key, default) * _num_sms(device)
 
 
-def last_rows():
-    """Batch rows a ``_fwd_last_kernel`` program runs (unrolled), sharing its channel setup: 1 unless
-    M2S2L_SCAN_CFG last_rows=R says otherwise. Not timed yet (session 19 had no device time left): the kernel looks
-    bound by its instruction issue (600 SASS instructions a 2-warp program of one row at the video model's
-    (524288, 64, 4), of which ~240 are the state update), and the per-program part is what R rows would share."""
-    return max(1, int(_CFG.get("last_rows", 1)))
+def last_rows(seqlen):
+    """Batch rows a ``_fwd_last_kernel`` program runs (unrolled), sharing its channel setup: M2S2L_SCAN_CFG
+    last_rows=R for every length, else 4 for rows of <= 2 steps and 1 for longer ones. Measured (H100, bf16,
+    session 20, `bench/scan_ab.py --last-only`): 4 rows a program at (524288, 64, 2) 0.440 -> 0.386 ms (1.14x), but
+    0.95x at (524288, 64, 4) and 0.97x at (131072, 128, 4), where a program's unrolled rows hold more registers."""
+    if "last_rows" in _CFG:
+        return max(1, int(_CFG["last_rows"]))
+    return 4 if seqlen <= 2 else 1
