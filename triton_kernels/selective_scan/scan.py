@@ -198,7 +198,8 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, initi
             rows = scan_config.last_rows(L)
             _fwd_last_kernel[(triton.cdiv(batch, rows), G * nblk)](*ptrs[:11], dim, cpg, nblk, *strides, L=L, **m,
                                                                    PEEL=scan_config.use_peel(True), FAST=fast,
-                                                                   ROWS=rows, n_rows=batch, num_warps=warps)
+                                                                   ROWS=rows, n_rows=batch,
+                                                                   num_warps=scan_config.last_warps(warps))
             return out, hlast, hc
 
         def launch(rows, n_cp, LC, **kw):

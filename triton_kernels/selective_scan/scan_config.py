@@ -32,7 +32,7 @@ def _env_config():
     tile_bwd_min_len, tile_bwd_steps, tile_bwd_block_d,
     tile_bwd_warps, tile_bwd_progs_per_sm, tile_bwd_maxnreg (backward); peel=0|1 (the sequential forward's first step
     from a zero state without its decay exponentials; default: last-only scans, ``use_peel``); last_rows
-    (``last_rows``)."""
+    (``last_rows``), last_warps (``last_warps``)."""
     return env_int_config("M2S2L_SCAN_CFG")
 
 
@@ -264,6 +264,12 @@ def _tile_programs(device, key="tile_progs_per_sm", default=16):
     earlier runs: LM fwd 0.877 at 16, 0.850 at 32, 1.157 at 8; LM fwd+bwd by the backward's count 4.72 at 8, 4.44
     at 16, 4.41-4.50 at 24, 4.43 at 32."""
     return _CFG.get(key, default) * _num_sms(device)
+
+
+def last_warps(warps):
+    """Warps of a ``_fwd_last_kernel`` program: M2S2L_SCAN_CFG last_warps=W, else ``warps`` (the sequential
+    kernel's)."""
+    return int(_CFG.get("last_warps", warps))
 
 
 def last_rows(seqlen):
