@@ -140,6 +140,19 @@ def _ctx(device, amp, pure):
         yield
 
 
+def scorer_mode(model, device, batch, amp, graphs, branches):
+    """``batch`` streams through ``m2s2l.engine.stream.StreamScorer.push_batch`` -- the product's path (``m2s2l
+    score``): the step as the scorer runs it (its own CUDA graphs and autocast), the scores and error maps copied to
+    the host and the alert logic every call. Frames are (batch, C, H, W) tensors already on the device."""
+    from m2s2l.engine.stream import StreamScorer
+    sc = StreamScorer(model, device=device, amp=amp, fuse_bn=False, cuda_graphs=graphs,
+                      branches=branches if graphs else None)   # (the model is already folded by main)
+    x = model.example_inputs(batch)[0][:, -1].to(device)      # (batch, C, H, W)
+    for _ in range(model.config.clip_len):
+        sc.push_batch(x)
+    return lambda: sc.push_batch(x)
+
+
 def flow_mode(model, threads):
     """Flow models' extra per-frame cost: one OpenCV DIS call (m2s2l.data.store.flow_fn, what StreamScorer runs on
     the host for every new frame) on a pair of model-size grey frames, ``threads`` OpenCV threads (0 = leave)."""
@@ -164,8 +177,9 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = leave)")
     p.add_argument("--seconds", type=float, default=5.0, help="timed seconds per mode")
     p.add_argument("--streams", type=int, default=32)
-    p.add_argument("--modes", default="clip,stream,batched", help="any of clip,stream,batched,flow (flow: the host-side "
-                   "OpenCV DIS call a motion_target=flow model adds per frame and stream)")
+    p.add_argument("--modes", default="clip,stream,batched", help="any of clip,stream,batched,scorer,flow (scorer: "
+                   "--streams streams through StreamScorer.push_batch, host copies and alerts included; flow: the "
+                   "host-side OpenCV DIS call a motion_target=flow model adds per frame and stream)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
     p.add_argument("--compile", action="store_true", help="torch.compile the streaming step")
     p.add_argument("--cuda-graphs", action="store_true", help="replay the streaming step as a CUDA graph")
@@ -271,6 +285,7 @@ def main(argv=None):
                                               a.channels_last, a.branches, not a.roll_state), 1),
             "batched": lambda: (stream_mode(model, device, a.streams, amp, a.compile, a.cuda_graphs, a.pure_torch,
                                                a.channels_last, a.branches, not a.roll_state), a.streams),
+            "scorer": lambda: (scorer_mode(model, device, a.streams, amp, a.cuda_graphs, a.branches), a.streams),
             "flow": lambda: (flow_mode(model, a.threads), 1)}
     print(f"# {a.preset} on {name}, amp={amp}, compile={a.compile}, cuda_graphs={a.cuda_graphs}, "
           f"channels_last={a.channels_last}, branches={a.branches}, fuse_bn={not a.no_fuse_bn}, "
@@ -286,6 +301,7 @@ def main(argv=None):
         res["modes"][mode] = r
         label = {"clip": "clip mode, batch 1", "stream": "streaming, batch 1",
                  "batched": f"streaming, {a.streams} streams batched",
+                 "scorer": f"StreamScorer, {a.streams} streams",
                  "flow": "optical flow per frame (host CPU)"}[mode]
         print(f"{label:36s} " + (f"{r['fps']:9.1f} frames/s  ({r['ms_per_call']:.2f} ms per call)"
                                  if "fps" in r else r["error"]), flush=True)

@@ -146,16 +146,16 @@ class StreamScorer:
         T = c.clip_len
         if self.step.flow:
             self._update_flow(frames)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            if self.n_seen < T:  # history filling: encoder only
+        if self.n_seen < T:  # history filling: encoder only
+            with self._autocast():
                 feats = self.step.encode(frames)
-                if self.ring is None or self.ring.batch != B or self.ring.bufs[0].dtype != feats[0].dtype:
-                    self.ring = self._graphs = None  # (frees the old graphs and buffers first)
-                    self.ring = StateRing(feats, T)
-                self.ring.write(feats, self.n_seen)
-                out = None
-            else:
-                out = self._run_step(frames)
+            if self.ring is None or self.ring.batch != B or self.ring.bufs[0].dtype != feats[0].dtype:
+                self.ring = self._graphs = None  # (frees the old graphs and buffers first)
+                self.ring = StateRing(feats, T)
+            self.ring.write(feats, self.n_seen)
+            out = None
+        else:
+            out = self._run_step(frames)  # (outside any autocast region: the step enters its own)
         self.prev = frames
         self.n_seen += 1
         if out is None:
@@ -218,14 +218,23 @@ class StreamScorer:
         graph.replay()
         return out
 
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
     def _ring_step(self, frames, motion_in, n):
-        if self._compiled is None:
-            return self.step.ring_forward(frames, motion_in, self.ring, n)
-        from .export import pure_torch_ops  # the compiled step without the roll: window in, frame's pyramid out
-        with pure_torch_ops():
-            res = self._compiled(frames, motion_in, *self.ring.window(n))
-        self.ring.write(res[4:], n)
-        return res[:4]
+        """The step of frame ``n`` in its own autocast region (``amp``). Its own, not an enclosing one: captured
+        as a CUDA graph from outside any region, the weights' bf16 casts are made once a call inside the graph with
+        autocast's cache on (``capture_graph``); inside an enclosing region the cache had to be off (one cast a use
+        of a weight), which measured 1.5x slower at 32 streams in bench/fps.py (H100, session 20:
+        2452 vs 3713 frames/s, docs/BENCHMARKS.md)."""
+        with self._autocast():
+            if self._compiled is None:
+                return self.step.ring_forward(frames, motion_in, self.ring, n)
+            from .export import pure_torch_ops  # the compiled step without the roll: window in, frame's pyramid out
+            with pure_torch_ops():
+                res = self._compiled(frames, motion_in, *self.ring.window(n))
+            self.ring.write(res[4:], n)
+            return res[:4]
 
     def _alerts(self, raw):
         B = raw.shape[0]

@@ -316,6 +316,54 @@ def test_capture_graph_turns_the_autocast_cache_off_only_inside_a_region(monkeyp
     assert seen == [False] * 2 and torch.is_autocast_cache_enabled()
 
 
+def test_scorer_captures_its_graphs_outside_autocast(monkeypatch):
+    """StreamScorer with amp and cuda_graphs captures each phase's graph from outside any autocast region, with a
+    step that enters its own (so capture_graph keeps the weight-cast cache on for the call: one cast a weight a
+    call inside the graph, not one a use); the scores equal the eager amp scorer's. CPU, bf16 autocast, the
+    capture stubbed (the graph is the step's eager call)."""
+    from m2s2l.engine import stream as stream_mod
+    seen = []
+
+    class _Graph:
+        def __init__(self, fn):
+            self.fn = fn
+
+        def replay(self):
+            self.fn()
+
+        def pool(self):
+            return None
+
+    def fake_capture(fn, pool=None, device=None):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        holder = {}
+
+        def run():
+            holder["out"] = fn()
+        run()
+        return _Graph(run), holder["out"]
+    inside = []
+    monkeypatch.setattr(stream_mod, "capture_graph", fake_capture)
+    model = tiny(1)
+    frames = moving_frames(model.config.clip_len + 3)
+    eager = StreamScorer(model, device="cpu")
+    graph = StreamScorer(model, device="cpu")
+    eager.amp = graph.amp = True        # (amp is CUDA-only in the constructor; bf16 autocast runs on CPU too)
+    graph._cuda_graphs = True
+    ring_forward = graph.step.ring_forward
+
+    def spy(*args):
+        inside.append(torch.is_autocast_enabled("cpu"))
+        return ring_forward(*args)
+    graph.step.ring_forward = spy
+    a = [eager.push(f) for f in frames][model.config.clip_len:]
+    b = [graph.push(f) for f in frames][model.config.clip_len:]
+    assert seen and not any(seen)       # every capture outside any region ...
+    assert inside and all(inside)       # ... of a step inside its own
+    # (the fake graph re-runs the eager step, so its outputs are the captured call's tensors, refilled)
+    np.testing.assert_allclose([r["score"] for r in b], [r["score"] for r in a], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("channels", [1, 3])
 def test_stream_equals_offline_flow_model(channels):
     """A motion_target="flow" model: the stream computes each new frame's optical flow from the previous one
