@@ -604,14 +604,15 @@ def test_score_envelope_is_bounded_and_exact_when_short():
 
 def test_fps_bench_runs_flow_model_stream_and_flow_modes():
     """bench/fps.py on CPU: a motion_target=flow model streams (flow as the step's second input) and the
-    host-side optical-flow cost is timed as its own mode."""
+    host-side optical-flow cost is timed as its own mode; the scorer mode runs StreamScorer.push_batch."""
     import importlib.util
     path = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "fps.py")
     spec = importlib.util.spec_from_file_location("fps_bench", path)
     fps = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fps)
     res = fps.main(["--device", "cpu", "--preset", "m2s2l_lite", "--set", "image_size=32", "--set",
-                    "motion_target=flow", "--seconds", "0.05", "--modes", "stream,flow", "--threads", "1"])
-    for mode in ("stream", "flow"):
+                    "motion_target=flow", "--seconds", "0.05", "--modes", "stream,flow,scorer", "--streams", "2",
+                    "--threads", "1"])
+    for mode in ("stream", "flow", "scorer"):
         assert "error" not in res["modes"][mode], res["modes"][mode]
         assert res["modes"][mode]["fps"] > 0
