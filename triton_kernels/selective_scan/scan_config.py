@@ -268,7 +268,8 @@ def _tile_programs(device, key="tile_progs_per_sm", default=16):
 
 def last_warps(warps):
     """Warps of a ``_fwd_last_kernel`` program: M2S2L_SCAN_CFG last_warps=W, else ``warps`` (the sequential
-    kernel's)."""
+    kernel's). One warp (fewer instructions a row on sm_90) measured 0.98-1.07x in isolation on an H100 (session
+    20): not the default."""
     return int(_CFG.get("last_warps", warps))
 
 
@@ -276,7 +277,8 @@ def last_rows(seqlen):
     """Batch rows a ``_fwd_last_kernel`` program runs (unrolled), sharing its channel setup: M2S2L_SCAN_CFG
     last_rows=R for every length, else 4 for rows of <= 2 steps and 1 for longer ones. Measured (H100, bf16,
     session 20, `bench/scan_ab.py --last-only`): 4 rows a program at (524288, 64, 2) 0.440 -> 0.386 ms (1.14x), but
-    0.95x at (524288, 64, 4) and 0.97x at (131072, 128, 4), where a program's unrolled rows hold more registers."""
+    0.95x at (524288, 64, 4) and 0.97x at (131072, 128, 4), where a program's unrolled rows hold more registers;
+    this default vs R = 1: 32 streams of m2s2l_paper 3795 vs 3704 frames/s (docs/BENCHMARKS.md, session 20)."""
     if "last_rows" in _CFG:
         return max(1, int(_CFG["last_rows"]))
     return 4 if seqlen <= 2 else 1
