@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call: `bench/fps.py` (m2s2l_paper, bf16, CUDA graphs, channels_last, streaming batch 1 and 32 streams)
-# once per flag set, in the order given, each in its own process; a summary table last.
+# once per flag set, in the order given, each in its own process; a summary table last (with a StreamScorer column
+# when FPS_ARGS asks for --modes ...,scorer).
 #   bash bench/gpu_fps_flags.sh OUT_DIR "FLAGS_1" "FLAGS_2" ...     (e.g. "" "--branches")
 # A flag set "@DIR FLAGS" runs DIR's bench/fps.py (another tree, e.g. `git archive REV` unpacked into a git-ignored
 # folder and carried) with FLAGS: trees A/B'd in one call, e.g. "@_carry/old --branches" "--branches".
@@ -28,7 +29,7 @@ for flags in "$@"; do
   echo "flags [$flags] rc=$?"
 done
 i=0
-echo "| flags | streaming, batch 1 | 32 streams batched |"
+echo "| flags | streaming, batch 1 | 32 streams batched | StreamScorer (--streams) |"
 for flags in "$@"; do
   i=$((i + 1))
   python3 - "$OUT/fps_$i.json" "$flags" <<'PY'
@@ -39,6 +40,6 @@ except Exception as e:
     print(f"| {sys.argv[2]} | failed: {e} | |"); sys.exit()
 cell = lambda m: (f"{r[m]['fps']:.1f} frames/s ({r[m]['ms_per_call']:.2f} ms)" if "fps" in r.get(m, {})
                   else r.get(m, {}).get("error", "-")[:80])
-print(f"| {sys.argv[2] or '(baseline)'} | {cell('stream')} | {cell('batched')} |")
+print(f"| {sys.argv[2] or '(baseline)'} | {cell('stream')} | {cell('batched')} | {cell('scorer')} |")
 PY
 done
