@@ -221,7 +221,8 @@ def main(argv=None):
     p.add_argument("--profile", type=int, default=0, metavar="N", help="after timing, profile N calls of each mode "
                    "and print its 12 most expensive kernels (CUDA: device time)")
     p.add_argument("--scan-cfg", default=None, metavar="K=V,...", help="selective-scan launch overrides, as "
-                   "M2S2L_SCAN_CFG (e.g. last_rows=1: one row a program in the last-step kernel at every length), set in process")
+                   "M2S2L_SCAN_CFG (e.g. last_rows=1: one row a program in the last-step kernel at every length), "
+                   "set in process")
     p.add_argument("--json", default=None, help="write the results here")
     a = p.parse_args(argv)
     if a.scan_cfg:
