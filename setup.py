@@ -13,7 +13,7 @@ import shutil
 
 from setuptools import setup
 
-KERNEL_PKGS = ["selective_scan", "causal_conv1d", "layer_norm", "mamba_block", "upsample"]
+KERNEL_PKGS = ["selective_scan", "causal_conv1d", "layer_norm", "mamba_block", "upsample", "frame_errors"]
 
 
 def _set_cuda_home():

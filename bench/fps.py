@@ -212,6 +212,8 @@ def main(argv=None):
                    "out_proj (m2s2l.models.temporal.set_prep)")
     p.add_argument("--full-gate", action="store_true", help="last-only Mamba calls compute the gate z for every step "
                    "(A/B of Mamba.gate_last_only, default: the last step alone)")
+    p.add_argument("--fused-score", action="store_true", help="the score's error maps and appearance MSE as one "
+                   "m2s2l.ops.frame_errors kernel (m2s2l.models.scoring.fused_errors; default: the PyTorch ops)")
     p.add_argument("--no-dt-fold", action="store_true", help="keep each Mamba mixer's dt_proj as its own GEMM "
                    "(A/B of Mamba.fold_dt_proj)")
     p.add_argument("--no-conv-act", action="store_true", help="keep each folded convolution's bias / residual / ReLU "
@@ -252,6 +254,9 @@ def main(argv=None):
                 m.backend = a.ln_backend
     if a.contiguous_state:
         StreamStep.permuted_state = False
+    if a.fused_score:
+        from m2s2l.models import scoring
+        scoring.fused_errors = True
     if a.full_gate:
         from m2s2l.modules import Mamba
         Mamba.gate_last_only = False
@@ -275,7 +280,7 @@ def main(argv=None):
            "upsample_backend": a.upsample_backend, "fuse_bn": not a.no_fuse_bn,
            "conv_act": not (a.no_fuse_bn or a.no_conv_act),
            "dt_fold": not (a.no_fuse_bn or a.no_dt_fold), "cudnn_benchmark": a.cudnn_benchmark,
-           "gate_last_only": not a.full_gate, "prep_block": a.prep_block, "permuted_state": not a.contiguous_state,
+           "gate_last_only": not a.full_gate, "fused_score": a.fused_score, "prep_block": a.prep_block, "permuted_state": not a.contiguous_state,
            "ring_state": not a.roll_state,
            "mamba_layout": a.mamba_layout, "fused_block": a.fused_block, "backend": a.backend,
            "pure_torch": a.pure_torch,

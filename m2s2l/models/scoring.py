@@ -44,11 +44,24 @@ def losses(cfg, pred, target, motion_target, decorrelation):
     return {"loss": loss, **{k: v.detach() for k, v in parts.items()}}
 
 
+# Opt-in (bench/fps.py --fused-score): the error maps and the appearance MSE as one ``m2s2l.ops.frame_errors`` pass
+# (the Triton kernel on CUDA) instead of ~15 PyTorch kernels; same values up to float32 summation order. Off by
+# default until timed on a GPU (written in session 20 with no device time left).
+fused_errors = False
+_errors_backend = "auto"
+
+
 def score(cfg, pred, target, motion_target):
     """The score dict of ``M2S2L.score`` (see there for the formula)."""
-    app_err = (pred["appearance"].float() - target.float()).pow(2).mean(1, keepdim=True)    # (B, 1, H, W)
-    mot_err = (pred["motion"].float() - motion_target.float()).pow(2).mean(1, keepdim=True)
-    appearance = neg_psnr(pred["appearance"], target)
+    if fused_errors and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+        from m2s2l.ops import frame_errors
+        app_err, mot_err, mse = frame_errors(pred["appearance"], target, pred["motion"], motion_target,
+                                             backend=_errors_backend)
+        appearance = 10.0 * torch.log10(mse + _EPS) - 10.0 * math.log10(_PEAK2)
+    else:
+        app_err = (pred["appearance"].float() - target.float()).pow(2).mean(1, keepdim=True)    # (B, 1, H, W)
+        mot_err = (pred["motion"].float() - motion_target.float()).pow(2).mean(1, keepdim=True)
+        appearance = neg_psnr(pred["appearance"], target)
     motion = patch_max_db(mot_err, cfg.score_patch)
     total = cfg.score_w_appearance * appearance + cfg.score_w_motion * motion
     return {"score": total, "appearance": appearance, "motion": motion, "error_map": app_err + mot_err}

@@ -7,6 +7,7 @@ from .causal_conv1d import causal_conv1d_fn  # noqa: F401
 from .layer_norm import layer_norm  # noqa: F401
 from .mamba_block import mamba_block_last, mamba_block_prep  # noqa: F401
 from .upsample import upsample_cat  # noqa: F401
+from .frame_errors import frame_errors  # noqa: F401
 
 __all__ = ["selective_scan_fn", "selective_state_update", "causal_conv1d_fn", "causal_conv1d_update", "layer_norm",
-           "mamba_block_last", "mamba_block_prep", "upsample_cat", "BACKENDS", "resolve_backend", "triton_available"]
+           "mamba_block_last", "mamba_block_prep", "upsample_cat", "frame_errors", "BACKENDS", "resolve_backend", "triton_available"]
