@@ -20,7 +20,11 @@ def gradient_difference_loss(pred, target):
 
 def neg_psnr(pred, target):
     """-PSNR in dB per sample: 10 log10(MSE / 4) for frames in [-1, 1]; pred, target (B, C, H, W) -> (B,)."""
-    mse = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+    return _neg_psnr_db((pred.float() - target.float()).pow(2).flatten(1).mean(1))
+
+
+def _neg_psnr_db(mse):
+    """-PSNR in dB from the mean squared error (frames in [-1, 1])."""
     return 10.0 * torch.log10(mse + _EPS) - 10.0 * math.log10(_PEAK2)
 
 
@@ -48,16 +52,14 @@ def losses(cfg, pred, target, motion_target, decorrelation):
 # (the Triton kernel on CUDA) instead of ~15 PyTorch kernels; same values up to float32 summation order. Off by
 # default until timed on a GPU (written in session 20 with no device time left).
 fused_errors = False
-_errors_backend = "auto"
 
 
 def score(cfg, pred, target, motion_target):
     """The score dict of ``M2S2L.score`` (see there for the formula)."""
     if fused_errors and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
         from m2s2l.ops import frame_errors
-        app_err, mot_err, mse = frame_errors(pred["appearance"], target, pred["motion"], motion_target,
-                                             backend=_errors_backend)
-        appearance = 10.0 * torch.log10(mse + _EPS) - 10.0 * math.log10(_PEAK2)
+        app_err, mot_err, mse = frame_errors(pred["appearance"], target, pred["motion"], motion_target)
+        appearance = _neg_psnr_db(mse)
     else:
         app_err = (pred["appearance"].float() - target.float()).pow(2).mean(1, keepdim=True)    # (B, 1, H, W)
         mot_err = (pred["motion"].float() - motion_target.float()).pow(2).mean(1, keepdim=True)
