@@ -75,10 +75,12 @@ def stream_mode(model, device, batch, amp, compile_=False, graphs=False, pure=Fa
             if getattr(c, "motion_target", "diff") == "flow" else frame.clone())
     dtype = torch.bfloat16 if amp else torch.float32
     if ring and not compile_:
-        rng = StateRing([torch.randn(batch, *s, generator=g).to(device, dtype) for s in model.feature_shapes()],
-                        c.clip_len)
-        for n in range(2 * rng.M):  # random history in every slot
-            rng.write([torch.randn(batch, *s, generator=g).to(device, dtype) for s in model.feature_shapes()], n)
+        with torch.no_grad(), _ctx(device, amp, pure):  # (the ring's projections in the steps' autocast)
+            rng = StateRing([torch.randn(batch, *s, generator=g).to(device, dtype) for s in model.feature_shapes()],
+                            c.clip_len, model=model)
+            for n in range(2 * rng.M):  # random history in every slot
+                rng.write([torch.randn(batch, *s, generator=g).to(device, dtype) for s in model.feature_shapes()],
+                          n)
 
         def run_n(n):
             with torch.no_grad(), _ctx(device, amp, pure):
@@ -214,6 +216,9 @@ def main(argv=None):
                    "(A/B of Mamba.gate_last_only, default: the last step alone)")
     p.add_argument("--fused-score", action="store_true", help="the score's error maps and appearance MSE as one "
                    "m2s2l.ops.frame_errors kernel (m2s2l.models.scoring.fused_errors; default: the PyTorch ops)")
+    p.add_argument("--no-proj-ring", action="store_true", help="no projection rings in the StateRing: the "
+                   "temporal blocks' LayerNorm + in_proj run on every step of the window each frame (A/B of "
+                   "StateRing.project; default: once a frame, cached)")
     p.add_argument("--no-dt-fold", action="store_true", help="keep each Mamba mixer's dt_proj as its own GEMM "
                    "(A/B of Mamba.fold_dt_proj)")
     p.add_argument("--no-conv-act", action="store_true", help="keep each folded convolution's bias / residual / ReLU "
@@ -254,6 +259,8 @@ def main(argv=None):
                 m.backend = a.ln_backend
     if a.contiguous_state:
         StreamStep.permuted_state = False
+    if a.no_proj_ring:
+        StateRing.project = False
     if a.fused_score:
         from m2s2l.models import scoring
         scoring.fused_errors = True
@@ -281,7 +288,7 @@ def main(argv=None):
            "conv_act": not (a.no_fuse_bn or a.no_conv_act),
            "dt_fold": not (a.no_fuse_bn or a.no_dt_fold), "cudnn_benchmark": a.cudnn_benchmark,
            "gate_last_only": not a.full_gate, "fused_score": a.fused_score, "prep_block": a.prep_block, "permuted_state": not a.contiguous_state,
-           "ring_state": not a.roll_state,
+           "ring_state": not a.roll_state, "proj_ring": not a.no_proj_ring,
            "mamba_layout": a.mamba_layout, "fused_block": a.fused_block, "backend": a.backend,
            "pure_torch": a.pure_torch,
            "image_size": model.config.image_size, "clip_len": model.config.clip_len,

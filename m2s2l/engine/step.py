@@ -104,15 +104,66 @@ class StateRing:
     not contain those slots, so the two can run concurrently (``CudaBranches``). The window's place depends on
     n % M only: a CUDA graph of a step is captured per phase (M graphs).
 
-    ``StateRing(feats, clip_len)``: zeros shaped, typed and placed like ``feats`` (a list of (B, C_l, H_l, W_l)
-    pyramids, e.g. the first frame's). ``window(n)``: the state after n frames, per level a (B, T, C_l, H_l, W_l)
-    view, oldest frame first (zeros for frames before the first). ``write(feats, n)``: store frame n."""
+    Projection rings (``model`` given, ``model.projectable(window)`` and ``StateRing.project`` on): the temporal
+    blocks' first ops -- pooling, LayerNorm and in_proj -- see only the frames' own features, so ``write`` also
+    computes them for the newest pooled step of each level and temporal scale, once a frame
+    (``MultiTemporalMamba.project_into``), into rings of their own: the x half (B, H, W, 2M, d_inner) written
+    twice as the features, the gate half (B, H, W, M, d_inner) once; ``proj_window(n)`` gives what
+    ``M2S2L.forward_features(..., proj=)`` reads instead of projecting all T / s steps of the window each frame.
+    Frames before the first are zero features, so the projection rings start as the projection of a zero row,
+    computed at construction: construct the ring under the autocast setting the steps run with.
 
-    def __init__(self, feats, clip_len):
+    ``StateRing(feats, clip_len, model=None)``: zeros shaped, typed and placed like ``feats`` (a list of
+    (B, C_l, H_l, W_l) pyramids, e.g. the first frame's). ``window(n)``: the state after n frames, per level a
+    (B, T, C_l, H_l, W_l) view, oldest frame first (zeros for frames before the first). ``write(feats, n)``: store
+    frame n (and its projections). ``proj_window(n)``: None without projection rings."""
+
+    project = True  # False: no projection rings (the model projects every step of the window; A/B switch)
+
+    def __init__(self, feats, clip_len, model=None):
         if clip_len < 1:
             raise ValueError(f"clip_len must be >= 1, got {clip_len}")
         self.T, self.M = int(clip_len), int(clip_len) + 1
         self.bufs = [f.new_zeros(f.shape[0], *f.shape[2:], 2 * self.M, f.shape[1]) for f in feats]
+        self.model, self.xbufs, self.zbufs, self._zero = None, None, None, None
+        can = getattr(model, "projectable", None)  # (a model without it, e.g. a stand-in: no projection rings)
+        if self.project and callable(can) and can(self.window(0)):
+            self._init_proj(model)
+
+    def _init_proj(self, model):
+        self.model = model
+        temporal = list(model.temporal)
+        if len(temporal) != len(self.bufs):
+            raise ValueError(f"model has {len(temporal)} pyramid levels, the features {len(self.bufs)}")
+        self.xbufs, self.zbufs, self._zero = [], [], []
+        with torch.no_grad():
+            for tm, b in zip(temporal, self.bufs):
+                B, H, W, _, C = b.shape
+                if max(tm.scales) > self.T:
+                    raise ValueError(f"temporal scales {tm.scales} exceed clip_len={self.T}")
+                d = [br[0].mixer.d_inner for br in tm.branches]
+                # the projection of a zero row (frames before the first), in the dtype the steps produce
+                zero = b.new_zeros(1, 1, 1, max(tm.scales), C)
+                xo = [[torch.empty(1, 1, 1, di, device=b.device, dtype=self._proj_dtype(b))] for di in d]
+                zo = [torch.empty(1, 1, 1, di, device=b.device, dtype=xo[0][0].dtype) for di in d]
+                tm.project_into(zero, xo, zo)
+                self._zero.append([(x[0].view(-1), z.view(-1)) for x, z in zip(xo, zo)])
+                self.xbufs.append([b.new_empty(B, H, W, 2 * self.M, di, dtype=xo[0][0].dtype) for di in d])
+                self.zbufs.append([b.new_empty(B, H, W, self.M, di, dtype=xo[0][0].dtype) for di in d])
+        self._fill_proj()
+
+    @staticmethod
+    def _proj_dtype(b):
+        dev = b.device.type
+        return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else b.dtype
+
+    def _fill_proj(self):
+        if self.xbufs is None:
+            return
+        for xs, zs, zero in zip(self.xbufs, self.zbufs, self._zero):
+            for x, z, (x0, z0) in zip(xs, zs, zero):
+                x.copy_(x0.expand_as(x))
+                z.copy_(z0.expand_as(z))
 
     @property
     def batch(self):
@@ -121,11 +172,28 @@ class StateRing:
     def zero_(self):
         for b in self.bufs:
             b.zero_()
+        self._fill_proj()
         return self
 
     def window(self, n):
         s = (n - 1) % self.M + 2
         return [b[:, :, :, s:s + self.T].permute(0, 3, 4, 1, 2) for b in self.bufs]
+
+    def proj_window(self, n):
+        """The projections of the window after n frames: per level, per temporal scale s a pair (x (B, H, W, T / s,
+        d_inner) views of the pooled steps ending at frames n - 1 - T + s, ..., n - 1 (every s-th), z (B, H, W,
+        d_inner) of the one ending at frame n - 1): ``M2S2L.forward_features``'s ``proj``. None without
+        projection rings."""
+        if self.xbufs is None:
+            return None
+        out = []
+        for tm, xs, zs in zip(self.model.temporal, self.xbufs, self.zbufs):
+            lvl = []
+            for s, x, z in zip(tm.scales, xs, zs):
+                a = (n - self.T + s - 1) % self.M
+                lvl.append((x[:, :, :, a:a + self.T - s + 1:s], z[:, :, :, (n - 1) % self.M]))
+            out.append(lvl)
+        return out
 
     def write(self, feats, n):
         j = n % self.M
@@ -133,6 +201,13 @@ class StateRing:
             v = f.permute(0, 2, 3, 1)                                                    # (B, H, W, C)
             b[:, :, :, j].copy_(v)
             b[:, :, :, j + self.M].copy_(v)
+        if self.xbufs is None:
+            return
+        for tm, b, xs, zs in zip(self.model.temporal, self.bufs, self.xbufs, self.zbufs):
+            s_max = max(tm.scales)
+            a = (n - s_max + 1) % self.M                       # frames n - s_max + 1 .. n: contiguous slots
+            tm.project_into(b[:, :, :, a:a + s_max], [[x[:, :, :, j], x[:, :, :, j + self.M]] for x in xs],
+                            [z[:, :, :, j] for z in zs])
 
 
 class StreamStep(nn.Module):
@@ -192,8 +267,10 @@ class StreamStep(nn.Module):
             out.append(n)
         return out
 
-    def _score(self, frame, motion_in, state):
+    def _score(self, frame, motion_in, state, proj=None):
         kw = {} if self.run is None else {"run": self.run}
+        if proj is not None:
+            kw["proj"] = proj
         pred = self.model.forward_features(list(state), **kw)
         mt = motion_in if self.flow else (frame - motion_in) * 0.5
         s = scoring.score(self.model.config, pred, frame, mt)
@@ -216,6 +293,7 @@ class StreamStep(nn.Module):
     def ring_forward(self, frame, motion_in, ring, n):
         """``forward`` with the state in a :class:`StateRing` (no state copies): scores ``frame`` as frame ``n``
         (a Python int: the frames before it are the ring's ``window(n)``) and writes its pyramid into the ring as
-        frame n. Returns (score, appearance, motion, error_map)."""
-        return self._both(lambda: self._score(frame, motion_in, ring.window(n)),
+        frame n (with its projections, where the ring keeps them: ``StateRing``, read back through
+        ``proj_window(n)``). Returns (score, appearance, motion, error_map)."""
+        return self._both(lambda: self._score(frame, motion_in, ring.window(n), ring.proj_window(n)),
                           lambda: ring.write(self.encode(frame), n))[0]

@@ -146,13 +146,14 @@ class StreamScorer:
         T = c.clip_len
         if self.step.flow:
             self._update_flow(frames)
-        if self.n_seen < T:  # history filling: encoder only
+        if self.n_seen < T:  # history filling: encoder only (and the ring's projections, in the step's autocast)
             with self._autocast():
                 feats = self.step.encode(frames)
-            if self.ring is None or self.ring.batch != B or self.ring.bufs[0].dtype != feats[0].dtype:
-                self.ring = self._graphs = None  # (frees the old graphs and buffers first)
-                self.ring = StateRing(feats, T)
-            self.ring.write(feats, self.n_seen)
+                if self.ring is None or self.ring.batch != B or self.ring.bufs[0].dtype != feats[0].dtype:
+                    self.ring = self._graphs = None  # (frees the old graphs and buffers first)
+                    # (the compiled step reads the window alone: no projection rings)
+                    self.ring = StateRing(feats, T, model=self.step.model if self._compiled is None else None)
+                self.ring.write(feats, self.n_seen)
             out = None
         else:
             out = self._run_step(frames)  # (outside any autocast region: the step enters its own)

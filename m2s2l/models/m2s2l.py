@@ -89,15 +89,23 @@ class M2S2L(nn.Module):
         self._check_frames("frames", frames, ("N",))
         return self.encoder(frames)
 
-    def forward_features(self, feats, run=None):
+    def projectable(self, feats=None):
+        """Whether ``forward_features(..., proj=)`` may run (every level's ``MultiTemporalMamba.projectable``;
+        given ``feats`` as ``forward_features``', also whether it pays there)."""
+        return all(t.projectable(None if feats is None else f)
+                   for t, f in zip(self.temporal, feats if feats is not None else [None] * len(self.temporal)))
+
+    def forward_features(self, feats, run=None, proj=None):
         """feats: per level (B, T, C_l, H_l, W_l) -- stacked ``encode_frames`` of the clip's T frames.
 
         Returns the predictions dict: "appearance" (B, C, H, W) the predicted next frame in [-1, 1], and
         "motion" (B, Cm, H, W): the predicted (target - clip[:, -1]) / 2 ("diff", Cm = C) or flow (Cm = 2).
         ``run`` (default ``serial``) is called with lists of independent zero-argument callables -- the pyramid
         levels, the temporal scales of each level, the two decoders -- and returns their results in order; a
-        runner may execute them concurrently (same results)."""
-        return self._predict(feats, run=run)[0]
+        runner may execute them concurrently (same results). ``proj`` (streaming, where ``projectable``): per level
+        the temporal blocks' cached input projections of the window (``MultiTemporalMamba.forward``'s ``proj``),
+        e.g. ``m2s2l.engine.step.StateRing.proj_window``; same result up to rounding."""
+        return self._predict(feats, run=run, proj=proj)[0]
 
     def forward(self, clip):
         """clip (B, T, C, H, W) in [-1, 1] -> predictions dict (see ``forward_features``)."""
@@ -109,7 +117,7 @@ class M2S2L(nn.Module):
         feats = self.encoder(clip.reshape(B * T, *clip.shape[2:]))
         return [f.reshape(B, T, *f.shape[1:]) for f in feats]
 
-    def _predict(self, feats, with_decorrelation=False, run=None):
+    def _predict(self, feats, with_decorrelation=False, run=None, proj=None):
         shapes = self.feature_shapes()
         if not isinstance(feats, (list, tuple)) or len(feats) != len(shapes):
             raise ValueError(f"feats must be a list of {len(shapes)} tensors (one per pyramid level), "
@@ -119,9 +127,11 @@ class M2S2L(nn.Module):
                          expected="(B, T, C_l, H_l, W_l)")
         run = serial if run is None else run
         last = len(shapes) - 1
+        if proj is not None and len(proj) != len(shapes):
+            raise ValueError(f"proj must hold one entry per pyramid level ({len(shapes)}), got {len(proj)}")
 
         def level(l):  # temporal encoders (+ the spatial BiMamba at the coarsest level), then the decomposition
-            fused = self.temporal[l](feats[l], run=run)
+            fused = self.temporal[l](feats[l], run=run) if proj is None else self.temporal[l](feats[l], run, proj[l])
             return self.decompose[l](self.spatial(fused) if l == last else fused)
         parts = run([functools.partial(level, l) for l in range(last + 1)])
         app, mot = [p[0] for p in parts], [p[1] for p in parts]

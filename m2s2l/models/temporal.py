@@ -124,6 +124,30 @@ class MambaBlock(nn.Module):
                                     m.conv1d.bias, m.x_proj.weight, m.dt_proj.weight, m.dt_proj.bias, m.A_log, m.D,
                                     m.out_proj.weight, eps=self.norm.eps, pool=pool, out=out, backend=m.backend)
 
+    def project_into(self, x, x_outs, z_out):
+        """The block's per-step input projection for cached streaming: x (rows, d_model), one step a row ->
+        in_proj(norm(x)) (norm's output in the autocast dtype, as ``forward``), its x half written into each
+        tensor of ``x_outs`` and its gate half into ``z_out`` (each (rows, d_inner), any row stride, channels
+        contiguous; e.g. slots of ``m2s2l.engine.step.StateRing``'s projection rings). ``forward_projected``
+        continues from them. Only with a ``Mamba`` mixer."""
+        m = self.mixer
+        dt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
+        h = self.norm(x, out_dtype=dt)
+        w, b, d = m.in_proj.weight.to(h.dtype), m.in_proj.bias, m.d_inner
+        # (GEMMs with out=: straight into the ring's strided slots; out= ops are not autocast, hence the cast)
+        for o, rows in [(o, slice(0, d)) for o in x_outs] + [(z_out, slice(d, 2 * d))]:
+            if b is None:
+                torch.mm(h, w[rows].t(), out=o)
+            else:
+                torch.addmm(b[rows].to(h.dtype), h, w[rows].t(), out=o)
+
+    def forward_projected(self, res, x, z, out=None):
+        """The last step of ``forward(., last_only=True)`` from ``project_into``'s outputs: res (rows, d_model) the
+        last step's block input (the residual), x (rows, steps, d_inner) every step's projected x half, z
+        (rows, d_inner) the last step's gate -> (rows, d_model) (written to ``out`` if given)."""
+        y = self.mixer.forward_projected(x, z).to(res.dtype)
+        return res + y if out is None else torch.add(res, y, out=out)
+
     def forward(self, x, last_only=False):
         if last_only and self.can_fuse(x):
             return self.fused_last(x)[:, None]
@@ -160,9 +184,37 @@ class MultiTemporalMamba(nn.Module):
         self.fuse = nn.Linear(dim * len(self.scales), dim)
         self.last_only = True  # False: every block on every step (same result up to rounding; FLOP counts)
 
-    def forward(self, feats, run=None):
-        """``run``: how the independent per-scale branches are executed (``serial`` when None)."""
+    def projectable(self, feats=None):
+        """Whether ``forward(feats, proj=)`` may run: every branch one block with a ``Mamba`` mixer, last-only.
+        Then a block's input steps are the frames' own features (pooled), so their in_proj outputs depend on the
+        frames alone and a stream can compute them once a frame (``project_into``) instead of once a step for
+        every frame of the window. Given ``feats`` (B, T, C, H, W) like the forward's, also whether it is worth it:
+        not where the blocks take a one-kernel path (``MambaBlock.can_fuse`` / ``can_prep``), which computes
+        in_proj inside the kernel (e.g. CPU tensors under Triton's interpreter: the fused block 13.8 s a lite
+        step there, projected + unfused 100 s)."""
+        ok = getattr(self, "last_only", True) and all(len(b) == 1 and isinstance(b[0].mixer, Mamba)
+                                                      for b in self.branches)
+        return bool(ok and (feats is None or self._fusable(feats) is None))
+
+    def project_into(self, frames, x_outs, z_outs):
+        """frames (B, H, W, s_max, C): the newest ``max(scales)`` frames' features, oldest first (a view) -> for
+        each scale s (index i) the newest pooled step (the mean of the last s frames) through branch i's
+        ``MambaBlock.project_into``, written into ``x_outs[i]`` (a list of (B, H, W, d_inner) tensors) and
+        ``z_outs[i]`` ((B, H, W, d_inner))."""
+        B, H, W, _, C = frames.shape
+        for i, (s, branch) in enumerate(zip(self.scales, self.branches)):
+            x = frames[:, :, :, -1] if s == 1 else frames[:, :, :, -s:].mean(3)          # (B, H, W, C)
+            flat = lambda t: t.reshape(B * H * W, t.shape[-1])  # noqa: E731  (views: uniform row strides)
+            branch[0].project_into(flat(x), [flat(o) for o in x_outs[i]], flat(z_outs[i]))
+
+    def forward(self, feats, run=None, proj=None):
+        """``run``: how the independent per-scale branches are executed (``serial`` when None). ``proj`` (only
+        where ``projectable``): per scale i a pair (x (B, H, W, T / s, d_inner), z (B, H, W, d_inner)) --
+        ``project_into``'s outputs for the window's pooled steps (x) and its newest one (z); the blocks then
+        start after in_proj (same result up to rounding)."""
         B, T, C, H, W = feats.shape
+        if proj is not None:
+            return self._forward_projected(feats, proj, run)
         mode = self._fusable(feats)
         if mode:
             return self._forward_fused(feats, run, mode)
@@ -177,6 +229,26 @@ class MultiTemporalMamba(nn.Module):
         summaries = (run or serial)([functools.partial(scale, s, b) for s, b in zip(self.scales, self.branches)])
         fused = seq[:, -1] + self.fuse(torch.cat(summaries, dim=-1))             # (B*H*W, C)
         return fused.reshape(B, H, W, C).permute(0, 3, 1, 2)
+
+    def _forward_projected(self, feats, proj, run):
+        B, T, C, H, W = feats.shape
+        if len(proj) != len(self.scales):
+            raise ValueError(f"proj must hold one (x, z) pair per temporal scale ({len(self.scales)}), got "
+                             f"{len(proj)}")
+        frames = feats.permute(0, 3, 4, 1, 2)                                  # (B, H, W, T, C), a view
+        rows = B * H * W
+        cat = torch.empty(rows, C * len(self.scales), device=feats.device, dtype=feats.dtype)
+
+        def scale(i, s, branch, x, z):
+            res = frames[:, :, :, -1] if s == 1 else frames[:, :, :, -s:].mean(3)   # the last pooled step
+            d = x.shape[-1]
+            branch[0].forward_projected(res.reshape(rows, C), x.reshape(rows, T // s, d), z.reshape(rows, d),
+                                        out=cat[:, i * C:(i + 1) * C])
+        (run or serial)([functools.partial(scale, i, s, b, *p)
+                         for i, (s, b, p) in enumerate(zip(self.scales, self.branches, proj))])
+        y = self.fuse(cat).view(B, H, W, C)
+        y += frames[:, :, :, -1]                     # the residual, in y's (B, H, W, C) layout as the other paths
+        return y.permute(0, 3, 1, 2)
 
     def _fusable(self, feats):
         """The fast path: "fused" (every branch one block that ``can_fuse``), "prep" (one block each that

@@ -201,6 +201,54 @@ def test_state_ring_windows_equal_the_rolled_state():
         StateRing(frames[0], 0)
 
 
+@pytest.mark.parametrize("scales", [(1, 2), (1, 2, 4)])
+def test_projection_rings_equal_projecting_every_step(scales):
+    """StateRing with the model: each frame's LayerNorm + in_proj of every level and scale is computed once, on
+    write; proj_window(n) holds exactly in_proj(norm(pooled window)) of the T / s pooled steps (x half) and the
+    newest one's gate; ring_forward with it equals ring_forward without it over three turns of the ring (every
+    phase), from the first frame on (zero history = the projection of zero rows) and after zero_."""
+    from m2s2l.engine.stream import StateRing
+    torch.manual_seed(0)
+    model = create_model("m2s2l_lite", image_size=32, in_channels=3, backend="torch", temporal_scales=scales).eval()
+    c, T = model.config, model.config.clip_len
+    g = torch.Generator().manual_seed(1)
+    frames = [(torch.rand(2, 3, 32, 32, generator=g) * 2 - 1) for _ in range(3 * (T + 1) + 2)]
+    step = StreamStep(model)
+    with torch.no_grad():
+        feats0 = model.encode_frames(frames[0])
+        plain, proj = StateRing(feats0, T), StateRing(feats0, T, model=model)
+        assert plain.proj_window(0) is None and proj.proj_window(0) is not None
+        for turn in range(2):
+            for n, f in enumerate(frames):
+                if n:  # (frame 0 has no previous frame; the history before it is zeros in both rings)
+                    ref = step.ring_forward(f, frames[n - 1], plain, n)
+                    got = step.ring_forward(f, frames[n - 1], proj, n)
+                    for a, b in zip(got, ref):
+                        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+                else:
+                    feats = model.encode_frames(f)
+                    plain.write(feats, n)
+                    proj.write(feats, n)
+                # what the rings hold: the projections of the pooled window after frame n
+                win, pw = proj.window(n + 1), proj.proj_window(n + 1)
+                for tm, w, lvl in zip(model.temporal, win, pw):
+                    B, _, C, H, W = w.shape
+                    rows = w.permute(0, 3, 4, 1, 2).reshape(B * H * W, T, C)
+                    for s, br, (x, z) in zip(tm.scales, tm.branches, lvl):
+                        pooled = rows.reshape(B * H * W, T // s, s, C).mean(2)
+                        xz = br[0].mixer.in_proj(br[0].norm(pooled))
+                        d = br[0].mixer.d_inner
+                        torch.testing.assert_close(x.reshape(B * H * W, T // s, d), xz[..., :d])
+                        torch.testing.assert_close(z.reshape(B * H * W, d), xz[:, -1, d:])
+            plain.zero_()
+            proj.zero_()
+    # deeper temporal branches see their own outputs, not the frames: no projection rings
+    deep = create_model("m2s2l_lite", image_size=32, backend="torch", temporal_depth=2).eval()
+    assert not deep.projectable() and StateRing(deep.encode_frames(frames[0][:, :3]), T, model=deep).xbufs is None
+    with pytest.raises(ValueError, match="one entry per pyramid level"):
+        model.forward_features([w for w in proj.window(3)], proj=proj.proj_window(3)[:1])
+
+
 @pytest.mark.skipif(not triton_available(), reason="needs triton")
 def test_ring_step_copies_only_the_new_frame(device):
     """What "no state copies" means, counted at the dispatcher: with the Triton kernels a ring step's copy_ writes
