@@ -142,13 +142,14 @@ def _ctx(device, amp, pure):
         yield
 
 
-def scorer_mode(model, device, batch, amp, graphs, branches):
+def scorer_mode(model, device, batch, amp, graphs, branches, error_maps=True):
     """``batch`` streams through ``m2s2l.engine.stream.StreamScorer.push_batch`` -- the product's path (``m2s2l
     score``): the step as the scorer runs it (its own CUDA graphs and autocast), the scores and error maps copied to
     the host and the alert logic every call. Frames are (batch, C, H, W) tensors already on the device."""
     from m2s2l.engine.stream import StreamScorer
     sc = StreamScorer(model, device=device, amp=amp, fuse_bn=False, cuda_graphs=graphs,
-                      branches=branches if graphs else None)   # (the model is already folded by main)
+                      branches=branches if graphs else None,   # (the model is already folded by main)
+                      error_maps=error_maps)
     x = model.example_inputs(batch)[0][:, -1].to(device)      # (batch, C, H, W)
     for _ in range(model.config.clip_len):
         sc.push_batch(x)
@@ -216,6 +217,8 @@ def main(argv=None):
                    "(A/B of Mamba.gate_last_only, default: the last step alone)")
     p.add_argument("--fused-score", action="store_true", help="the score's error maps and appearance MSE as one "
                    "m2s2l.ops.frame_errors kernel (m2s2l.models.scoring.fused_errors; default: the PyTorch ops)")
+    p.add_argument("--scorer-no-maps", action="store_true", help="scorer mode: StreamScorer(error_maps=False), "
+                   "as m2s2l score without --overlay (no device-to-host copy of the error maps)")
     p.add_argument("--no-proj-ring", action="store_true", help="no projection rings in the StateRing: the "
                    "temporal blocks' LayerNorm + in_proj run on every step of the window each frame (A/B of "
                    "StateRing.project; default: once a frame, cached)")
@@ -288,7 +291,7 @@ def main(argv=None):
            "conv_act": not (a.no_fuse_bn or a.no_conv_act),
            "dt_fold": not (a.no_fuse_bn or a.no_dt_fold), "cudnn_benchmark": a.cudnn_benchmark,
            "gate_last_only": not a.full_gate, "fused_score": a.fused_score, "prep_block": a.prep_block, "permuted_state": not a.contiguous_state,
-           "ring_state": not a.roll_state, "proj_ring": not a.no_proj_ring,
+           "ring_state": not a.roll_state, "proj_ring": not a.no_proj_ring, "scorer_maps": not a.scorer_no_maps,
            "mamba_layout": a.mamba_layout, "fused_block": a.fused_block, "backend": a.backend,
            "pure_torch": a.pure_torch,
            "image_size": model.config.image_size, "clip_len": model.config.clip_len,
@@ -298,7 +301,8 @@ def main(argv=None):
                                               a.channels_last, a.branches, not a.roll_state), 1),
             "batched": lambda: (stream_mode(model, device, a.streams, amp, a.compile, a.cuda_graphs, a.pure_torch,
                                                a.channels_last, a.branches, not a.roll_state), a.streams),
-            "scorer": lambda: (scorer_mode(model, device, a.streams, amp, a.cuda_graphs, a.branches), a.streams),
+            "scorer": lambda: (scorer_mode(model, device, a.streams, amp, a.cuda_graphs, a.branches,
+                                           not a.scorer_no_maps), a.streams),
             "flow": lambda: (flow_mode(model, a.threads), 1)}
     print(f"# {a.preset} on {name}, amp={amp}, compile={a.compile}, cuda_graphs={a.cuda_graphs}, "
           f"channels_last={a.channels_last}, branches={a.branches}, fuse_bn={not a.no_fuse_bn}, "

@@ -40,7 +40,8 @@ class StreamScorer:
     ``push(frame)``: frame = HxW / HxWx3 uint8 RGB numpy array of any size, or a (C, H, W) float tensor in
     [-1, 1] at the model's size. Returns None while the T-frame history fills, then a dict: "score" (raw),
     "appearance", "motion", "normalised" (z-score, NaN without calibration), "above", "alert" (hysteresis, module
-    docstring), "error_map" (H, W) numpy. ``push_batch(frames (B, C, H, W) in [-1, 1])`` scores B independent
+    docstring), "error_map" (H, W) numpy (not with ``error_maps=False``: no copy of the maps to the host).
+    ``push_batch(frames (B, C, H, W) in [-1, 1])`` scores B independent
     streams in lock-step and returns the same keys as (B,) arrays / (B, H, W).
 
     The scorer runs its own eval copy of ``model`` with BatchNorm folded into the convolutions (``fuse_bn=True``,
@@ -57,7 +58,7 @@ class StreamScorer:
     investigated), and it was no faster than either alone."""
 
     def __init__(self, model, calibration=None, device=None, hysteresis=3, threshold_z=None, amp=False,
-                 compile=False, flow_method="dis", fuse_bn=True, cuda_graphs=False, branches=None):
+                 compile=False, flow_method="dis", fuse_bn=True, cuda_graphs=False, branches=None, error_maps=True):
         if hysteresis < 1:
             raise ValueError(f"hysteresis must be >= 1 frame, got {hysteresis}")
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -83,6 +84,9 @@ class StreamScorer:
             self.threshold = (calibration["threshold"] if threshold_z is None
                               else calibration["mean"] + threshold_z * calibration["std"])
         self.hysteresis = int(hysteresis)
+        # error_maps=False: results without "error_map" -- its device-to-host copy (32 streams at 256 x 256: 8 MB a
+        # frame) skipped where nothing draws it (m2s2l score without --overlay)
+        self.error_maps = bool(error_maps)
         # flow models: the optical flow of each new frame from the previous one, on the same uint8 grey images
         # at the model's size as FrameStore.compute_flow (the checkpoint's train_args.flow_method)
         self._flow_pool, self._flow_method = None, flow_method
@@ -163,8 +167,10 @@ class StreamScorer:
             return None
         # two device->host copies per frame (the three scalars stacked, the error map), not four
         sam = torch.stack([r.float() for r in out[:3]]).cpu().numpy().astype(np.float64)
-        out = {"score": sam[0], "appearance": sam[1], "motion": sam[2],
-               "error_map": out[3][:, 0].float().cpu().numpy()}
+        maps = out[3]
+        out = {"score": sam[0], "appearance": sam[1], "motion": sam[2]}
+        if self.error_maps:
+            out["error_map"] = maps[:, 0].float().cpu().numpy()
         out.update(self._alerts(out["score"]))
         return out
 
@@ -294,7 +300,8 @@ def run_score(args):
     scorer = StreamScorer(model, cal, device, hysteresis=args.hysteresis, threshold_z=args.threshold_z,
                           amp=args.amp, compile=args.compile, cuda_graphs=args.cuda_graphs,
                           branches={"auto": None, "on": True, "off": False}[args.branches],
-                          flow_method=(ckpt.get("train_args") or {}).get("flow_method", "dis"))
+                          flow_method=(ckpt.get("train_args") or {}).get("flow_method", "dis"),
+                          error_maps=bool(args.overlay))  # (only the overlay draws the maps)
     os.makedirs(args.out, exist_ok=True)
     csv_path = os.path.join(args.out, "scores.csv")
     overlay = Overlay(os.path.join(args.out, "overlay.mp4"), src.fps) if args.overlay else None

@@ -71,6 +71,12 @@ def test_stream_equals_offline(channels):
     np.testing.assert_allclose(s, ref, rtol=0, atol=ATOL)
     assert got[-1]["error_map"].shape == (32, 32) and np.isnan(got[-1]["normalised"])
     assert len(scorer.state) == 4 and all(st.shape[1] == T for st in scorer.state)  # constant state size
+    assert scorer.ring.xbufs is not None  # (the torch backend: the projection rings are used)
+    # error_maps=False (m2s2l score without --overlay): the same results without the maps
+    lean = StreamScorer(model, error_maps=False)
+    res = [lean.push(f) for f in frames][T:]
+    assert all("error_map" not in r for r in res)
+    np.testing.assert_array_equal([r["score"] for r in res], s)
 
 
 def test_scorer_folds_batchnorm_in_its_own_copy():
