@@ -215,13 +215,15 @@ def main(argv=None):
                    "out_proj (m2s2l.models.temporal.set_prep)")
     p.add_argument("--full-gate", action="store_true", help="last-only Mamba calls compute the gate z for every step "
                    "(A/B of Mamba.gate_last_only, default: the last step alone)")
-    p.add_argument("--fused-score", action="store_true", help="the score's error maps and appearance MSE as one "
-                   "m2s2l.ops.frame_errors kernel (m2s2l.models.scoring.fused_errors; default: the PyTorch ops)")
+    p.add_argument("--fused-score", default=None, action=argparse.BooleanOptionalAction, help="the score's error "
+                   "maps and appearance MSE as one m2s2l.ops.frame_errors kernel, or (--no-fused-score) as the "
+                   "PyTorch ops (m2s2l.models.scoring.fused_errors; default: its own, on for CUDA tensors)")
     p.add_argument("--scorer-no-maps", action="store_true", help="scorer mode: StreamScorer(error_maps=False), "
                    "as m2s2l score without --overlay (no device-to-host copy of the error maps)")
-    p.add_argument("--no-proj-ring", action="store_true", help="no projection rings in the StateRing: the "
-                   "temporal blocks' LayerNorm + in_proj run on every step of the window each frame (A/B of "
-                   "StateRing.project; default: once a frame, cached)")
+    p.add_argument("--proj-ring", default="auto", choices=("auto", "on", "off"), help="the StateRing's projection "
+                   "rings (the temporal blocks' pooling, LayerNorm and in_proj once a frame, cached) always (on), "
+                   "never (off: every step of the window each frame), or StateRing.project's default (auto: on CPU, "
+                   "and on CUDA from StateRing.min_rows_cuda rows of the first level)")
     p.add_argument("--no-dt-fold", action="store_true", help="keep each Mamba mixer's dt_proj as its own GEMM "
                    "(A/B of Mamba.fold_dt_proj)")
     p.add_argument("--no-conv-act", action="store_true", help="keep each folded convolution's bias / residual / ReLU "
@@ -262,11 +264,10 @@ def main(argv=None):
                 m.backend = a.ln_backend
     if a.contiguous_state:
         StreamStep.permuted_state = False
-    if a.no_proj_ring:
-        StateRing.project = False
-    if a.fused_score:
+    StateRing.project = {"auto": None, "on": True, "off": False}[a.proj_ring]
+    if a.fused_score is not None:
         from m2s2l.models import scoring
-        scoring.fused_errors = True
+        scoring.fused_errors = a.fused_score
     if a.full_gate:
         from m2s2l.modules import Mamba
         Mamba.gate_last_only = False
@@ -291,7 +292,7 @@ def main(argv=None):
            "conv_act": not (a.no_fuse_bn or a.no_conv_act),
            "dt_fold": not (a.no_fuse_bn or a.no_dt_fold), "cudnn_benchmark": a.cudnn_benchmark,
            "gate_last_only": not a.full_gate, "fused_score": a.fused_score, "prep_block": a.prep_block, "permuted_state": not a.contiguous_state,
-           "ring_state": not a.roll_state, "proj_ring": not a.no_proj_ring, "scorer_maps": not a.scorer_no_maps,
+           "ring_state": not a.roll_state, "proj_ring": a.proj_ring, "scorer_maps": not a.scorer_no_maps,
            "mamba_layout": a.mamba_layout, "fused_block": a.fused_block, "backend": a.backend,
            "pure_torch": a.pure_torch,
            "image_size": model.config.image_size, "clip_len": model.config.clip_len,

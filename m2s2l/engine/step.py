@@ -109,7 +109,8 @@ class StateRing:
     computes them for the newest pooled step of each level and temporal scale, once a frame
     (``MultiTemporalMamba.project_into``), into rings of their own: the x half (B, H, W, 2M, d_inner) written
     twice as the features, the gate half (B, H, W, M, d_inner) once; ``proj_window(n)`` gives what
-    ``M2S2L.forward_features(..., proj=)`` reads instead of projecting all T / s steps of the window each frame.
+    ``M2S2L.forward_features(..., proj=)`` reads instead of projecting all T / s steps of the window each frame;
+    for scales s > 1 the pooled step itself too (B, H, W, M, C_l), the block's residual.
     Frames before the first are zero features, so the projection rings start as the projection of a zero row,
     computed at construction: construct the ring under the autocast setting the steps run with.
 
@@ -118,24 +119,35 @@ class StateRing:
     (B, T, C_l, H_l, W_l) view, oldest frame first (zeros for frames before the first). ``write(feats, n)``: store
     frame n (and its projections). ``proj_window(n)``: None without projection rings."""
 
-    project = True  # False: no projection rings (the model projects every step of the window; A/B switch)
+    # None (default): projection rings on CPU, and on CUDA from ``min_rows_cuda`` rows (batch x H_0 x W_0) of the
+    # first level up -- H100, m2s2l_paper: 32 streams (524288 rows) 3755 -> 3929 frames/s, but batch 1 (16384 rows,
+    # a latency-bound step: the extra small kernels of each write) 1428 -> 1237 (docs/BENCHMARKS.md, session 21).
+    # True / False: always / never (A/B switch; bench/fps.py --proj-ring).
+    project = None
+    min_rows_cuda = 131072
 
     def __init__(self, feats, clip_len, model=None):
         if clip_len < 1:
             raise ValueError(f"clip_len must be >= 1, got {clip_len}")
         self.T, self.M = int(clip_len), int(clip_len) + 1
         self.bufs = [f.new_zeros(f.shape[0], *f.shape[2:], 2 * self.M, f.shape[1]) for f in feats]
-        self.model, self.xbufs, self.zbufs, self._zero = None, None, None, None
+        self.model, self.xbufs, self.zbufs, self.pbufs, self._zero = None, None, None, None, None
         can = getattr(model, "projectable", None)  # (a model without it, e.g. a stand-in: no projection rings)
-        if self.project and callable(can) and can(self.window(0)):
+        if self._wants_proj() and callable(can) and can(self.window(0)):
             self._init_proj(model)
+
+    def _wants_proj(self):
+        if self.project is not None:
+            return bool(self.project)
+        b = self.bufs[0]
+        return b.device.type != "cuda" or b.shape[0] * b.shape[1] * b.shape[2] >= self.min_rows_cuda
 
     def _init_proj(self, model):
         self.model = model
         temporal = list(model.temporal)
         if len(temporal) != len(self.bufs):
             raise ValueError(f"model has {len(temporal)} pyramid levels, the features {len(self.bufs)}")
-        self.xbufs, self.zbufs, self._zero = [], [], []
+        self.xbufs, self.zbufs, self.pbufs, self._zero = [], [], [], []
         with torch.no_grad():
             for tm, b in zip(temporal, self.bufs):
                 B, H, W, _, C = b.shape
@@ -150,6 +162,8 @@ class StateRing:
                 self._zero.append([(x[0].view(-1), z.view(-1)) for x, z in zip(xo, zo)])
                 self.xbufs.append([b.new_empty(B, H, W, 2 * self.M, di, dtype=xo[0][0].dtype) for di in d])
                 self.zbufs.append([b.new_empty(B, H, W, self.M, di, dtype=xo[0][0].dtype) for di in d])
+                # scales s > 1: the pooled step (mean of the s newest frames) itself, once a frame: the residual
+                self.pbufs.append([None if s == 1 else b.new_zeros(B, H, W, self.M, C) for s in tm.scales])
         self._fill_proj()
 
     @staticmethod
@@ -160,10 +174,12 @@ class StateRing:
     def _fill_proj(self):
         if self.xbufs is None:
             return
-        for xs, zs, zero in zip(self.xbufs, self.zbufs, self._zero):
-            for x, z, (x0, z0) in zip(xs, zs, zero):
+        for xs, zs, ps, zero in zip(self.xbufs, self.zbufs, self.pbufs, self._zero):
+            for x, z, p, (x0, z0) in zip(xs, zs, ps, zero):
                 x.copy_(x0.expand_as(x))
                 z.copy_(z0.expand_as(z))
+                if p is not None:
+                    p.zero_()
 
     @property
     def batch(self):
@@ -186,12 +202,13 @@ class StateRing:
         projection rings."""
         if self.xbufs is None:
             return None
-        out = []
-        for tm, xs, zs in zip(self.model.temporal, self.xbufs, self.zbufs):
+        out, last = [], (n - 1) % self.M
+        for tm, b, xs, zs, ps in zip(self.model.temporal, self.bufs, self.xbufs, self.zbufs, self.pbufs):
             lvl = []
-            for s, x, z in zip(tm.scales, xs, zs):
+            for s, x, z, p in zip(tm.scales, xs, zs, ps):
                 a = (n - self.T + s - 1) % self.M
-                lvl.append((x[:, :, :, a:a + self.T - s + 1:s], z[:, :, :, (n - 1) % self.M]))
+                res = b[:, :, :, last] if p is None else p[:, :, :, last]       # the newest pooled step itself
+                lvl.append((x[:, :, :, a:a + self.T - s + 1:s], z[:, :, :, last], res))
             out.append(lvl)
         return out
 
@@ -203,11 +220,11 @@ class StateRing:
             b[:, :, :, j + self.M].copy_(v)
         if self.xbufs is None:
             return
-        for tm, b, xs, zs in zip(self.model.temporal, self.bufs, self.xbufs, self.zbufs):
+        for tm, b, xs, zs, ps in zip(self.model.temporal, self.bufs, self.xbufs, self.zbufs, self.pbufs):
             s_max = max(tm.scales)
             a = (n - s_max + 1) % self.M                       # frames n - s_max + 1 .. n: contiguous slots
             tm.project_into(b[:, :, :, a:a + s_max], [[x[:, :, :, j], x[:, :, :, j + self.M]] for x in xs],
-                            [z[:, :, :, j] for z in zs])
+                            [z[:, :, :, j] for z in zs], [None if p is None else p[:, :, :, j] for p in ps])
 
 
 class StreamStep(nn.Module):

@@ -48,15 +48,22 @@ def losses(cfg, pred, target, motion_target, decorrelation):
     return {"loss": loss, **{k: v.detach() for k, v in parts.items()}}
 
 
-# Opt-in (bench/fps.py --fused-score): the error maps and the appearance MSE as one ``m2s2l.ops.frame_errors`` pass
-# (the Triton kernel on CUDA) instead of ~15 PyTorch kernels; same values up to float32 summation order. Off by
-# default until timed on a GPU (written in session 20 with no device time left).
-fused_errors = False
+# The error maps and the appearance MSE as one ``m2s2l.ops.frame_errors`` pass (the Triton kernel) instead of ~15
+# PyTorch kernels; same values up to float32 summation order. None (default): on for CUDA tensors -- H100, m2s2l_paper,
+# 32 streams 3929 -> 4062 frames/s, batch 1 +3% (docs/BENCHMARKS.md, session 21) -- and off on CPU (the PyTorch ops
+# are the op's CPU path anyway). True / False force it (bench/fps.py --fused-score / --no-fused-score).
+fused_errors = None
+
+
+def _use_fused(x):
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return False
+    return x.is_cuda if fused_errors is None else bool(fused_errors)
 
 
 def score(cfg, pred, target, motion_target):
     """The score dict of ``M2S2L.score`` (see there for the formula)."""
-    if fused_errors and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+    if _use_fused(pred["appearance"]):
         from m2s2l.ops import frame_errors
         app_err, mot_err, mse = frame_errors(pred["appearance"], target, pred["motion"], motion_target)
         appearance = _neg_psnr_db(mse)

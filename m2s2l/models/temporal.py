@@ -196,22 +196,30 @@ class MultiTemporalMamba(nn.Module):
                                                       for b in self.branches)
         return bool(ok and (feats is None or self._fusable(feats) is None))
 
-    def project_into(self, frames, x_outs, z_outs):
+    def project_into(self, frames, x_outs, z_outs, pooled_outs=None):
         """frames (B, H, W, s_max, C): the newest ``max(scales)`` frames' features, oldest first (a view) -> for
-        each scale s (index i) the newest pooled step (the mean of the last s frames) through branch i's
+        each scale s (index i) the newest pooled step (the mean of the last s frames; also written into
+        ``pooled_outs[i]`` (B, H, W, C) where that is given and not None) through branch i's
         ``MambaBlock.project_into``, written into ``x_outs[i]`` (a list of (B, H, W, d_inner) tensors) and
         ``z_outs[i]`` ((B, H, W, d_inner))."""
         B, H, W, _, C = frames.shape
         for i, (s, branch) in enumerate(zip(self.scales, self.branches)):
-            x = frames[:, :, :, -1] if s == 1 else frames[:, :, :, -s:].mean(3)          # (B, H, W, C)
+            p = None if pooled_outs is None else pooled_outs[i]
+            if s == 1:
+                x = frames[:, :, :, -1]                                                   # (B, H, W, C)
+            elif p is None:
+                x = frames[:, :, :, -s:].mean(3)
+            else:
+                x = torch.mean(frames[:, :, :, -s:], 3, out=p)
             flat = lambda t: t.reshape(B * H * W, t.shape[-1])  # noqa: E731  (views: uniform row strides)
             branch[0].project_into(flat(x), [flat(o) for o in x_outs[i]], flat(z_outs[i]))
 
     def forward(self, feats, run=None, proj=None):
         """``run``: how the independent per-scale branches are executed (``serial`` when None). ``proj`` (only
         where ``projectable``): per scale i a pair (x (B, H, W, T / s, d_inner), z (B, H, W, d_inner)) --
-        ``project_into``'s outputs for the window's pooled steps (x) and its newest one (z); the blocks then
-        start after in_proj (same result up to rounding)."""
+        ``project_into``'s outputs for the window's pooled steps (x) and its newest one (z), optionally a third
+        entry: the newest pooled step itself (B, H, W, C) (else computed from ``feats``); the blocks then start
+        after in_proj (same result up to rounding)."""
         B, T, C, H, W = feats.shape
         if proj is not None:
             return self._forward_projected(feats, proj, run)
@@ -239,8 +247,9 @@ class MultiTemporalMamba(nn.Module):
         rows = B * H * W
         cat = torch.empty(rows, C * len(self.scales), device=feats.device, dtype=feats.dtype)
 
-        def scale(i, s, branch, x, z):
-            res = frames[:, :, :, -1] if s == 1 else frames[:, :, :, -s:].mean(3)   # the last pooled step
+        def scale(i, s, branch, x, z, res=None):
+            if res is None:  # the last pooled step
+                res = frames[:, :, :, -1] if s == 1 else frames[:, :, :, -s:].mean(3)
             d = x.shape[-1]
             branch[0].forward_projected(res.reshape(rows, C), x.reshape(rows, T // s, d), z.reshape(rows, d),
                                         out=cat[:, i * C:(i + 1) * C])

@@ -240,14 +240,20 @@ def test_projection_rings_equal_projecting_every_step(scales):
                 for tm, w, lvl in zip(model.temporal, win, pw):
                     B, _, C, H, W = w.shape
                     rows = w.permute(0, 3, 4, 1, 2).reshape(B * H * W, T, C)
-                    for s, br, (x, z) in zip(tm.scales, tm.branches, lvl):
+                    for s, br, (x, z, res) in zip(tm.scales, tm.branches, lvl):
                         pooled = rows.reshape(B * H * W, T // s, s, C).mean(2)
+                        torch.testing.assert_close(res.reshape(B * H * W, C), pooled[:, -1])
                         xz = br[0].mixer.in_proj(br[0].norm(pooled))
                         d = br[0].mixer.d_inner
                         torch.testing.assert_close(x.reshape(B * H * W, T // s, d), xz[..., :d])
                         torch.testing.assert_close(z.reshape(B * H * W, d), xz[:, -1, d:])
             plain.zero_()
             proj.zero_()
+    # StateRing.project: None = by device and size (always on CPU), False = never, True = always
+    for flag, want in ((None, True), (False, False), (True, True)):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(StateRing, "project", flag)
+            assert (StateRing(feats0, T, model=model).proj_window(T) is not None) == want
     # deeper temporal branches see their own outputs, not the frames: no projection rings
     deep = create_model("m2s2l_lite", image_size=32, backend="torch", temporal_depth=2).eval()
     assert not deep.projectable() and StateRing(deep.encode_frames(frames[0][:, :3]), T, model=deep).xbufs is None
