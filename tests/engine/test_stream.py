@@ -302,6 +302,31 @@ def test_ring_step_copies_only_the_new_frame(device):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("amp", [False, True])
+def test_projection_rings_on_cuda_equal_the_plain_ring_gpu(amp, monkeypatch):
+    """On CUDA (Triton kernels, CUDA graphs with branches): scores with the projection rings forced on equal those
+    with them off, and the eager offline scores (fp32), over every ring phase and 3 streams in one batch."""
+    from m2s2l.engine.stream import StateRing
+    model = tiny(3).cuda().set_backend("auto")
+    frames = moving_frames(11)
+    T = model.config.clip_len
+    res = {}
+    for flag in (False, True):
+        monkeypatch.setattr(StateRing, "project", flag)
+        sc = StreamScorer(model, device="cuda", amp=amp, cuda_graphs=True, branches=True)
+        x = torch.stack([sc.preprocess(f) for f in frames])
+        batch = torch.stack([x, x.flip(0), x.roll(3, 0)], 1)                   # (N, 3, C, H, W)
+        res[flag] = np.stack([r["score"] for r in [sc.push_batch(b) for b in batch][T:]])
+        assert (sc.ring.xbufs is not None) == flag
+    tol = 1e-4 if not amp else 2e-2
+    np.testing.assert_allclose(res[True], res[False], rtol=0, atol=tol)
+    if not amp:
+        from m2s2l.data.frames import to_model_frame
+        u8 = np.stack([to_model_frame(f, 32, 3) for f in frames])
+        np.testing.assert_allclose(res[True][:, 0], offline_scores(model.cpu(), u8), rtol=0, atol=ATOL)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("amp,branches", [(False, False), (True, False), (False, True), (True, True)])
 def test_cuda_graph_stream_equals_eager_stream_gpu(amp, branches):
     """The replayed graphs (with ``branches``: parallel CUDA streams inside them) score exactly what the eager step
