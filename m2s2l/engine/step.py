@@ -119,10 +119,11 @@ class StateRing:
     (B, T, C_l, H_l, W_l) view, oldest frame first (zeros for frames before the first). ``write(feats, n)``: store
     frame n (and its projections). ``proj_window(n)``: None without projection rings."""
 
-    # None (default): projection rings on CPU, and on CUDA from ``min_rows_cuda`` rows (batch x H_0 x W_0) of the
-    # first level up -- H100, m2s2l_paper: 32 streams (524288 rows) 3755 -> 3929 frames/s, but batch 1 (16384 rows,
-    # a latency-bound step: the extra small kernels of each write) 1428 -> 1237 (docs/BENCHMARKS.md, session 21).
-    # True / False: always / never (A/B switch; bench/fps.py --proj-ring).
+    # None (default): projection rings on CUDA from ``min_rows_cuda`` rows (batch x H_0 x W_0) of the first level up
+    # -- H100, m2s2l_paper: 32 streams (524288 rows) 3755 -> 3929 frames/s, but batch 1 (16384 rows, a latency-bound
+    # step: the extra small kernels of each write) 1428 -> 1237 (docs/BENCHMARKS.md, session 21) -- and not on CPU
+    # (m2s2l_lite, batch 1, 2 threads: 35.1 vs 35.5 frames/s, within the noise). True / False: always / never (A/B
+    # switch; bench/fps.py --proj-ring).
     project = None
     min_rows_cuda = 131072
 
@@ -140,7 +141,7 @@ class StateRing:
         if self.project is not None:
             return bool(self.project)
         b = self.bufs[0]
-        return b.device.type != "cuda" or b.shape[0] * b.shape[1] * b.shape[2] >= self.min_rows_cuda
+        return b.device.type == "cuda" and b.shape[0] * b.shape[1] * b.shape[2] >= self.min_rows_cuda
 
     def _init_proj(self, model):
         self.model = model

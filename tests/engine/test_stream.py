@@ -71,7 +71,6 @@ def test_stream_equals_offline(channels):
     np.testing.assert_allclose(s, ref, rtol=0, atol=ATOL)
     assert got[-1]["error_map"].shape == (32, 32) and np.isnan(got[-1]["normalised"])
     assert len(scorer.state) == 4 and all(st.shape[1] == T for st in scorer.state)  # constant state size
-    assert scorer.ring.xbufs is not None  # (the torch backend: the projection rings are used)
     # error_maps=False (m2s2l score without --overlay): the same results without the maps
     lean = StreamScorer(model, error_maps=False)
     res = [lean.push(f) for f in frames][T:]
@@ -208,7 +207,7 @@ def test_state_ring_windows_equal_the_rolled_state():
 
 
 @pytest.mark.parametrize("scales", [(1, 2), (1, 2, 4)])
-def test_projection_rings_equal_projecting_every_step(scales):
+def test_projection_rings_equal_projecting_every_step(scales, monkeypatch):
     """StateRing with the model: each frame's LayerNorm + in_proj of every level and scale is computed once, on
     write; proj_window(n) holds exactly in_proj(norm(pooled window)) of the T / s pooled steps (x half) and the
     newest one's gate; ring_forward with it equals ring_forward without it over three turns of the ring (every
@@ -220,6 +219,7 @@ def test_projection_rings_equal_projecting_every_step(scales):
     g = torch.Generator().manual_seed(1)
     frames = [(torch.rand(2, 3, 32, 32, generator=g) * 2 - 1) for _ in range(3 * (T + 1) + 2)]
     step = StreamStep(model)
+    monkeypatch.setattr(StateRing, "project", True)  # (the default leaves them off on CPU)
     with torch.no_grad():
         feats0 = model.encode_frames(frames[0])
         plain, proj = StateRing(feats0, T), StateRing(feats0, T, model=model)
@@ -249,11 +249,22 @@ def test_projection_rings_equal_projecting_every_step(scales):
                         torch.testing.assert_close(z.reshape(B * H * W, d), xz[:, -1, d:])
             plain.zero_()
             proj.zero_()
-    # StateRing.project: None = by device and size (always on CPU), False = never, True = always
-    for flag, want in ((None, True), (False, False), (True, True)):
+    # StateRing.project: None = by device and size (never on CPU), False = never, True = always
+    for flag, want in ((None, False), (False, False), (True, True)):
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(StateRing, "project", flag)
             assert (StateRing(feats0, T, model=model).proj_window(T) is not None) == want
+    # StreamScorer with them (CPU) scores as without
+    monkeypatch.setattr(StateRing, "project", False)
+    plain_sc = StreamScorer(model)
+    ref = [plain_sc.push_batch(f) for f in frames][T:]
+    assert plain_sc.ring.xbufs is None
+    monkeypatch.setattr(StateRing, "project", True)
+    proj_sc = StreamScorer(model)
+    got = [proj_sc.push_batch(f) for f in frames][T:]
+    assert proj_sc.ring.xbufs is not None
+    np.testing.assert_allclose(np.stack([r["score"] for r in got]), np.stack([r["score"] for r in ref]), rtol=0,
+                               atol=ATOL)
     # deeper temporal branches see their own outputs, not the frames: no projection rings
     deep = create_model("m2s2l_lite", image_size=32, backend="torch", temporal_depth=2).eval()
     assert not deep.projectable() and StateRing(deep.encode_frames(frames[0][:, :3]), T, model=deep).xbufs is None
