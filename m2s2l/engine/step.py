@@ -70,7 +70,8 @@ def capture_graph(fn, warmups=2, pool=None, device=None):
     when it ends and are then handed to other tensors; the casts are in the graph instead, one a use (1.5x slower
     at 32 streams, docs/BENCHMARKS.md session 20). Outside any region the cache is left as it is: an ``fn`` that
     enters autocast itself keeps the cache for the duration of the call, so its casts are made once a call inside
-    the graph, in the graph's memory -- how ``StreamScorer`` and ``bench/fps.py`` capture. ``device``: the CUDA device (default the current one)."""
+    the graph, in the graph's memory -- how ``StreamScorer`` and ``bench/fps.py`` capture. ``device``: the CUDA
+    device (default the current one)."""
     cache = torch.is_autocast_cache_enabled()
     if torch.is_autocast_enabled("cuda") or torch.is_autocast_enabled("cpu"):
         torch.set_autocast_cache_enabled(False)
