@@ -7,11 +7,12 @@ on every call: ~44 small kernels a step of m2s2l_paper, several of them at the h
 ``autocast_param(owner, name, t)`` returns ``t`` cast to the current autocast dtype from a cache on ``owner``
 (refreshed when ``t`` changes in place or moves: its version counter and data pointer are checked), and ``t`` itself
 outside autocast, where gradients flow into it, or while tracing / compiling. Same values as autocast's cast (one
-rounding of ``t``). Module attribute ``enabled`` turns it off (A/B).
+rounding of ``t``). Module attribute ``enabled``: off by default until timed on a GPU (written in session 21 after
+its last device call; CPU-tested only); ``bench/fps.py --cast-cache`` turns it on for an A/B.
 """
 import torch
 
-enabled = True
+enabled = False
 
 
 def autocast_param(owner, name, t):
