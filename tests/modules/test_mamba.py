@@ -486,3 +486,23 @@ def test_autocast_param_cache_same_values_fewer_casts_and_refreshed_on_change(mo
         assert autocast_cache.autocast_param(m, "in_proj.weight", w) is w      # gradients flow into it
         with torch.no_grad():
             assert autocast_cache.autocast_param(m, "in_proj.weight", w).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("layout", ["channel", "time"])
+def test_forward_projected_equals_last_only_forward(layout):
+    """Mamba.forward_projected(x, z) from in_proj's output of h (x half, strided: a view of a wider buffer; the last
+    step's gate) equals forward(h, last_only=True); bad shapes are one clear error naming the argument."""
+    torch.manual_seed(0)
+    m = Mamba(12, d_state=5, backend="torch", layout=layout, bias=True).eval()
+    h = torch.randn(3, 6, 12)
+    with torch.no_grad():
+        ref = m(h, last_only=True)[:, 0]
+        xz = m.in_proj(h)                                                           # (3, 6, 2 * d_inner)
+        wide = torch.zeros(3, 6, 40)
+        wide[..., 3:3 + m.d_inner] = xz[..., :m.d_inner]
+        got = m.forward_projected(wide[..., 3:3 + m.d_inner], xz[:, -1, m.d_inner:])
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="x must be"):
+        m.forward_projected(xz, xz[:, -1, m.d_inner:])
+    with pytest.raises(ValueError, match="z must be"):
+        m.forward_projected(xz[..., :m.d_inner], xz[:2, -1, m.d_inner:])
