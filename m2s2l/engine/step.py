@@ -198,10 +198,10 @@ class StateRing:
         return [b[:, :, :, s:s + self.T].permute(0, 3, 4, 1, 2) for b in self.bufs]
 
     def proj_window(self, n):
-        """The projections of the window after n frames: per level, per temporal scale s a pair (x (B, H, W, T / s,
-        d_inner) views of the pooled steps ending at frames n - 1 - T + s, ..., n - 1 (every s-th), z (B, H, W,
-        d_inner) of the one ending at frame n - 1): ``M2S2L.forward_features``'s ``proj``. None without
-        projection rings."""
+        """The projections of the window after n frames: per level, per temporal scale s a triple (x (B, H, W,
+        T / s, d_inner) views of the pooled steps ending at frames n - 1 - T + s, ..., n - 1 (every s-th), z (B, H,
+        W, d_inner) of the one ending at frame n - 1, and that pooled step itself (B, H, W, C_l), the block's
+        residual): ``M2S2L.forward_features``'s ``proj``. None without projection rings."""
         if self.xbufs is None:
             return None
         out, last = [], (n - 1) % self.M
