@@ -247,7 +247,7 @@ class MultiTemporalMamba(nn.Module):
     def _forward_projected(self, feats, proj, run):
         B, T, C, H, W = feats.shape
         if len(proj) != len(self.scales):
-            raise ValueError(f"proj must hold one (x, z) pair per temporal scale ({len(self.scales)}), got "
+            raise ValueError(f"proj must hold one (x, z[, res]) entry per temporal scale ({len(self.scales)}), got "
                              f"{len(proj)}")
         frames = feats.permute(0, 3, 4, 1, 2)                                  # (B, H, W, T, C), a view
         rows = B * H * W
