@@ -92,8 +92,8 @@ class M2S2L(nn.Module):
     def projectable(self, feats=None):
         """Whether ``forward_features(..., proj=)`` may run (every level's ``MultiTemporalMamba.projectable``;
         given ``feats`` as ``forward_features``', also whether it pays there)."""
-        return all(t.projectable(None if feats is None else f)
-                   for t, f in zip(self.temporal, feats if feats is not None else [None] * len(self.temporal)))
+        feats = [None] * len(self.temporal) if feats is None else feats
+        return all(t.projectable(f) for t, f in zip(self.temporal, feats))
 
     def forward_features(self, feats, run=None, proj=None):
         """feats: per level (B, T, C_l, H_l, W_l) -- stacked ``encode_frames`` of the clip's T frames.
@@ -131,7 +131,7 @@ class M2S2L(nn.Module):
             raise ValueError(f"proj must hold one entry per pyramid level ({len(shapes)}), got {len(proj)}")
 
         def level(l):  # temporal encoders (+ the spatial BiMamba at the coarsest level), then the decomposition
-            fused = self.temporal[l](feats[l], run=run) if proj is None else self.temporal[l](feats[l], run, proj[l])
+            fused = self.temporal[l](feats[l], run=run, proj=None if proj is None else proj[l])
             return self.decompose[l](self.spatial(fused) if l == last else fused)
         parts = run([functools.partial(level, l) for l in range(last + 1)])
         app, mot = [p[0] for p in parts], [p[1] for p in parts]

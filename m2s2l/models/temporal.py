@@ -209,6 +209,7 @@ class MultiTemporalMamba(nn.Module):
         ``MambaBlock.project_into``, written into ``x_outs[i]`` (a list of (B, H, W, d_inner) tensors) and
         ``z_outs[i]`` ((B, H, W, d_inner))."""
         B, H, W, _, C = frames.shape
+        flat = lambda t: t.reshape(B * H * W, t.shape[-1])  # noqa: E731  (views: uniform row strides)
         for i, (s, branch) in enumerate(zip(self.scales, self.branches)):
             p = None if pooled_outs is None else pooled_outs[i]
             if s == 1:
@@ -217,15 +218,14 @@ class MultiTemporalMamba(nn.Module):
                 x = frames[:, :, :, -s:].mean(3)
             else:
                 x = torch.mean(frames[:, :, :, -s:], 3, out=p)
-            flat = lambda t: t.reshape(B * H * W, t.shape[-1])  # noqa: E731  (views: uniform row strides)
             branch[0].project_into(flat(x), [flat(o) for o in x_outs[i]], flat(z_outs[i]))
 
     def forward(self, feats, run=None, proj=None):
         """``run``: how the independent per-scale branches are executed (``serial`` when None). ``proj`` (only
-        where ``projectable``): per scale i a pair (x (B, H, W, T / s, d_inner), z (B, H, W, d_inner)) --
-        ``project_into``'s outputs for the window's pooled steps (x) and its newest one (z), optionally a third
-        entry: the newest pooled step itself (B, H, W, C) (else computed from ``feats``); the blocks then start
-        after in_proj (same result up to rounding)."""
+        where ``projectable``): per scale i a triple (x (B, H, W, T / s, d_inner), z (B, H, W, d_inner), res
+        (B, H, W, C)) -- ``project_into``'s outputs for the window's pooled steps (x) and its newest one (z), and
+        that newest pooled step itself (the block's residual), as ``StateRing.proj_window`` gives them; the blocks
+        then start after in_proj (same result up to rounding)."""
         B, T, C, H, W = feats.shape
         if proj is not None:
             return self._forward_projected(feats, proj, run)
@@ -247,15 +247,13 @@ class MultiTemporalMamba(nn.Module):
     def _forward_projected(self, feats, proj, run):
         B, T, C, H, W = feats.shape
         if len(proj) != len(self.scales):
-            raise ValueError(f"proj must hold one (x, z[, res]) entry per temporal scale ({len(self.scales)}), got "
+            raise ValueError(f"proj must hold one (x, z, res) entry per temporal scale ({len(self.scales)}), got "
                              f"{len(proj)}")
         frames = feats.permute(0, 3, 4, 1, 2)                                  # (B, H, W, T, C), a view
         rows = B * H * W
         cat = torch.empty(rows, C * len(self.scales), device=feats.device, dtype=feats.dtype)
 
-        def scale(i, s, branch, x, z, res=None):
-            if res is None:  # the last pooled step
-                res = frames[:, :, :, -1] if s == 1 else frames[:, :, :, -s:].mean(3)
+        def scale(i, s, branch, x, z, res):
             d = x.shape[-1]
             branch[0].forward_projected(res.reshape(rows, C), x.reshape(rows, T // s, d), z.reshape(rows, d),
                                         out=cat[:, i * C:(i + 1) * C])
