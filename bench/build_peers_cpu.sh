@@ -9,7 +9,10 @@
 # Session 12 (2026-12-07): built here, loaded and timed on an H100 box (docs/BENCHMARKS.md).
 set -euo pipefail
 PEERS=$(cd "${1:-../shared/peers}" && pwd)
-PY=${2:-$(command -v python3.12 || echo /root/.pyenv/versions/3.12.1/bin/python)}
+PY=${2:-}
+if [ -z "$PY" ]; then  # a pyenv shim may exist without a selected 3.12: try it, else pyenv's own install
+  if python3.12 --version >/dev/null 2>&1; then PY=python3.12; else PY=$(ls -d /root/.pyenv/versions/3.12*/bin/python | tail -1); fi
+fi
 VENV=${PEERS_VENV:-/tmp/m2s2l_peers_py312}
 SITE=${PEERS_BUILD_SITE:-/tmp/m2s2l_peers_build}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
