@@ -220,9 +220,6 @@ def main(argv=None):
                    "PyTorch ops (m2s2l.models.scoring.fused_errors; default: its own, on for CUDA tensors)")
     p.add_argument("--scorer-no-maps", action="store_true", help="scorer mode: StreamScorer(error_maps=False), "
                    "as m2s2l score without --overlay (no device-to-host copy of the error maps)")
-    p.add_argument("--cast-cache", action="store_true", help="the temporal blocks' GEMM weights cast to the autocast "
-                   "dtype once a weight version (m2s2l.modules.autocast_cache, opt-in until timed; default: autocast "
-                   "casts them at every use)")
     p.add_argument("--proj-ring", default="auto", choices=("auto", "on", "off"), help="the StateRing's projection "
                    "rings (the temporal blocks' pooling, LayerNorm and in_proj once a frame, cached) always (on), "
                    "never (off: every step of the window each frame), or StateRing.project's default (auto: on CPU, "
@@ -268,9 +265,6 @@ def main(argv=None):
     if a.contiguous_state:
         StreamStep.permuted_state = False
     StateRing.project = {"auto": None, "on": True, "off": False}[a.proj_ring]
-    if a.cast_cache:
-        from m2s2l.modules import autocast_cache
-        autocast_cache.enabled = True
     if a.fused_score is not None:
         from m2s2l.models import scoring
         scoring.fused_errors = a.fused_score
@@ -298,7 +292,7 @@ def main(argv=None):
            "conv_act": not (a.no_fuse_bn or a.no_conv_act),
            "dt_fold": not (a.no_fuse_bn or a.no_dt_fold), "cudnn_benchmark": a.cudnn_benchmark,
            "gate_last_only": not a.full_gate, "fused_score": a.fused_score, "prep_block": a.prep_block, "permuted_state": not a.contiguous_state,
-           "ring_state": not a.roll_state, "proj_ring": a.proj_ring, "cast_cache": a.cast_cache, "scorer_maps": not a.scorer_no_maps,
+           "ring_state": not a.roll_state, "proj_ring": a.proj_ring, "scorer_maps": not a.scorer_no_maps,
            "mamba_layout": a.mamba_layout, "fused_block": a.fused_block, "backend": a.backend,
            "pure_torch": a.pure_torch,
            "image_size": model.config.image_size, "clip_len": model.config.clip_len,

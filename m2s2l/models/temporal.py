@@ -4,11 +4,9 @@ import os
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from m2s2l import ops
 from m2s2l.modules import BiMamba, LayerNorm, Mamba
-from m2s2l.modules.autocast_cache import autocast_param
 from m2s2l.ops._backend import needs_grad, resolve_backend
 from m2s2l.ops.mamba_block import eligible
 
@@ -135,7 +133,7 @@ class MambaBlock(nn.Module):
         m = self.mixer
         dt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
         h = self.norm(x, out_dtype=dt)
-        w, b, d = m._cast("in_proj.weight").to(h.dtype), m._cast("in_proj.bias"), m.d_inner
+        w, b, d = m.in_proj.weight.to(h.dtype), m.in_proj.bias, m.d_inner
         # (GEMMs with out=: straight into the ring's strided slots; out= ops are not autocast, hence the cast)
         for o, rows in [(o, slice(0, d)) for o in x_outs] + [(z_out, slice(d, 2 * d))]:
             if b is None:
@@ -185,10 +183,6 @@ class MultiTemporalMamba(nn.Module):
             for _ in self.scales)
         self.fuse = nn.Linear(dim * len(self.scales), dim)
         self.last_only = True  # False: every block on every step (same result up to rounding; FLOP counts)
-
-    def _fuse(self, x):
-        return F.linear(x, autocast_param(self, "fuse.weight", self.fuse.weight),
-                        autocast_param(self, "fuse.bias", self.fuse.bias))
 
     def projectable(self, feats=None):
         """Whether ``forward(feats, proj=)`` may run: every branch one block with a ``Mamba`` mixer, last-only.
@@ -241,7 +235,7 @@ class MultiTemporalMamba(nn.Module):
                 x = block(x, last_only=last_only and i == len(branch) - 1)  # last block: (B*H*W, 1, C)
             return x[:, -1]                                                # (B*H*W, C)
         summaries = (run or serial)([functools.partial(scale, s, b) for s, b in zip(self.scales, self.branches)])
-        fused = seq[:, -1] + self._fuse(torch.cat(summaries, dim=-1))             # (B*H*W, C)
+        fused = seq[:, -1] + self.fuse(torch.cat(summaries, dim=-1))             # (B*H*W, C)
         return fused.reshape(B, H, W, C).permute(0, 3, 1, 2)
 
     def _forward_projected(self, feats, proj, run):
@@ -259,7 +253,7 @@ class MultiTemporalMamba(nn.Module):
                                         out=cat[:, i * C:(i + 1) * C])
         (run or serial)([functools.partial(scale, i, s, b, *p)
                          for i, (s, b, p) in enumerate(zip(self.scales, self.branches, proj))])
-        y = self._fuse(cat).view(B, H, W, C)
+        y = self.fuse(cat).view(B, H, W, C)
         y += frames[:, :, :, -1]                     # the residual, in y's (B, H, W, C) layout as the other paths
         return y.permute(0, 3, 1, 2)
 
@@ -287,7 +281,7 @@ class MultiTemporalMamba(nn.Module):
             return last(x, pool=s, out=cat[:, i * C:(i + 1) * C].view(B, H * W, C))
         (run or serial)([functools.partial(scale, i, s, b) for i, (s, b) in enumerate(zip(self.scales,
                                                                                            self.branches))])
-        y = self._fuse(cat).view(B, H, W, C)
+        y = self.fuse(cat).view(B, H, W, C)
         y += feats[:, -1].permute(0, 2, 3, 1)       # the residual, in y's (B, H, W, C) layout as the unfused path
         return y.permute(0, 3, 1, 2)
 

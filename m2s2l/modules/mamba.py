@@ -16,8 +16,6 @@ import torch.nn.functional as F
 from m2s2l import ops
 from m2s2l.ops._backend import BACKENDS, needs_grad, resolve_backend
 
-from .autocast_cache import autocast_param
-
 
 def check_hidden(name, x, d_model, seqlen=None):
     """Raise a clear error unless ``x`` is a floating (batch, seqlen, d_model) tensor."""
@@ -149,16 +147,7 @@ class Mamba(nn.Module):
         x = self._conv(x, self.conv1d.weight[:, 0], self.conv1d.bias, conv_state)
         delta, B, C = self._x_dt_proj(x, self.x_proj.weight, self.dt_proj.weight, chan)
         y = self._scan(x, delta, self.A_log, B, C, self.D, z, self.dt_proj.bias, ssm_state, last_only)
-        return self._out_proj(y.transpose(1, 2))
-
-    def _cast(self, name):
-        """Parameter ``name`` (e.g. "in_proj.weight") as GEMMs under autocast read it, cast once a version
-        (``m2s2l.modules.autocast_cache``)."""
-        mod, attr = name.split(".")
-        return autocast_param(self, name, getattr(getattr(self, mod), attr))
-
-    def _out_proj(self, y):
-        return F.linear(y, self._cast("out_proj.weight"), self._cast("out_proj.bias"))
+        return self.out_proj(y.transpose(1, 2))
 
     def forward_projected(self, x, z):
         """The last step's output of ``forward(h, last_only=True)`` from in_proj's output instead of h:
@@ -176,7 +165,7 @@ class Mamba(nn.Module):
         delta, B, C = self._x_dt_proj(x, self.x_proj.weight, self.dt_proj.weight, chan)
         y = self._scan(x, delta, self.A_log, B, C, self.D, z[:, :, None].expand(-1, -1, seqlen),
                        self.dt_proj.bias, None, last_only=True)                   # (batch, d_inner, 1)
-        return self._out_proj(y[:, :, 0])
+        return self.out_proj(y[:, :, 0])
 
     def _channel_layout(self, seqlen, device):
         """Whether this call runs in the "channel" layout (``LAYOUTS``)."""
@@ -204,7 +193,7 @@ class Mamba(nn.Module):
         gate z only for the last step -- the only step whose output is formed, so the only z the scan reads -- seen
         as (batch, d_inner, seqlen) with a zero time stride (the earlier steps' z would be discarded: their outputs
         are not formed, and their gradients are zero). Saves writing and reading (seqlen - 1) / seqlen of z."""
-        w, b = self._cast("in_proj.weight"), self._cast("in_proj.bias")
+        w, b = self.in_proj.weight, self.in_proj.bias
         d = self.d_inner
         x = F.linear(h, w[:d], None if b is None else b[:d]).transpose(1, 2)
         # h[:, -1] is 2-D (a GEMM with a row stride); h[:, -1:] would be a 3-D strided input that F.linear sends
@@ -266,8 +255,7 @@ class Mamba(nn.Module):
         batch, _, seqlen = x.shape
         w = self._folded(x, channel)
         head = self.d_inner if w is not None else self.dt_rank  # the first columns: delta itself, or dt (rank R)
-        x_dbl = F.linear(x.transpose(1, 2).reshape(batch * seqlen, -1),
-                         autocast_param(self, "x_proj" if w is None else "xdt", x_proj_w if w is None else w))
+        x_dbl = F.linear(x.transpose(1, 2).reshape(batch * seqlen, -1), x_proj_w if w is None else w)
         dt, B, C = torch.split(x_dbl, [head, self.d_state, self.d_state], dim=-1)  # (batch*seqlen, head + 2N)
         B = B.view(batch, seqlen, 1, self.d_state).permute(0, 2, 3, 1)
         C = C.view(batch, seqlen, 1, self.d_state).permute(0, 2, 3, 1)
