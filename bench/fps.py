@@ -226,6 +226,9 @@ def main(argv=None):
                    "and on CUDA from StateRing.min_rows_cuda rows of the first level)")
     p.add_argument("--no-dt-fold", action="store_true", help="keep each Mamba mixer's dt_proj as its own GEMM "
                    "(A/B of Mamba.fold_dt_proj)")
+    p.add_argument("--out-fold", action="store_true", help="fold the temporal encoders' out_proj and residuals into "
+                   "their fuse layer (m2s2l.models.fuse.fold_out_projs; the projected streaming path: GEMMs "
+                   "accumulating in place instead of strided adds; opt-in until timed)")
     p.add_argument("--no-conv-act", action="store_true", help="keep each folded convolution's bias / residual / ReLU "
                    "as separate kernels (default: one cuDNN call each, m2s2l.models.fuse.ConvAct)")
     p.add_argument("--no-fuse-bn", action="store_true", help="keep the BatchNorm kernels (default: fold them into "
@@ -253,7 +256,8 @@ def main(argv=None):
         kw[k] = int(v) if v.lstrip("-").isdigit() else v
     model = create_model(a.preset, **kw).to(device).eval()
     if not a.no_fuse_bn:
-        model = fused_for_inference(model, conv_act=not a.no_conv_act, dt_fold=not a.no_dt_fold)
+        model = fused_for_inference(model, conv_act=not a.no_conv_act, dt_fold=not a.no_dt_fold,
+                                    out_fold=a.out_fold)
     if a.channels_last:
         model = model.to(memory_format=torch.channels_last)
     apply_backend(model, a.backend, device)
@@ -292,7 +296,7 @@ def main(argv=None):
            "conv_act": not (a.no_fuse_bn or a.no_conv_act),
            "dt_fold": not (a.no_fuse_bn or a.no_dt_fold), "cudnn_benchmark": a.cudnn_benchmark,
            "gate_last_only": not a.full_gate, "fused_score": a.fused_score, "prep_block": a.prep_block, "permuted_state": not a.contiguous_state,
-           "ring_state": not a.roll_state, "proj_ring": a.proj_ring, "scorer_maps": not a.scorer_no_maps,
+           "ring_state": not a.roll_state, "proj_ring": a.proj_ring, "out_fold": a.out_fold, "scorer_maps": not a.scorer_no_maps,
            "mamba_layout": a.mamba_layout, "fused_block": a.fused_block, "backend": a.backend,
            "pure_torch": a.pure_torch,
            "image_size": model.config.image_size, "clip_len": model.config.clip_len,

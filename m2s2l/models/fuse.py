@@ -183,14 +183,30 @@ def fold_dt_projs(model, enable=True):
     return n
 
 
-def fused_for_inference(model, conv_act=True, dt_fold=True):
+def fold_out_projs(model, enable=True):
+    """``MultiTemporalMamba.fold_out_proj(enable)`` on every temporal encoder of ``model`` (the branches' out_proj
+    and the residuals folded into ``fuse`` for the projected streaming path). Returns the number of encoders folded
+    (those that are ``projectable``)."""
+    from m2s2l.models.temporal import MultiTemporalMamba
+    n = 0
+    for mod in model.modules():
+        if isinstance(mod, MultiTemporalMamba):
+            n += getattr(mod.fold_out_proj(enable), "_out_fold", None) is not None
+    return n
+
+
+def fused_for_inference(model, conv_act=True, dt_fold=True, out_fold=False):
     """An eval-mode copy of ``model`` with its Conv2d -> BatchNorm2d pairs folded, (``conv_act``) the folded
-    convolutions' ReLUs and residual blocks fused (``fuse_conv_act``) and (``dt_fold``) each Mamba mixer's dt_proj
-    folded into its x_proj (``fold_dt_projs``); ``model`` is left untouched."""
+    convolutions' ReLUs and residual blocks fused (``fuse_conv_act``), (``dt_fold``) each Mamba mixer's dt_proj
+    folded into its x_proj (``fold_dt_projs``) and (``out_fold``; off by default: not yet timed on a GPU) the
+    temporal encoders' out_proj and residuals folded into their fuse layer (``fold_out_projs``); ``model`` is left
+    untouched."""
     m = copy.deepcopy(model).eval()
     fuse_conv_bn(m)
     if conv_act:
         fuse_conv_act(m)
     if dt_fold:
         fold_dt_projs(m)
+    if out_fold:
+        fold_out_projs(m)
     return m

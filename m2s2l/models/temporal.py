@@ -184,6 +184,51 @@ class MultiTemporalMamba(nn.Module):
         self.fuse = nn.Linear(dim * len(self.scales), dim)
         self.last_only = True  # False: every block on every step (same result up to rounding; FLOP counts)
 
+    def fold_out_proj(self, enable=True):
+        """Inference, projected path (``forward(feats, proj=)``): fold each branch's out_proj and the block
+        residuals into ``fuse``, so the output is a chain of GEMMs accumulating into one (rows, C) tensor instead of
+        out_proj GEMMs, strided residual adds into the concatenation, the fuse GEMM and the frame residual's add:
+        y = b' + sum_i (W_f,i W_o,i) g_i + sum_i R_i res_i, with g_i branch i's gated scan output, res_i its block
+        input (the newest pooled step), W_f,i fuse's columns of branch i, b' = b_f + sum_i W_f,i b_o,i, and R_i =
+        W_f,i (+ the identity for the first scale-1 branch, whose res_i is the newest frame: the module's own
+        residual). Formed in float64 into non-persistent buffers; used only where nothing needs gradients, on their
+        device, every branch one block, and while every source weight is unchanged in place (version counters, as
+        ``Mamba.fold_dt_proj``). Same result up to rounding (each GEMM rounds its partial sum to the activations'
+        dtype). ``enable=False`` removes the fold. Returns self."""
+        if not enable or not self.projectable():
+            self._out_fold = None
+            return self
+        with torch.no_grad():
+            C, eye_done = self.fuse.out_features, False
+            wf = self.fuse.weight.detach().to(torch.float64)
+            bias = (self.fuse.bias.detach().to(torch.float64) if self.fuse.bias is not None
+                    else torch.zeros(C, dtype=torch.float64, device=wf.device))
+            g_w, r_w = [], []
+            for i, (s, branch) in enumerate(zip(self.scales, self.branches)):
+                wfi, op = wf[:, i * C:(i + 1) * C], branch[0].mixer.out_proj
+                g_w.append((wfi @ op.weight.detach().to(torch.float64)).to(self.fuse.weight.dtype))
+                if op.bias is not None:
+                    bias = bias + wfi @ op.bias.detach().to(torch.float64)
+                if s == 1 and not eye_done:
+                    wfi, eye_done = wfi + torch.eye(C, dtype=torch.float64, device=wf.device), True
+                r_w.append(wfi.to(self.fuse.weight.dtype))
+        self._out_fold = (g_w, r_w, bias.to(self.fuse.weight.dtype), eye_done, self._out_fold_versions())
+        return self
+
+    def _out_fold_versions(self):
+        ps = [self.fuse.weight, self.fuse.bias] + [p for b in self.branches for p in (b[0].mixer.out_proj.weight,
+                                                                                       b[0].mixer.out_proj.bias)]
+        return tuple(None if p is None else p._version for p in ps)
+
+    def _folded_out(self, feats):
+        """``fold_out_proj``'s weights if this call may use them, else None."""
+        fold = getattr(self, "_out_fold", None)
+        if fold is None or fold[0][0].device != feats.device or needs_grad(feats, *self.parameters()):
+            return None
+        if torch.compiler.is_compiling() or fold[4] == self._out_fold_versions():
+            return fold
+        return None
+
     def projectable(self, feats=None):
         """Whether ``forward(feats, proj=)`` may run: every branch one block with a ``Mamba`` mixer, last-only.
         Then a block's input steps are the frames' own features (pooled), so their in_proj outputs depend on the
@@ -245,6 +290,9 @@ class MultiTemporalMamba(nn.Module):
                              f"{len(proj)}")
         frames = feats.permute(0, 3, 4, 1, 2)                                  # (B, H, W, T, C), a view
         rows = B * H * W
+        fold = self._folded_out(feats)
+        if fold is not None:
+            return self._forward_projected_folded(frames, proj, run, fold)
         cat = torch.empty(rows, C * len(self.scales), device=feats.device, dtype=feats.dtype)
 
         def scale(i, s, branch, x, z, res):
@@ -255,6 +303,30 @@ class MultiTemporalMamba(nn.Module):
                          for i, (s, b, p) in enumerate(zip(self.scales, self.branches, proj))])
         y = self.fuse(cat).view(B, H, W, C)
         y += frames[:, :, :, -1]                     # the residual, in y's (B, H, W, C) layout as the other paths
+        return y.permute(0, 3, 1, 2)
+
+    def _forward_projected_folded(self, frames, proj, run, fold):
+        """``_forward_projected`` with ``fold_out_proj``'s weights: the branches' gated scan outputs g_i, then
+        y = b' + sum_i G_i g_i + sum_i R_i res_i as GEMMs accumulating in place into y (no elementwise kernels)."""
+        B, H, W, T, C = frames.shape
+        rows = B * H * W
+        g_w, r_w, bias, has_eye = fold[:4]
+        gs = [None] * len(self.scales)
+
+        def scale(i, s, branch, x, z, res):
+            d = x.shape[-1]
+            gs[i] = branch[0].mixer.forward_projected(x.reshape(rows, T // s, d), z.reshape(rows, d), out_proj=False)
+        (run or serial)([functools.partial(scale, i, s, b, *p)
+                         for i, (s, b, p) in enumerate(zip(self.scales, self.branches, proj))])
+        dt = frames.dtype
+        y = torch.addmm(bias.to(dt), gs[0].to(dt), g_w[0].to(dt).t())
+        for g, w in zip(gs[1:], g_w[1:]):
+            y.addmm_(g.to(dt), w.to(dt).t())
+        for (_, _, res), w in zip(proj, r_w):
+            y.addmm_(res.reshape(rows, C), w.to(dt).t())
+        y = y.view(B, H, W, C)
+        if not has_eye:  # no scale-1 branch took the module's residual into its R_i
+            y += frames[:, :, :, -1]
         return y.permute(0, 3, 1, 2)
 
     def _fusable(self, feats):

@@ -149,10 +149,11 @@ class Mamba(nn.Module):
         y = self._scan(x, delta, self.A_log, B, C, self.D, z, self.dt_proj.bias, ssm_state, last_only)
         return self.out_proj(y.transpose(1, 2))
 
-    def forward_projected(self, x, z):
+    def forward_projected(self, x, z, out_proj=True):
         """The last step's output of ``forward(h, last_only=True)`` from in_proj's output instead of h:
         x (batch, seqlen, d_inner) in_proj's x half for every step (any strides, e.g. a view of a cache of
-        per-step projections), z (batch, d_inner) in_proj's gate half for the last step -> (batch, d_model).
+        per-step projections), z (batch, d_inner) in_proj's gate half for the last step -> (batch, d_model)
+        (``out_proj=False``: the gated scan output before out_proj, (batch, d_inner)).
         Equals ``forward(h, last_only=True)[:, 0]`` when x, z = in_proj(h) up to rounding (the same ops after
         in_proj). No cache (inference_cache) and no in_proj bias handling: both are already in x and z."""
         if x.dim() != 3 or x.shape[-1] != self.d_inner:
@@ -165,7 +166,7 @@ class Mamba(nn.Module):
         delta, B, C = self._x_dt_proj(x, self.x_proj.weight, self.dt_proj.weight, chan)
         y = self._scan(x, delta, self.A_log, B, C, self.D, z[:, :, None].expand(-1, -1, seqlen),
                        self.dt_proj.bias, None, last_only=True)                   # (batch, d_inner, 1)
-        return self.out_proj(y[:, :, 0])
+        return self.out_proj(y[:, :, 0]) if out_proj else y[:, :, 0]
 
     def _channel_layout(self, seqlen, device):
         """Whether this call runs in the "channel" layout (``LAYOUTS``)."""

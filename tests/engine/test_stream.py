@@ -1,4 +1,5 @@
 """Streaming scores == offline clip scores; alerts with hysteresis; ``m2s2l score`` on a generated video."""
+import copy
 import csv
 import os
 
@@ -310,6 +311,63 @@ def test_ring_step_copies_only_the_new_frame(device):
     own = model_c.n.pop("aten.copy_", 0)
     assert ring_c.n.pop("aten.copy_") - own == 2 * per_frame and pure_c.n.pop("aten.copy_") - own == T * per_frame
     assert ring_c.n == pure_c.n == model_c.n, (ring_c.n, pure_c.n, model_c.n)
+
+
+@pytest.mark.parametrize("scales", [(1, 2), (2, 4)])
+def test_out_fold_equals_the_unfolded_projected_step(scales, monkeypatch):
+    """fold_out_projs (the temporal encoders' out_proj and residuals folded into fuse: GEMMs accumulating into one
+    output) gives the projected step's scores and maps of the unfolded model, float32 and under bf16 autocast, with
+    and without a scale-1 branch (whose block input is the module's own residual); a weight changed in place, or a
+    call that needs gradients, falls back to the unfolded ops; fold_out_proj(False) removes the fold."""
+    from m2s2l.engine.stream import StateRing
+    from m2s2l.models.fuse import fold_out_projs
+    torch.manual_seed(0)
+    model = create_model("m2s2l_lite", image_size=32, in_channels=3, backend="torch", temporal_scales=scales).eval()
+    for p in model.parameters():  # (non-trivial biases and out_proj weights: the fold must carry them)
+        p.data.add_(torch.randn_like(p) * 0.05)
+    folded = copy.deepcopy(model)
+    assert fold_out_projs(folded) == len(model.temporal)
+    T = model.config.clip_len
+    g = torch.Generator().manual_seed(1)
+    frames = [(torch.rand(2, 3, 32, 32, generator=g) * 2 - 1) for _ in range(2 * T + 3)]
+    monkeypatch.setattr(StateRing, "project", True)
+    calls = {"n": 0}
+    orig = type(folded.temporal[0])._forward_projected_folded
+
+    def counted(self, *a):  # (the first level's encoder: the one changed below)
+        calls["n"] += self is folded.temporal[0]
+        return orig(self, *a)
+    monkeypatch.setattr(type(folded.temporal[0]), "_forward_projected_folded", counted)
+
+    def run(m, amp):
+        step = StreamStep(m)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            ring = StateRing(m.encode_frames(frames[0]), T, model=m)
+            out = [step.ring_forward(f, frames[n], ring, n + 1) for n, f in enumerate(frames[1:])]
+        return [torch.stack([o[k].float() for o in out]) for k in range(4)]
+    for amp, tol in ((False, 1e-5), (True, 3e-2)):
+        ref, got = run(model, amp), run(folded, amp)
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+    assert calls["n"] > 0
+    # a weight changed in place: the fold is stale and not used (the result follows the new weight)
+    n0 = calls["n"]
+    with torch.no_grad():
+        for m in (model, folded):
+            m.temporal[0].fuse.weight.mul_(1.5)
+    for a, b in zip(run(folded, False), run(model, False)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert calls["n"] == n0
+    folded.temporal[0].fold_out_proj()  # fold again: used again
+    run(folded, False)
+    assert calls["n"] > n0
+    # gradients wanted: the unfolded ops
+    feats = [torch.randn(2, T, *s, requires_grad=True) for s in folded.feature_shapes()]
+    tm = folded.temporal[0]
+    assert tm._folded_out(feats[0]) is None
+    with torch.no_grad():
+        assert tm._folded_out(feats[0]) is not None
+        assert tm.fold_out_proj(False)._folded_out(feats[0]) is None
 
 
 @pytest.mark.gpu
@@ -713,3 +771,27 @@ def test_fps_bench_runs_flow_model_stream_and_flow_modes():
     for mode in ("stream", "flow", "scorer"):
         assert "error" not in res["modes"][mode], res["modes"][mode]
         assert res["modes"][mode]["fps"] > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("amp", [False, True])
+def test_out_fold_on_cuda_equals_the_unfolded_step_gpu(amp, monkeypatch):
+    """On CUDA (Triton kernels, projection rings, CUDA graphs with branches): scores with the temporal encoders'
+    out_proj and residuals folded into fuse (fold_out_projs) equal the unfolded model's, 3 streams in one batch."""
+    from m2s2l.engine.stream import StateRing
+    from m2s2l.models.fuse import fold_out_projs
+    model = tiny(3).cuda().set_backend("auto")
+    folded = copy.deepcopy(model)
+    assert fold_out_projs(folded) == len(model.temporal)
+    frames = moving_frames(11)
+    T = model.config.clip_len
+    monkeypatch.setattr(StateRing, "project", True)
+    res = {}
+    for name, m in (("plain", model), ("folded", folded)):
+        sc = StreamScorer(m, device="cuda", amp=amp, cuda_graphs=True, branches=True)
+        with torch.no_grad():  # the scorer's own (BatchNorm-folded) copy kept the fold, valid
+            assert (sc.model.temporal[0]._folded_out(torch.zeros(1, device="cuda")) is not None) == (m is folded)
+        x = torch.stack([sc.preprocess(f) for f in frames])
+        batch = torch.stack([x, x.flip(0), x.roll(3, 0)], 1)                   # (N, 3, C, H, W)
+        res[name] = np.stack([r["score"] for r in [sc.push_batch(b) for b in batch][T:]])
+    np.testing.assert_allclose(res["folded"], res["plain"], rtol=0, atol=1e-4 if not amp else 2e-2)
