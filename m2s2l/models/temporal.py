@@ -191,10 +191,11 @@ class MultiTemporalMamba(nn.Module):
         y = b' + sum_i (W_f,i W_o,i) g_i + sum_i R_i res_i, with g_i branch i's gated scan output, res_i its block
         input (the newest pooled step), W_f,i fuse's columns of branch i, b' = b_f + sum_i W_f,i b_o,i, and R_i =
         W_f,i (+ the identity for the first scale-1 branch, whose res_i is the newest frame: the module's own
-        residual). Formed in float64 into non-persistent buffers; used only where nothing needs gradients, on their
-        device, every branch one block, and while every source weight is unchanged in place (version counters, as
-        ``Mamba.fold_dt_proj``). Same result up to rounding (each GEMM rounds its partial sum to the activations'
-        dtype). ``enable=False`` removes the fold. Returns self."""
+        residual). Formed in float64, kept in the parameters' dtype in a plain attribute (not state: not moved by
+        ``.to``) with their copies in the activations' dtype made on first use; used only where nothing needs
+        gradients, on the fold's device, every branch one block, and while every source weight is unchanged in
+        place (version counters, as ``Mamba.fold_dt_proj``). Same result up to rounding (each GEMM rounds its
+        partial sum to the activations' dtype). ``enable=False`` removes the fold. Returns self."""
         if not enable or not self.projectable():
             self._out_fold = None
             return self
@@ -212,7 +213,7 @@ class MultiTemporalMamba(nn.Module):
                 if s == 1 and not eye_done:
                     wfi, eye_done = wfi + torch.eye(C, dtype=torch.float64, device=wf.device), True
                 r_w.append(wfi.to(self.fuse.weight.dtype))
-        self._out_fold = (g_w, r_w, bias.to(self.fuse.weight.dtype), eye_done, self._out_fold_versions())
+        self._out_fold = (g_w, r_w, bias.to(self.fuse.weight.dtype), eye_done, self._out_fold_versions(), {})
         return self
 
     def _out_fold_versions(self):
@@ -291,43 +292,40 @@ class MultiTemporalMamba(nn.Module):
         frames = feats.permute(0, 3, 4, 1, 2)                                  # (B, H, W, T, C), a view
         rows = B * H * W
         fold = self._folded_out(feats)
-        if fold is not None:
-            return self._forward_projected_folded(frames, proj, run, fold)
-        cat = torch.empty(rows, C * len(self.scales), device=feats.device, dtype=feats.dtype)
-
-        def scale(i, s, branch, x, z, res):
-            d = x.shape[-1]
-            branch[0].forward_projected(res.reshape(rows, C), x.reshape(rows, T // s, d), z.reshape(rows, d),
-                                        out=cat[:, i * C:(i + 1) * C])
-        (run or serial)([functools.partial(scale, i, s, b, *p)
-                         for i, (s, b, p) in enumerate(zip(self.scales, self.branches, proj))])
-        y = self.fuse(cat).view(B, H, W, C)
-        y += frames[:, :, :, -1]                     # the residual, in y's (B, H, W, C) layout as the other paths
-        return y.permute(0, 3, 1, 2)
-
-    def _forward_projected_folded(self, frames, proj, run, fold):
-        """``_forward_projected`` with ``fold_out_proj``'s weights: the branches' gated scan outputs g_i, then
-        y = b' + sum_i G_i g_i + sum_i R_i res_i as GEMMs accumulating in place into y (no elementwise kernels)."""
-        B, H, W, T, C = frames.shape
-        rows = B * H * W
-        g_w, r_w, bias, has_eye = fold[:4]
+        # unfolded: each branch's block output (residual included) into its slice of the concatenation; folded
+        # (``fold_out_proj``): each branch's gated scan output before out_proj
+        cat = None if fold else torch.empty(rows, C * len(self.scales), device=feats.device, dtype=feats.dtype)
         gs = [None] * len(self.scales)
 
         def scale(i, s, branch, x, z, res):
             d = x.shape[-1]
-            gs[i] = branch[0].mixer.forward_projected(x.reshape(rows, T // s, d), z.reshape(rows, d), out_proj=False)
+            x, z = x.reshape(rows, T // s, d), z.reshape(rows, d)
+            if fold:
+                gs[i] = branch[0].mixer.forward_projected(x, z, out_proj=False)
+            else:
+                branch[0].forward_projected(res.reshape(rows, C), x, z, out=cat[:, i * C:(i + 1) * C])
         (run or serial)([functools.partial(scale, i, s, b, *p)
                          for i, (s, b, p) in enumerate(zip(self.scales, self.branches, proj))])
-        dt = frames.dtype
-        y = torch.addmm(bias.to(dt), gs[0].to(dt), g_w[0].to(dt).t())
-        for g, w in zip(gs[1:], g_w[1:]):
-            y.addmm_(g.to(dt), w.to(dt).t())
-        for (_, _, res), w in zip(proj, r_w):
-            y.addmm_(res.reshape(rows, C), w.to(dt).t())
-        y = y.view(B, H, W, C)
-        if not has_eye:  # no scale-1 branch took the module's residual into its R_i
-            y += frames[:, :, :, -1]
+        if fold:  # y = b' + sum_i G_i g_i + sum_i R_i res_i: GEMMs accumulating in place (no elementwise kernels)
+            g_w, r_w, bias = self._fold_weights(fold, frames.dtype)
+            y = torch.addmm(bias, gs[0].to(frames.dtype), g_w[0].t())
+            for g, w in zip(gs[1:], g_w[1:]):
+                y.addmm_(g.to(frames.dtype), w.t())
+            for (_, _, res), w in zip(proj, r_w):
+                y.addmm_(res.reshape(rows, C), w.t())
+            y = y.view(B, H, W, C)
+        else:
+            y = self.fuse(cat).view(B, H, W, C)
+        if not (fold and fold[3]):  # (folded with a scale-1 branch: its R_i holds this residual)
+            y += frames[:, :, :, -1]                 # the residual, in y's (B, H, W, C) layout as the other paths
         return y.permute(0, 3, 1, 2)
+
+    @staticmethod
+    def _fold_weights(fold, dtype):
+        """``fold_out_proj``'s (G_i, R_i, b') in ``dtype``, cast once a dtype (not at every step)."""
+        if dtype not in fold[5]:
+            fold[5][dtype] = ([w.to(dtype) for w in fold[0]], [w.to(dtype) for w in fold[1]], fold[2].to(dtype))
+        return fold[5][dtype]
 
     def _fusable(self, feats):
         """The fast path: "fused" (every branch one block that ``can_fuse``), "prep" (one block each that

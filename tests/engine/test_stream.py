@@ -332,12 +332,12 @@ def test_out_fold_equals_the_unfolded_projected_step(scales, monkeypatch):
     frames = [(torch.rand(2, 3, 32, 32, generator=g) * 2 - 1) for _ in range(2 * T + 3)]
     monkeypatch.setattr(StateRing, "project", True)
     calls = {"n": 0}
-    orig = type(folded.temporal[0])._forward_projected_folded
+    orig = type(folded.temporal[0])._fold_weights
 
-    def counted(self, *a):  # (the first level's encoder: the one changed below)
-        calls["n"] += self is folded.temporal[0]
-        return orig(self, *a)
-    monkeypatch.setattr(type(folded.temporal[0]), "_forward_projected_folded", counted)
+    def counted(fold, dtype):  # (the first level's encoder: the one changed below)
+        calls["n"] += fold is folded.temporal[0]._out_fold
+        return orig(fold, dtype)
+    monkeypatch.setattr(type(folded.temporal[0]), "_fold_weights", staticmethod(counted))
 
     def run(m, amp):
         step = StreamStep(m)
